@@ -1,0 +1,313 @@
+"""The `coopsynth` command line: thin Typer commands over coopsynth.pipeline.
+
+The only module that imports typer and rich. Problems a user can fix become one red line and exit
+code 1 (usage errors: 2); an interrupted run exits 130 (SIGINT) or 143 (SIGTERM) after saving.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+from rich.table import Table
+
+from . import pipeline
+from .errors import CoopsynthError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Learn a texture or dynamic texture from ONE image or video (CoopNets), then synthesize and complete.",
+)
+console = Console(stderr=True)
+out_console = Console()
+
+
+def _fail(msg: str, code: int = 1) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def friendly(fn):
+    """Turn the core's errors into one red line and an exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CoopsynthError as e:
+            raise _fail(str(e)) from None
+        except pipeline.Interrupted as e:
+            console.print(f"[yellow]{e}[/]\nresume with the same command and [bold]--resume[/]")
+            raise typer.Exit(e.code) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+        except MemoryError:
+            raise _fail("out of memory: try a smaller --size, fewer --samples or a smaller --max-size") from None
+        except Exception as e:  # a bug: one line, and the traceback only on request
+            if os.environ.get("COOPSYNTH_DEBUG"):
+                raise
+            raise _fail(f"internal error: {type(e).__name__}: {e} (set COOPSYNTH_DEBUG=1 for the traceback)") from None
+
+    return wrapper
+
+
+# ----------------------------------------------------------------------------------------------
+# shared options
+
+Steps = Annotated[int | None, typer.Option("--steps", help="Training iterations (default: the preset's).")]
+Minutes = Annotated[float | None, typer.Option("--minutes", help="Train for this wall-clock budget instead of a step count.")]
+Preset = Annotated[str, typer.Option("--preset", help="fast | default | quality (see README: trade-offs).")]
+LangevinSteps = Annotated[int | None, typer.Option("--langevin-steps", help="Descriptor Langevin steps per iteration.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed: same seed, machine and options give identical files.")]
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks CUDA when present).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from model.pt in the output folder.")]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing model in the output folder.")]
+Output = Annotated[Path | None, typer.Option("-o", "--output", help="Output folder (default: coopsynth-out/<input stem>/).")]
+Samples = Annotated[int, typer.Option("--samples", help="Number of samples to write.")]
+Size = Annotated[str | None, typer.Option("--size", help="Output size WIDTHxHEIGHT, any size (default: the input's).")]
+Tile = Annotated[bool, typer.Option("--tile", help="Seamless, tileable output: right edge continues into left, bottom into top.")]
+Refine = Annotated[
+    int | None,
+    typer.Option(
+        "--refine", help="Descriptor Langevin revisions after the generator (default: the training L; 0 = generator only)."
+    ),
+]
+
+
+class _Bar:
+    """A rich progress bar fed by pipeline's on_progress dicts."""
+
+    def __init__(self, title: str, total: int | None):
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("step {task.completed}/{task.fields[total_txt]}"),
+            TextColumn("f(obs) {task.fields[f_obs]:+.3f}  f(syn) {task.fields[f_syn]:+.3f}  G loss {task.fields[loss_g]:.3f}"),
+            TextColumn("{task.fields[left]} left"),
+            console=console,
+            transient=False,
+        )
+        self.task = self.progress.add_task(title, total=total, total_txt=total or "?", f_obs=0.0, f_syn=0.0, loss_g=0.0, left="?")
+        self.last = 0.0
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def __call__(self, info: dict) -> None:
+        now = time.perf_counter()
+        if now - self.last < 0.2 and info["step"] != info.get("total"):
+            return
+        self.last = now
+        left = info.get("seconds_left") or 0.0
+        total = info.get("total")
+        self.progress.update(
+            self.task,
+            completed=info["step"],
+            total=total,
+            total_txt=total or "?",
+            f_obs=info["f_obs"],
+            f_syn=info["f_syn"],
+            loss_g=info["loss_g"],
+            left=f"{int(left // 60)}m{int(left % 60):02d}s",
+        )
+
+
+def _train_job(input: Path, output: Path | None, **kw) -> pipeline.TrainJob:
+    out = output or pipeline.default_output(input)
+    return pipeline.TrainJob(input=input, output=out, **kw)
+
+
+def _run_training(job: pipeline.TrainJob) -> dict:
+    steps_hint = job.steps
+    with _Bar(f"training {job.input.name}", steps_hint) as bar:
+        result = pipeline.train(job, on_progress=bar)
+    return result
+
+
+def _summary(result: dict, written: list[Path], t0: float) -> None:
+    console.print(
+        f"[green]done[/] in {time.perf_counter() - t0:.0f} s: {result['steps']} iterations"
+        + (f" (stopped by the {result['stopped']} budget)" if result["stopped"] == "minutes" else "")
+        + (f", {result['rollbacks']} divergence roll-backs" if result["rollbacks"] else "")
+    )
+    console.print(f"model: {result['checkpoint']}")
+    if written:
+        console.print(
+            f"samples: {written[0].parent}/ ({', '.join(p.name for p in written[:4])}{' …' if len(written) > 4 else ''})"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# commands
+
+
+@app.command()
+@friendly
+def texture(
+    input: Annotated[
+        Path,
+        typer.Argument(
+            help="Texture image: grey, RGB or RGBA (alpha ignored), 8/16-bit, any format imageio reads. "
+            "Training uses random crops, so large images (2048 px and more) are fine."
+        ),
+    ],
+    output: Output = None,
+    steps: Steps = None,
+    size: Size = None,
+    samples: Samples = 4,
+    seed: Seed = 0,
+    device: Device = "auto",
+    tile: Tile = False,
+    preset: Preset = "default",
+    langevin_steps: LangevinSteps = None,
+    refine: Refine = None,
+    minutes: Minutes = None,
+    resume: Resume = False,
+    force: Force = False,
+) -> None:
+    """Train on one texture image, then write new samples, model.pt, progress.png and log.jsonl."""
+    t0 = time.perf_counter()
+    hw = pipeline.parse_size(size)
+    if pipeline.input_kind(input) != "texture":
+        raise CoopsynthError(f"{input}: this looks like a video; use `coopsynth video`")
+    job = _train_job(
+        input,
+        output,
+        preset=preset,
+        steps=steps,
+        minutes=minutes,
+        langevin_steps=langevin_steps,
+        seed=seed,
+        device=device,
+        resume=resume,
+        force=force,
+    )
+    result = _run_training(job)
+    trainer = result["trainer"]
+    blob = {"config_obj": trainer.cfg, "kind": "texture", "meta": result["meta"], "delta": trainer.delta}
+    written = pipeline.sample(trainer.model, blob, pipeline.SampleJob(job.output, samples, hw, seed, tile=tile, refine=refine))
+    _summary(result, written, t0)
+
+
+@app.command()
+@friendly
+def train(
+    input: Annotated[Path, typer.Argument(help="A texture image or a video (file or folder of frames).")],
+    output: Output = None,
+    steps: Steps = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    preset: Preset = "default",
+    langevin_steps: LangevinSteps = None,
+    minutes: Minutes = None,
+    resume: Resume = False,
+    force: Force = False,
+    max_size: Annotated[int | None, typer.Option("--max-size", help="Videos: scale so the longer side is at most this.")] = None,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", help="Videos: keep at most this many frames.")] = None,
+) -> None:
+    """Train only: write model.pt, progress.png and log.jsonl (sample later with `coopsynth sample`)."""
+    t0 = time.perf_counter()
+    job = _train_job(
+        input,
+        output,
+        preset=preset,
+        steps=steps,
+        minutes=minutes,
+        langevin_steps=langevin_steps,
+        seed=seed,
+        device=device,
+        resume=resume,
+        force=force,
+        max_size=max_size,
+        max_frames=max_frames,
+    )
+    result = _run_training(job)
+    _summary(result, [], t0)
+
+
+@app.command()
+@friendly
+def sample(
+    model: Annotated[Path, typer.Argument(help="A model.pt written by coopsynth.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")] = Path("coopsynth-out/samples"),
+    samples: Samples = 4,
+    size: Size = None,
+    seed: Seed = 0,
+    tile: Tile = False,
+    refine: Refine = None,
+    frames: Annotated[int | None, typer.Option("--frames", help="Videos: number of frames (any length).")] = None,
+    loop: Annotated[bool, typer.Option("--loop", help="Videos: the last frame flows into the first.")] = False,
+    fps: Annotated[float | None, typer.Option("--fps", help="Videos: frame rate (default: the input's).")] = None,
+    device: Device = "auto",
+) -> None:
+    """Sample from a trained model without retraining: a generator pass, then --refine Langevin steps."""
+    t0 = time.perf_counter()
+    m, blob = pipeline.load_model(model, device)
+    hw = pipeline.parse_size(size)
+    full = pipeline.sample_size(blob, hw, frames)
+    written = pipeline.sample(
+        m, blob, pipeline.SampleJob(output, samples, full, seed, tile=tile, loop=loop, refine=refine, fps=fps)
+    )
+    console.print(f"[green]wrote[/] {len(written)} samples to {output}/ in {time.perf_counter() - t0:.1f} s")
+
+
+@app.command("eval")
+@friendly
+def eval_(
+    heldout: Annotated[Path, typer.Argument(help="Held-out real image or video the model never saw.")],
+    samples: Annotated[list[Path], typer.Argument(help="Samples to score (images or videos).")],
+    train_: Annotated[
+        Path | None, typer.Option("--train", help="The training image or video (for real crops and the copy index).")
+    ] = None,
+    mask: Annotated[
+        Path | None, typer.Option("--mask", help="Completion: the mask (white = missing); HELDOUT is then the truth.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    seed: Seed = 0,
+) -> None:
+    """Score samples against held-out real texture (SWD ratio, copy index, diversity; videos: motion)."""
+    from .evaluate import evaluate_files
+
+    result = evaluate_files(heldout, samples, train_, mask, seed)
+    if as_json:
+        out_console.print_json(json.dumps(result))
+        return
+    table = Table(title="coopsynth eval")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    out_console.print(table)
+
+
+def main() -> None:
+    """Entry point of the `coopsynth` script."""
+    try:
+        app()
+    except SystemExit:
+        raise
+    except BaseException as e:  # anything that escaped typer's own handling
+        if os.environ.get("COOPSYNTH_DEBUG"):
+            raise
+        console.print(f"[bold red]error:[/] {e}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

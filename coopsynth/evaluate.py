@@ -1,0 +1,53 @@
+"""`coopsynth eval` as a library call: read files, pick the right metrics, return a flat dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import metrics
+from .errors import CoopsynthError
+from .io import read_image, read_video
+from .pipeline import input_kind
+
+
+def _read(path: Path) -> torch.Tensor:
+    return read_image(path) if input_kind(path) == "texture" else read_video(path)[0]
+
+
+def read_mask(path: Path, size: tuple[int, ...]) -> torch.Tensor:
+    """A mask image (white = missing) as bool (H, W); one-line error on a size mismatch."""
+    m = read_image(path).mean(0) > 0.5
+    if tuple(m.shape) != tuple(size[-2:]):
+        raise CoopsynthError(f"{path}: mask is {m.shape[1]}x{m.shape[0]}, the image is {size[-1]}x{size[-2]}")
+    return m
+
+
+def evaluate_files(heldout: Path, samples: list[Path], train: Path | None, mask: Path | None, seed: int = 0) -> dict:
+    """Metrics of `samples` against `heldout` (see coopsynth.metrics)."""
+    ho = _read(heldout)
+    items = [_read(p) for p in samples]
+    if mask is not None:
+        if len(items) != 1:
+            raise CoopsynthError("--mask scores one completed image or video against the truth (HELDOUT)")
+        m = read_mask(mask, tuple(ho.shape[1:]))
+        done = items[0]
+        if done.shape[1:] != ho.shape[1:]:
+            raise CoopsynthError(f"{samples[0]}: size differs from the truth {heldout}")
+        if ho.dim() == 4:
+            m = m.expand(ho.shape[1], *m.shape)
+        return metrics.completion_metrics(done, ho, m, seed)
+    if train is None:
+        raise CoopsynthError("--train TRAIN is needed: real crops and the copy index come from the training image")
+    tr = _read(train)
+    for p, x in zip(samples, items, strict=True):
+        if x.dim() != ho.dim():
+            raise CoopsynthError(f"{p}: is {'a video' if x.dim() == 4 else 'an image'}, unlike {heldout}")
+    if ho.dim() == 4:
+        return metrics.video_metrics(items, ho, tr, seed)
+    if len(items) < 2:
+        out = metrics.swd_ratio(items, ho, tr, seed)
+        out["copy_index"] = metrics.copy_index(items, ho, tr, seed)
+        return out
+    return metrics.texture_metrics(items, ho, tr, seed)

@@ -1,0 +1,95 @@
+"""Langevin samplers: small pure functions with one shared signature.
+
+    sampler(fn, x, *, steps, delta, ..., generator=None, callback=None) -> x
+
+`fn` is the model as a callable; `callback(info)` is called after every step with a dict
+{"step", "x", "energy"}; `generator` is an optional `torch.Generator` for the noise. No progress
+bars here. Gradients come from `torch.autograd.grad`, so the weights' .grad is never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Tensor = torch.Tensor
+Callback = Callable[[dict], None] | None
+
+
+def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def descriptor_langevin(
+    energy: Callable[[Tensor], Tensor],
+    y: Tensor,
+    *,
+    steps: int,
+    delta: float,
+    sigma: float,
+    noise: float = 1.0,
+    known: Tensor | None = None,
+    known_mask: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
+) -> Tensor:
+    """L steps of  y <- y - (delta^2 / 2) (y / sigma^2 - df/dy) + noise * delta * N(0, I).
+
+    energy: y (B, ...) -> f (B,), the descriptor. `noise` scales the Brownian term (1 is exact
+    Langevin). Where `known_mask` is True, y is held at `known` (completion).
+    """
+    half = 0.5 * delta * delta
+    y = y.detach()
+    if known_mask is not None:
+        y = torch.where(known_mask, known, y)
+    for i in range(steps):
+        y.requires_grad_(True)
+        f = energy(y)  # (B,)
+        (grad,) = torch.autograd.grad(f.sum(), y)
+        with torch.no_grad():
+            y = y - half * (y / (sigma * sigma) - grad)
+            if noise:
+                y = y + (noise * delta) * _noise(y, generator)
+            if known_mask is not None:
+                y = torch.where(known_mask, known, y)
+        if callback is not None:
+            callback({"step": i, "x": y, "energy": f.detach()})
+    return y
+
+
+def generator_posterior_langevin(
+    generate: Callable[[Tensor], Tensor],
+    z: Tensor,
+    *,
+    target: Tensor,
+    steps: int,
+    delta: float,
+    s: float,
+    noise: float = 1.0,
+    mask: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback = None,
+) -> Tensor:
+    """Infer Z for `target` by Langevin on log p(Z | Y) = -|m (Y - g(Z))|^2 / (2 s^2) - |Z|^2 / 2:
+
+        z <- z + (delta^2 / 2) d/dz log p(Z | Y) + noise * delta * N(0, I)
+
+    `mask` (broadcastable to target, 1 = observed) restricts the likelihood to visible pixels.
+    """
+    half = 0.5 * delta * delta
+    z = z.detach()
+    for i in range(steps):
+        z.requires_grad_(True)
+        r = target - generate(z)
+        if mask is not None:
+            r = r * mask
+        logp = -(r * r).flatten(1).sum(1) / (2 * s * s) - 0.5 * (z * z).flatten(1).sum(1)  # (B,)
+        (grad,) = torch.autograd.grad(logp.sum(), z)
+        with torch.no_grad():
+            z = z + half * grad
+            if noise:
+                z = z + (noise * delta) * _noise(z, generator)
+        if callback is not None:
+            callback({"step": i, "x": z, "energy": logp.detach()})
+    return z

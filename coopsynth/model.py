@@ -1,0 +1,143 @@
+"""A trained CoopNets model: both networks, the pixel normalisation, and sampling.
+
+`CoopModel.sample()` is the cooperative synthesis: the generator proposes g(Z) for a latent of
+any size, then `refine` steps of descriptor Langevin revise it (0 = the generator alone).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .langevin import descriptor_langevin
+from .networks import Descriptor, Generator, NetConfig
+
+Tensor = torch.Tensor
+
+
+class CoopModel:
+    """Descriptor + generator + per-channel mean/std of the training data."""
+
+    def __init__(self, net: NetConfig, mean: Tensor, std: Tensor, device: str | torch.device = "cpu"):
+        self.net = net
+        self.device = torch.device(device)
+        self.descriptor = Descriptor(net).to(self.device)
+        self.generator = Generator(net).to(self.device)
+        self.mean = mean.detach().float().cpu()  # (C,)
+        self.std = std.detach().float().cpu()  # (C,)
+
+    # ---- pixels --------------------------------------------------------------------------------
+
+    def _shape(self) -> tuple[int, ...]:
+        return (-1,) + (1,) * self.net.dims
+
+    def normalise(self, x: Tensor) -> Tensor:
+        """[0, 1] pixels (..., C, [T,] H, W) -> standardised."""
+        return (x - self.mean.to(x).view(self._shape())) / self.std.to(x).view(self._shape())
+
+    def denormalise(self, y: Tensor) -> Tensor:
+        """Standardised -> [0, 1] pixels, clamped."""
+        return (y * self.std.to(y).view(self._shape()) + self.mean.to(y).view(self._shape())).clamp(0, 1)
+
+    # ---- synthesis -----------------------------------------------------------------------------
+
+    def latent(self, batch: int, size: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
+        """Z ~ N(0, I) of shape (B, zc, [t,] h, w) covering `size` ([T,] H, W)."""
+        shape = (batch, *self.generator.latent_shape(size))
+        return torch.randn(shape, generator=generator, device=self.device)
+
+    def generate(self, z: Tensor, size: tuple[int, ...], wrap: tuple[bool, ...] | None = None) -> Tensor:
+        """g(Z) cropped to `size`, standardised, no graph."""
+        with torch.no_grad():
+            y = self.generator(z, wrap)
+        return y[(slice(None), slice(None)) + tuple(slice(0, s) for s in size)]
+
+    def revise(
+        self,
+        y: Tensor,
+        *,
+        steps: int,
+        delta: float,
+        sigma: float,
+        noise: float,
+        wrap: tuple[bool, ...] | None = None,
+        generator: torch.Generator | None = None,
+        **kw,
+    ) -> Tensor:
+        """Descriptor Langevin from y (standardised); the weights get no gradient."""
+        if steps <= 0:
+            return y
+        flags = [p.requires_grad for p in self.descriptor.parameters()]
+        self.descriptor.requires_grad_(False)
+        try:
+            return descriptor_langevin(
+                lambda x: self.descriptor(x, wrap),
+                y,
+                steps=steps,
+                delta=delta,
+                sigma=sigma,
+                noise=noise,
+                generator=generator,
+                **kw,
+            )
+        finally:
+            for p, f in zip(self.descriptor.parameters(), flags, strict=True):
+                p.requires_grad_(f)
+
+    def sample(
+        self,
+        n: int,
+        size: tuple[int, ...],
+        *,
+        refine: int,
+        langevin: dict,
+        wrap: tuple[bool, ...] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """n samples (n, C, [T,] H, W) in [0, 1] of any `size`.
+
+        With `wrap` set on an axis the result is periodic along it (tileable texture, looping
+        video): the generator and descriptor pad circularly on a latent grid, and a size that is
+        not a multiple of the generator's up-sampling is reached by Fourier resampling, which keeps
+        the periodicity exact.
+        """
+        wrap = tuple(wrap) if wrap else (False,) * self.net.dims
+        grid = tuple(-(-s // u) * u if w else s for s, u, w in zip(size, self.net.up, wrap, strict=True))
+        out = []
+        for _ in range(n):
+            z = self.latent(1, grid, generator)
+            y = self.generate(z, grid, wrap)  # (1, C, [T,] H', W')
+            y = self.revise(y, steps=refine, wrap=wrap, generator=generator, **langevin)
+            if grid != tuple(size):
+                y = periodic_resize(y, size, wrap)
+            out.append(self.denormalise(y))
+        return torch.cat(out)
+
+
+def periodic_resize(y: Tensor, size: tuple[int, ...], wrap: tuple[bool, ...]) -> Tensor:
+    """Resize the trailing axes of y to `size`: Fourier resampling on wrapped axes (exactly
+    periodic), cropping on the others (they were never enlarged)."""
+    dims = len(size)
+    axes = [y.dim() - dims + i for i in range(dims) if wrap[i] and y.shape[y.dim() - dims + i] != size[i]]
+    crop = (slice(None),) * (y.dim() - dims) + tuple(slice(0, s) for s in size)
+    if not axes:
+        return y[crop]
+    spec = torch.fft.fftn(y, dim=axes)
+    for ax in axes:
+        n_old, n_new = y.shape[ax], size[ax - (y.dim() - dims)]
+        spec = _resize_spectrum(spec, ax, n_old, n_new) * (n_new / n_old)
+    out = torch.fft.ifftn(spec, dim=axes).real
+    return out[crop]
+
+
+def _resize_spectrum(spec: Tensor, ax: int, n_old: int, n_new: int) -> Tensor:
+    """Keep the lowest frequencies of one axis of an FFT spectrum for a new length."""
+    keep = min(n_old, n_new)
+    pos = (keep + 1) // 2  # frequencies 0 .. pos-1
+    neg = keep - pos  # frequencies -neg .. -1
+    parts = [spec.narrow(ax, 0, pos)]
+    shape = list(spec.shape)
+    shape[ax] = n_new - keep
+    parts.append(spec.new_zeros(shape))
+    if neg:
+        parts.append(spec.narrow(ax, n_old - neg, neg))
+    return torch.cat(parts, dim=ax)

@@ -1,0 +1,156 @@
+"""The two ConvNets of CoopNets, for images (dims=2) and videos (dims=3) from one code path.
+
+Descriptor  f(Y; theta): bottom-up, fully convolutional; the energy of Y is the sum over every
+    position of 1x1 read-outs of every layer (a multi-scale FRAME-like energy), so any size works
+    and the gradient of f with respect to one pixel does not depend on the image size.
+Generator   g(Z; alpha): top-down, fully convolutional from a spatial (spatio-temporal) latent
+    map Z ~ N(0, I); each block up-samples by 2 (nearest) and convolves, so the output is any
+    size: a latent of (h, w) gives (h * 2^n, w * 2^n).
+
+Tensors are (B, C, H, W) for images and (B, C, T, H, W) for videos. Padding is explicit, one mode
+per axis: "wrap" axes are padded circularly (a tileable texture, a looping video), the others by
+replicating the border.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class NetConfig:
+    dims: int = 2  # 2: images (B, C, H, W); 3: videos (B, C, T, H, W)
+    channels: int = 3  # data channels: 1 grey, 3 colour
+    z_channels: int = 16  # channels of the latent map
+    g_widths: tuple[int, ...] = (96, 64, 32)  # generator block widths, coarse to fine; 2x up-sampling per block
+    g_time_up: tuple[int, ...] = (2, 2, 1)  # videos: up-sampling over time per generator block (1 or 2)
+    d_widths: tuple[int, ...] = (64, 128, 128)  # descriptor layer widths; each layer halves the size
+    d_time_down: tuple[int, ...] = (2, 1, 1)  # videos: down-sampling over time per descriptor layer
+    d_kernels: tuple[int, ...] = (4, 4, 4)  # descriptor kernel sides (stride 2 each)
+    slope: float = 0.2  # leaky ReLU slope in both networks
+    g_upsample: str = "nearest"  # generator up-sampling: nearest or linear (bi/tri-linear)
+
+    @property
+    def up(self) -> tuple[int, ...]:
+        """Generator up-sampling factor per axis, (T,) H, W."""
+        s = 2 ** len(self.g_widths)
+        if self.dims == 2:
+            return (s, s)
+        t = 1
+        for u in self.g_time_up[: len(self.g_widths)]:
+            t *= u
+        return (t, s, s)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NetConfig:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _conv(dims: int, cin: int, cout: int, k: tuple[int, ...], stride: tuple[int, ...] = 1) -> nn.Module:
+    return (nn.Conv2d if dims == 2 else nn.Conv3d)(cin, cout, k, stride=stride, padding=0)
+
+
+def pad(x: Tensor, amount: tuple[int, ...], wrap: tuple[bool, ...]) -> Tensor:
+    """Pad the trailing len(amount) axes of x by amount[i] on each side (pairs (before, after)
+    when amount[i] is a tuple); circular where wrap[i], border-replicating elsewhere."""
+    n = len(amount)
+    rep, circ = [0] * (2 * n), [0] * (2 * n)
+    for i, (a, w) in enumerate(zip(amount, wrap, strict=True)):
+        lo, hi = a if isinstance(a, tuple) else (a, a)
+        j = 2 * (n - 1 - i)  # F.pad lists the last axis first
+        (circ if w else rep)[j : j + 2] = [lo, hi]
+    if any(circ):
+        x = F.pad(x, circ, mode="circular")
+    if any(rep):
+        x = F.pad(x, rep, mode="replicate")
+    return x
+
+
+class Descriptor(nn.Module):
+    """Energy f(Y) (B,) of Y (B, C, [T,] H, W): a sum over positions of every layer's read-out."""
+
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dims
+        self.layers = nn.ModuleList()
+        self.heads = nn.ModuleList()
+        cin = cfg.channels
+        for i, (w, k) in enumerate(zip(cfg.d_widths, cfg.d_kernels, strict=True)):
+            kt, st = (min(k, 3), cfg.d_time_down[i]) if d == 3 else (None, None)
+            kernel = (k, k) if d == 2 else (kt, k, k)
+            stride = (2, 2) if d == 2 else (st, 2, 2)
+            self.layers.append(_conv(d, cin, w, kernel, stride))
+            self.heads.append(_conv(d, w, 1, (1,) * d))
+            cin = w
+
+    def _pads(self, layer: nn.Module) -> tuple:
+        # "same"-style padding for a stride-s conv: total k - s split over both sides
+        out = []
+        for k, s in zip(layer.kernel_size, layer.stride, strict=True):
+            tot = max(k - s, 0)
+            out.append((tot // 2, tot - tot // 2))
+        return tuple(out)
+
+    def forward(self, y: Tensor, wrap: tuple[bool, ...] | None = None) -> Tensor:
+        wrap = wrap or (False,) * self.cfg.dims
+        h = y  # (B, C, [T,] H, W)
+        energy = y.new_zeros(y.shape[0])
+        for layer, head in zip(self.layers, self.heads, strict=True):
+            h = F.leaky_relu(layer(pad(h, self._pads(layer), wrap)), self.cfg.slope)  # (B, w, ...) halved
+            energy = energy + head(h).flatten(1).sum(1)
+        return energy  # (B,)
+
+
+class Generator(nn.Module):
+    """Y = g(Z) (B, C, [T,] H, W) from Z (B, z_channels, [t,] h, w)."""
+
+    def __init__(self, cfg: NetConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dims
+        k3 = (3,) * d
+        self.inp = _conv(d, cfg.z_channels, cfg.g_widths[0], k3)
+        self.blocks = nn.ModuleList()
+        cin = cfg.g_widths[0]
+        for w in cfg.g_widths:
+            self.blocks.append(_conv(d, cin, w, k3))
+            cin = w
+        self.out = _conv(d, cin, cfg.channels, k3)
+
+    def _scale(self, i: int) -> tuple[int, ...]:
+        if self.cfg.dims == 2:
+            return (2, 2)
+        return (self.cfg.g_time_up[i], 2, 2)
+
+    def forward(self, z: Tensor, wrap: tuple[bool, ...] | None = None) -> Tensor:
+        d = self.cfg.dims
+        wrap = wrap or (False,) * d
+        one = (1,) * d
+        h = F.leaky_relu(self.inp(pad(z, one, wrap)), self.cfg.slope)  # (B, w0, [t,] h, w)
+        for i, conv in enumerate(self.blocks):
+            h = self._up(h, self._scale(i), wrap)  # (B, w, [2t,] 2h, 2w)
+            h = F.leaky_relu(conv(pad(h, one, wrap)), self.cfg.slope)
+        return self.out(pad(h, one, wrap))  # (B, C, [T,] H, W), standardised pixel scale
+
+    def _up(self, h: Tensor, scale: tuple[int, ...], wrap: tuple[bool, ...]) -> Tensor:
+        if self.cfg.g_upsample == "nearest":
+            return F.interpolate(h, scale_factor=scale, mode="nearest")
+        # linear: pad one cell first so wrapped axes interpolate across the seam, then crop
+        mode = "bilinear" if self.cfg.dims == 2 else "trilinear"
+        h = F.interpolate(pad(h, (1,) * self.cfg.dims, wrap), scale_factor=scale, mode=mode, align_corners=False)
+        crop = tuple(slice(s, h.shape[2 + i] - s) for i, s in enumerate(scale))
+        return h[(slice(None), slice(None)) + crop]
+
+    def latent_shape(self, size: tuple[int, ...]) -> tuple[int, ...]:
+        """Latent (z_channels, [t,] h, w) whose output covers `size` ([T,] H, W)."""
+        return (self.cfg.z_channels, *(-(-s // u) for s, u in zip(size, self.cfg.up, strict=True)))

@@ -1,0 +1,391 @@
+"""The jobs behind the CLI, usable from Python: train a model on a file, sample from a model.
+
+No progress bars here: `on_progress(info)` receives a dict after each iteration (step, total,
+seconds, seconds_left, energies) and the CLI draws it. Files are written atomically; a run that is
+interrupted (SIGINT/SIGTERM) saves a checkpoint first and raises `Interrupted`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .errors import CoopsynthError
+from .io import atomic_path, check_writable, read_image, write_image, write_video
+from .model import CoopModel
+from .trainer import CoopTrainer, DivergenceError, TrainConfig, preset, with_overrides
+
+Tensor = torch.Tensor
+ProgressFn = Callable[[dict], None] | None
+
+MAX_SIDE = 65536  # a requested output side beyond this is refused outright
+MAX_SAMPLE_PIXELS = 16384 * 16384  # and so is an output area beyond this
+
+
+class Interrupted(Exception):
+    """Training stopped by a signal after saving a checkpoint; `code` is the exit status."""
+
+    def __init__(self, checkpoint: Path, step: int, code: int):
+        super().__init__(f"interrupted at step {step}; checkpoint saved to {checkpoint}")
+        self.checkpoint, self.step, self.code = checkpoint, step, code
+
+
+# --------------------------------------------------------------------------------------------
+# small helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when present, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CoopsynthError("--device cuda: no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise CoopsynthError(f"--device {name}: use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def parse_size(text: str | None, what: str = "--size") -> tuple[int, int] | None:
+    """'WxH' -> (H, W); None stays None."""
+    if text is None:
+        return None
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        w, h = (int(p) for p in parts)
+    except ValueError:
+        raise CoopsynthError(f"{what} '{text}': expected WIDTHxHEIGHT, such as 512x512") from None
+    if w <= 0 or h <= 0:
+        raise CoopsynthError(f"{what} '{text}': width and height must be positive")
+    if max(w, h) > MAX_SIDE or w * h > MAX_SAMPLE_PIXELS:
+        raise CoopsynthError(f"{what} '{text}': too large (at most {MAX_SAMPLE_PIXELS} pixels and {MAX_SIDE} a side)")
+    return (h, w)
+
+
+def input_kind(path: Path) -> str:
+    from .io import VIDEO_SUFFIXES
+
+    if path.is_dir():
+        return "video"
+    suf = path.suffix.lower()
+    if suf in VIDEO_SUFFIXES and suf != ".gif":
+        return "video"
+    return "texture"
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+class _SignalTrap:
+    """Turns SIGINT/SIGTERM into a flag checked between iterations (restored on exit)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        try:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._old = {}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # a second Ctrl-C: give up waiting
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class TrainJob:
+    """What to train and where; every field has the CLI option of the same name."""
+
+    input: Path
+    output: Path
+    preset: str = "default"
+    steps: int | None = None  # iterations; None = the preset's
+    minutes: float | None = None  # wall-clock budget instead of (or as well as) steps
+    langevin_steps: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    force: bool = False
+    max_size: int | None = None  # videos: scale down so the longer side is at most this
+    max_frames: int | None = None  # videos: keep at most this many frames
+    log_every: int = 10  # iterations between log.jsonl lines
+    snapshots: int = 8  # samples in progress.png
+    checkpoint_every: float = 120.0  # seconds between safety checkpoints
+    overrides: dict = field(default_factory=dict)  # further TrainConfig fields
+
+
+def load_input(job: TrainJob) -> tuple[str, Tensor, dict]:
+    """Read the job's input: kind, data (C, [T,] H, W) in [0, 1], metadata."""
+    kind = input_kind(job.input)
+    if kind == "texture":
+        img = read_image(job.input)
+        return kind, img, {"input": str(job.input), "size": list(img.shape[1:])}
+    from .video import prepare_video
+
+    vid, fps, notes = prepare_video(job.input, job.max_size, job.max_frames)
+    return kind, vid, {"input": str(job.input), "size": list(vid.shape[1:]), "fps": fps, "notes": notes}
+
+
+def make_config(job: TrainJob, kind: str, channels: int) -> TrainConfig:
+    cfg = preset(job.preset, dims=2 if kind == "texture" else 3, channels=channels)
+    if job.steps is not None and job.steps <= 0:
+        raise CoopsynthError(f"--steps {job.steps}: must be a positive number of iterations")
+    if job.minutes is not None and job.minutes <= 0:
+        raise CoopsynthError(f"--minutes {job.minutes}: must be positive")
+    if job.langevin_steps is not None and job.langevin_steps < 0:
+        raise CoopsynthError(f"--langevin-steps {job.langevin_steps}: must be 0 or more")
+    steps = job.steps
+    if steps is None and job.minutes is not None:
+        steps = 10**9  # the clock decides; the learning-rate schedule then follows the clock
+    cfg = with_overrides(cfg, **job.overrides)
+    return with_overrides(cfg, steps=steps, langevin_steps=job.langevin_steps)
+
+
+def train(job: TrainJob, on_progress: ProgressFn = None, mask: Tensor | None = None, data: Tensor | None = None) -> dict:
+    """Train a model on job.input; write model.pt, progress.png and log.jsonl into job.output.
+
+    Returns a summary dict (steps, seconds, paths, trainer). Raises CoopsynthError for bad input and
+    Interrupted after a signal (checkpoint saved).
+    """
+    if data is None:
+        kind, data, meta = load_input(job)
+    else:
+        kind = "texture" if data.dim() == 3 else "video"
+        meta = {"input": str(job.input), "size": list(data.shape[1:])}
+    device = resolve_device(job.device)
+    out = Path(job.output)
+    ckpt_path = out / "model.pt"
+    if ckpt_path.exists() and not (job.resume or job.force):
+        raise CoopsynthError(f"{ckpt_path}: already exists (use --resume to continue it or --force to start over)")
+    check_writable(out)
+
+    cfg = make_config(job, kind, data.shape[0])
+    start_seconds = 0.0
+    state = None
+    if job.resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, kind)
+        old = state["config_obj"]
+        if old.net != cfg.net:
+            raise CoopsynthError(
+                f"{ckpt_path}: the checkpoint's networks differ from this input and preset; use --force to start over"
+            )
+        # a resumed run keeps its own schedule unless the user asks for more steps
+        cfg = with_overrides(old, steps=job.steps, langevin_steps=job.langevin_steps)
+        start_seconds = float(state.get("meta", {}).get("seconds", 0.0))
+    elif job.resume:
+        raise CoopsynthError(f"{ckpt_path}: no checkpoint to resume")
+
+    trainer = CoopTrainer(data, cfg, device=device, seed=job.seed, mask=mask)
+    if state is not None:
+        trainer.load_state_dict(state)
+    log_path = out / "log.jsonl"
+    if state is None and log_path.exists():
+        log_path.unlink()
+
+    preview_size = tuple(min(s, 128) for s in trainer.crop_size[-2:])
+    if kind == "video":
+        preview_size = (min(trainer.crop_size[0], 16), *preview_size)
+    fixed = torch.Generator(device=device).manual_seed(job.seed + 12345)
+    z_fixed = trainer.model.latent(1, preview_size, fixed)
+    snaps: list[Tensor] = []
+    snap_every = max(1, cfg.steps // job.snapshots) if job.minutes is None else None
+
+    def snapshot() -> None:
+        y = trainer.model.denormalise(trainer.model.generate(z_fixed, preview_size))[0]
+        snaps.append(y if kind == "texture" else y[:, 0])
+        strip = torch.cat(snaps[-job.snapshots :], dim=-1)
+        write_image(out / "progress.png", strip)
+
+    meta.update({"kind": kind, "seed": job.seed, "preset": job.preset, "device": str(device)})
+    t0 = time.perf_counter()
+    last_ckpt = t0
+    good = copy.deepcopy(trainer.state_dict())
+    good_step = trainer.step_count
+    rollbacks = 0
+    budget = None if job.minutes is None else job.minutes * 60.0
+    stop_reason = "steps"
+
+    def elapsed() -> float:
+        return time.perf_counter() - t0
+
+    def save(reason: str) -> Path:
+        m = dict(meta, seconds=start_seconds + elapsed(), stopped=reason, rollbacks=rollbacks)
+        return save_checkpoint(ckpt_path, trainer.state_dict(), kind, m)
+
+    with _SignalTrap() as trap, open(log_path, "a") as log:
+        while trainer.step_count < cfg.steps:
+            if budget is not None and elapsed() >= budget:
+                stop_reason = "minutes"
+                break
+            try:
+                stats = trainer.step()
+            except DivergenceError as e:
+                # roll back to the last good state, lower the Langevin step, continue
+                rollbacks += 1
+                trainer.load_state_dict(good)
+                trainer.delta *= 0.7
+                good["delta"] = trainer.delta
+                log.write(
+                    json.dumps(
+                        {
+                            "event": "divergence",
+                            "at_step": e.stats.get("step"),
+                            "rolled_back_to": good_step,
+                            "new_delta": round(trainer.delta, 6),
+                        }
+                    )
+                    + "\n"
+                )
+                log.flush()
+                if rollbacks > 20:
+                    raise CoopsynthError(
+                        f"{job.input}: training diverged {rollbacks} times; try a smaller --langevin-steps or another preset"
+                    ) from None
+                continue
+            step = trainer.step_count
+            if step % 50 == 0:
+                good = copy.deepcopy(trainer.state_dict())
+                good_step = step
+            secs = elapsed()
+            rate = secs / max(step - (state["step"] if state is not None else 0), 1)
+            left = (cfg.steps - step) * rate
+            if budget is not None:
+                left = min(left, budget - secs)
+            info = dict(stats, total=cfg.steps if budget is None else None, seconds=start_seconds + secs, seconds_left=left)
+            if step % job.log_every == 0 or step == cfg.steps:
+                log.write(json.dumps(_jsonable(dict(stats, seconds=round(start_seconds + secs, 3)))) + "\n")
+                log.flush()
+            if (snap_every and step % snap_every == 0) or (snap_every is None and len(snaps) < secs / budget * job.snapshots):
+                snapshot()
+            if time.perf_counter() - last_ckpt > job.checkpoint_every:
+                save("periodic")
+                last_ckpt = time.perf_counter()
+            if on_progress is not None:
+                on_progress(info)
+            if trap.signum is not None:
+                path = save("signal")
+                log.write(json.dumps({"event": "interrupted", "step": step, "signal": trap.signum}) + "\n")
+                raise Interrupted(path, step, 128 + trap.signum)
+        log.write(
+            json.dumps(
+                {
+                    "event": "stopped",
+                    "reason": stop_reason,
+                    "step": trainer.step_count,
+                    "seconds": round(start_seconds + elapsed(), 3),
+                }
+            )
+            + "\n"
+        )
+    if not snaps or trainer.step_count % max(snap_every or 1, 1) != 0:
+        snapshot()
+    path = save(stop_reason)
+    return {
+        "kind": kind,
+        "steps": trainer.step_count,
+        "seconds": start_seconds + elapsed(),
+        "stopped": stop_reason,
+        "rollbacks": rollbacks,
+        "checkpoint": path,
+        "trainer": trainer,
+        "meta": meta,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# sampling
+
+
+@dataclass
+class SampleJob:
+    output: Path
+    samples: int = 4
+    size: tuple[int, ...] | None = None  # (H, W) or (T, H, W); None = the training input's
+    seed: int = 0
+    tile: bool = False  # tileable texture (wrap in space)
+    loop: bool = False  # looping video (wrap in time)
+    refine: int | None = None  # Langevin revisions after the generator; None = the training L
+    fps: float | None = None
+    force: bool = True
+
+
+def load_model(path: str | Path, device: str = "auto") -> tuple[CoopModel, dict]:
+    blob = load_checkpoint(path)
+    model = model_from_checkpoint(blob, resolve_device(device), path)
+    return model, blob
+
+
+def sample(model: CoopModel, blob: dict, job: SampleJob) -> list[Path]:
+    """Write job.samples samples into job.output; returns their paths."""
+    cfg: TrainConfig = blob["config_obj"]
+    kind = blob["kind"]
+    meta = blob.get("meta", {})
+    size = job.size or tuple(meta.get("size", [256, 256]))
+    if len(size) != model.net.dims:
+        raise CoopsynthError(f"a {kind} model needs a size of {model.net.dims} numbers, got {size}")
+    if job.samples <= 0:
+        raise CoopsynthError(f"--samples {job.samples}: must be at least 1")
+    refine = cfg.langevin_steps if job.refine is None else job.refine
+    if refine < 0:
+        raise CoopsynthError(f"--refine {refine}: must be 0 or more")
+    out = Path(job.output)
+    check_writable(out)
+    wrap = (job.tile, job.tile) if kind == "texture" else (job.loop, job.tile, job.tile)
+    gen = torch.Generator(device=model.device).manual_seed(job.seed)
+    langevin = cfg.langevin(float(blob.get("delta", cfg.delta)))
+    paths = []
+    for i in range(job.samples):
+        y = model.sample(1, tuple(size), refine=refine, langevin=langevin, wrap=wrap, generator=gen)[0]
+        if kind == "texture":
+            paths.append(write_image(out / f"sample_{i:03d}.png", y))
+        else:
+            fps = job.fps or float(meta.get("fps", 25.0))
+            paths.append(write_video(out / f"sample_{i:03d}.mp4", y, fps))
+            if i == 0:
+                write_video(out / "sample_000.gif", y, fps)
+    return paths
+
+
+def write_json(path: Path, obj: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2))
+
+
+def default_output(input_path: Path) -> Path:
+    stem = input_path.stem if not input_path.is_dir() else input_path.name
+    return Path("coopsynth-out") / stem
+
+
+def sample_size(blob: dict, hw: tuple[int, int] | None, frames: int | None) -> tuple[int, ...]:
+    """The output size ([T,] H, W) for a model: the user's, else the training input's."""
+    meta_size = list(blob.get("meta", {}).get("size", []))
+    if blob["kind"] == "texture":
+        if frames is not None:
+            raise CoopsynthError("--frames is for video models; this is a texture model")
+        return tuple(hw or meta_size)
+    if frames is not None and frames < 2:
+        raise CoopsynthError(f"--frames {frames}: a video needs at least 2 frames")
+    t = frames or meta_size[0]
+    return (t, *(hw or meta_size[1:]))

@@ -1,0 +1,242 @@
+"""The cooperative trainer: one `CoopTrainer.step()` is one CoopNets iteration.
+
+    1. Z ~ N(0, I), Y0 = g(Z)                       the generator proposes
+    2. Y = Langevin on the descriptor from Y0      the descriptor revises
+    3. theta += grad [mean f(observed) - mean f(Y)] the descriptor learns from the revision
+    4. alpha -= grad |Y - g(Z)|^2 / (2 s^2)         the generator learns to reproduce it
+
+Observed data are random crops of one texture image (C, H, W) or one video (C, T, H, W),
+standardised per channel. An optional mask (1 = visible) restricts both the descriptor's data term
+and the generator's loss to visible pixels (completion). The trainer knows nothing of files,
+progress bars or signals: the caller drives `step()` and saves `state_dict()`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from .errors import CoopsynthError
+from .model import CoopModel
+from .networks import NetConfig
+
+Tensor = torch.Tensor
+RUNAWAY = 50.0  # a Langevin revision this large (RMS, standardised pixels) means a chain ran away
+
+
+@dataclass
+class TrainConfig:
+    net: NetConfig = field(default_factory=NetConfig)  # both networks' shapes
+    crop: int = 64  # side of the random training crops, pixels (videos: space)
+    crop_frames: int = 16  # videos: frames per training crop
+    batch: int = 4  # Langevin chains per iteration, each started from g(Z) with a fresh Z
+    steps: int = 1500  # training iterations
+    langevin_steps: int = 6  # descriptor Langevin steps per iteration (and default sampling refinement)
+    delta: float = 1.0  # Langevin step size: the gradient step is delta^2 / 2 (standardised pixels)
+    sigma: float = 10.0  # std of the Gaussian reference q(Y) (standardised pixels)
+    noise: float = 0.02  # scale of the Langevin noise; 1 = exact Langevin (see README: short-run)
+    s: float = 0.3  # generator noise std in the MCMC-teaching loss |Y - g(Z)|^2 / (2 s^2)
+    lr_d: float = 2e-3  # descriptor Adam learning rate
+    lr_g: float = 3e-3  # generator Adam learning rate
+    beta1: float = 0.5  # Adam beta1 for both networks
+    energy_reg: float = 1e-3  # penalty on squared mean per-position energies (keeps f near 0)
+    lr_decay: float = 0.1  # learning rates fall to this fraction along a cosine over `steps`
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["net"] = self.net.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        d["net"] = NetConfig.from_dict(d["net"])
+        return cls(**d)
+
+    def langevin(self, delta: float | None = None) -> dict:
+        """Keyword arguments of `CoopModel.revise` for these settings."""
+        return {"delta": self.delta if delta is None else delta, "sigma": self.sigma, "noise": self.noise}
+
+
+def preset(name: str, dims: int = 2, channels: int = 3) -> TrainConfig:
+    """Named trade-offs. `default` is what the README's quality numbers are measured on."""
+    net = NetConfig(dims=dims, channels=channels)
+    if name == "fast":
+        return TrainConfig(net=net, steps=400)
+    if name == "default":
+        return TrainConfig(net=net)
+    if name == "quality":
+        return TrainConfig(net=net, steps=4000, batch=8)
+    raise CoopsynthError(f"unknown preset '{name}' (use fast, default or quality)")
+
+
+def with_overrides(cfg: TrainConfig, **kw) -> TrainConfig:
+    """A copy of cfg with the non-None keyword values replaced."""
+    return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
+
+
+def standardise_stats(x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std (C,) of data (C, ...) in [0, 1], over visible pixels if masked."""
+    flat = x.flatten(1)
+    if mask is None:
+        return flat.mean(1), flat.std(1).clamp_min(0.02)
+    m = mask.expand_as(x).flatten(1).float()
+    n = m.sum(1).clamp_min(1)
+    mean = (flat * m).sum(1) / n
+    var = ((flat - mean[:, None]) ** 2 * m).sum(1) / n
+    return mean, var.sqrt().clamp_min(0.02)
+
+
+class CoopTrainer:
+    """Owns a CoopModel, both optimisers, the data and the RNG; `step()` runs one iteration."""
+
+    def __init__(
+        self,
+        data: Tensor,
+        cfg: TrainConfig,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        mask: Tensor | None = None,
+    ):
+        dims = data.dim() - 1
+        if dims != cfg.net.dims or data.shape[0] != cfg.net.channels:
+            raise CoopsynthError(
+                f"data of shape {tuple(data.shape)} does not fit a {cfg.net.dims}-D network with {cfg.net.channels} channels"
+            )
+        self.cfg = cfg
+        self.device = torch.device(device)
+        torch.manual_seed(seed)
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+        mean, std = standardise_stats(data, mask)
+        self.model = CoopModel(cfg.net, mean, std, self.device)
+        self.data = self.model.normalise(data.to(self.device))  # (C, [T,] H, W) standardised
+        self.mask = None if mask is None else mask.to(self.device).float().expand_as(data[:1]).contiguous()  # (1, [T,] H, W)
+        if self.mask is not None:
+            self.data = self.data * self.mask  # hidden pixels never reach a network
+        self.crop_size = self._crop_size()
+        betas = (cfg.beta1, 0.999)
+        self.opt_d = torch.optim.Adam(self.model.descriptor.parameters(), lr=cfg.lr_d, betas=betas)
+        self.opt_g = torch.optim.Adam(self.model.generator.parameters(), lr=cfg.lr_g, betas=betas)
+        self.step_count = 0
+        self.delta = cfg.delta  # current step size; lowered after a divergence
+
+    @property
+    def descriptor(self):
+        return self.model.descriptor
+
+    @property
+    def generator(self):
+        return self.model.generator
+
+    # ---- data ---------------------------------------------------------------------------------
+
+    def _crop_size(self) -> tuple[int, ...]:
+        """Training crop ([T,] H, W): cfg.crop (and crop_frames), shrunk to the data, a multiple of
+        the generator's up-sampling factor."""
+        n = self.cfg.net
+        want = (self.cfg.crop, self.cfg.crop) if n.dims == 2 else (self.cfg.crop_frames, self.cfg.crop, self.cfg.crop)
+        out = []
+        for w, have, u in zip(want, self.data.shape[1:], n.up, strict=True):
+            c = min(w, have) // u * u
+            if c < u:
+                raise CoopsynthError(f"the input is {have} pixels (or frames) along an axis; the minimum is {u}")
+            out.append(c)
+        return tuple(out)
+
+    def observed_batch(self) -> tuple[Tensor, Tensor | None]:
+        """cfg.batch random crops of the data (B, C, [T,] H, W), and of the mask (B, 1, ...) or None."""
+        crops, masks = [], []
+        for _ in range(self.cfg.batch):
+            idx = [slice(None)]
+            for c, have in zip(self.crop_size, self.data.shape[1:], strict=True):
+                o = int(torch.randint(0, have - c + 1, (1,), generator=self.gen, device=self.device))
+                idx.append(slice(o, o + c))
+            crops.append(self.data[tuple(idx)])
+            if self.mask is not None:
+                masks.append(self.mask[tuple(idx)])
+        return torch.stack(crops), (torch.stack(masks) if masks else None)
+
+    # ---- one iteration -------------------------------------------------------------------------
+
+    def lr_factor(self) -> float:
+        t = min(self.step_count / max(self.cfg.steps, 1), 1.0)
+        lo = self.cfg.lr_decay
+        return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * t))
+
+    def step(self) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        for opt, lr in ((self.opt_d, cfg.lr_d), (self.opt_g, cfg.lr_g)):
+            for group in opt.param_groups:
+                group["lr"] = lr * self.lr_factor()
+        obs, m = self.observed_batch()  # (B, C, [T,] H, W), (B, 1, ...) | None
+        z = model.latent(cfg.batch, self.crop_size, self.gen)  # (B, zc, [t,] h, w)
+        y0 = self.generator(z)  # (B, C, [T,] H, W), graph kept for the generator update
+        y0 = y0[(slice(None), slice(None)) + tuple(slice(0, c) for c in self.crop_size)]
+        y = model.revise(y0.detach(), steps=cfg.langevin_steps, generator=self.gen, **cfg.langevin(self.delta))
+
+        # descriptor: ascend mean f(obs) - mean f(y), per position so the scale is size-free
+        npos = float(math.prod(self.crop_size))
+        syn = y if m is None else y * m  # masked data term: hidden pixels are compared as zeros on both sides
+        f_obs = self.descriptor(obs) / npos  # (B,)
+        f_syn = self.descriptor(syn) / npos
+        loss_d = f_syn.mean() - f_obs.mean() + cfg.energy_reg * (f_obs.pow(2).mean() + f_syn.pow(2).mean())
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+
+        # generator: MCMC teaching, regress g(Z) on the revised Y with the same Z
+        diff = (y - y0) if m is None else (y - y0) * m
+        loss_g = diff.pow(2).mean() / (2 * cfg.s * cfg.s)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+
+        stats = {
+            "step": self.step_count + 1,
+            "f_obs": f_obs.mean().item(),
+            "f_syn": f_syn.mean().item(),
+            "loss_g": loss_g.item(),
+            "revision": (y - y0.detach()).pow(2).mean().sqrt().item(),
+            "delta": self.delta,
+        }
+        if not all(math.isfinite(v) for v in stats.values()) or stats["revision"] > RUNAWAY:
+            raise DivergenceError(stats)
+        self.opt_d.step()
+        self.opt_g.step()
+        self.step_count += 1
+        return stats
+
+    # ---- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {
+            "config": self.cfg.to_dict(),
+            "descriptor": self.descriptor.state_dict(),
+            "generator": self.generator.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "step": self.step_count,
+            "delta": self.delta,
+            "mean": self.model.mean.clone(),
+            "std": self.model.std.clone(),
+            "rng": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.descriptor.load_state_dict(state["descriptor"])
+        self.generator.load_state_dict(state["generator"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.step_count = int(state["step"])
+        self.delta = float(state["delta"])
+        self.gen.set_state(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+class DivergenceError(RuntimeError):
+    """A non-finite energy or loss in an iteration; the weights were not updated."""
+
+    def __init__(self, stats: dict):
+        super().__init__(f"non-finite values at step {stats.get('step')}: {stats}")
+        self.stats = stats

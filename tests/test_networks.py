@@ -1,0 +1,76 @@
+import pytest
+import torch
+
+from coopsynth.networks import Descriptor, Generator, NetConfig
+from tests.conftest import tiny_net
+
+
+@pytest.mark.parametrize("size", [(32, 32), (40, 24), (64, 48), (17, 23)])
+def test_descriptor_energy_shape_2d(size):
+    d = Descriptor(NetConfig())
+    assert d(torch.randn(3, 3, *size)).shape == (3,)
+
+
+@pytest.mark.parametrize("size", [(4, 5), (5, 3), (8, 8)])
+@pytest.mark.parametrize("upsample", ["nearest", "linear"])
+def test_generator_shape_2d(size, upsample):
+    cfg = NetConfig(g_upsample=upsample)
+    g = Generator(cfg)
+    y = g(torch.randn(2, cfg.z_channels, *size))
+    assert y.shape == (2, 3, size[0] * 8, size[1] * 8)
+    assert g.latent_shape((size[0] * 8 - 3, size[1] * 8)) == (cfg.z_channels, *size)
+
+
+def test_shapes_3d():
+    cfg = NetConfig(dims=3, channels=1)
+    g, d = Generator(cfg), Descriptor(cfg)
+    z = torch.randn(2, cfg.z_channels, 3, 4, 5)  # (B, zc, t, h, w)
+    y = g(z)
+    assert y.shape == (2, 1, 3 * cfg.up[0], 32, 40)  # (B, C, T, H, W)
+    assert d(y).shape == (2,)
+
+
+def test_grey_channel_count():
+    cfg = NetConfig(channels=1)
+    assert Generator(cfg)(torch.randn(1, cfg.z_channels, 2, 2)).shape[1] == 1
+
+
+def test_energy_gradient_gradcheck_float64():
+    torch.manual_seed(0)
+    d = Descriptor(tiny_net()).double()
+    y = torch.randn(1, 3, 12, 12, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: d(v), (y,), eps=1e-6, atol=1e-5)
+
+
+def test_energy_gradient_gradcheck_float64_3d_wrapped():
+    torch.manual_seed(0)
+    d = Descriptor(tiny_net(dims=3, channels=1)).double()
+    y = torch.randn(1, 1, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: d(v, (True, True, True)), (y,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("upsample", ["nearest", "linear"])
+def test_wrapped_generator_is_translation_equivariant(upsample):
+    """On a torus, rolling the latent by one cell rolls the image by one cell's pixels: tileable."""
+    torch.manual_seed(0)
+    cfg = tiny_net(g_upsample=upsample)
+    g = Generator(cfg)
+    z = torch.randn(1, cfg.z_channels, 5, 6)
+    wrap = (True, True)
+    a = g(torch.roll(z, shifts=(1, 2), dims=(2, 3)), wrap)
+    b = torch.roll(g(z, wrap), shifts=(cfg.up[0], 2 * cfg.up[1]), dims=(2, 3))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_wrapped_descriptor_is_translation_invariant():
+    torch.manual_seed(0)
+    d = Descriptor(tiny_net())
+    y = torch.randn(1, 3, 16, 16)
+    e1 = d(y, (True, True))
+    e2 = d(torch.roll(y, shifts=(4, 8), dims=(2, 3)), (True, True))  # multiples of the total stride
+    torch.testing.assert_close(e1, e2, atol=1e-4, rtol=1e-5)
+
+
+def test_config_round_trip():
+    cfg = NetConfig(dims=3, g_widths=(5, 4))
+    assert NetConfig.from_dict(cfg.to_dict()) == cfg

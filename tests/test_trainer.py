@@ -1,0 +1,149 @@
+import json
+
+import pytest
+import torch
+
+from coopsynth import pipeline
+from coopsynth.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from coopsynth.errors import CoopsynthError
+from coopsynth.io import write_image
+from coopsynth.trainer import CoopTrainer, DivergenceError, TrainConfig
+from tests.conftest import texture_image, tiny_net
+
+
+def tiny_cfg(**kw) -> TrainConfig:
+    base = dict(net=tiny_net(), crop=16, batch=2, steps=6, langevin_steps=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_trainer_step_moves_energies_the_right_way():
+    """After the descriptor update, the observed crops gain energy relative to the revised samples."""
+    torch.manual_seed(0)
+    t = CoopTrainer(texture_image(), tiny_cfg(lr_d=1e-2), seed=1)
+    state = torch.get_rng_state(), t.gen.get_state()
+    obs, _ = t.observed_batch()
+    z = t.model.latent(2, t.crop_size, t.gen)
+    y = t.model.revise(t.model.generate(z, t.crop_size), steps=3, generator=t.gen, **t.cfg.langevin())
+    gap_before = (t.descriptor(obs) - t.descriptor(y)).mean().item()
+    torch.set_rng_state(state[0])
+    t.gen.set_state(state[1])
+    t.step()  # same crops and chains (same RNG state)
+    gap_after = (t.descriptor(obs) - t.descriptor(y)).mean().item()
+    assert gap_after > gap_before
+
+
+def test_generator_step_moves_g_of_z_toward_the_revision():
+    """MCMC teaching: after one step, g(Z) is closer to that step's revised Y, for the same Z."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(lr_g=1e-4)
+    t = CoopTrainer(texture_image(), cfg, seed=2)
+    seen = {}
+    real_revise, real_latent = t.model.revise, t.model.latent
+    t.model.revise = lambda y0, **kw: seen.setdefault("y", real_revise(y0, **kw))
+    t.model.latent = lambda *a, **k: seen.setdefault("z", real_latent(*a, **k))
+    for _ in range(3):
+        seen.clear()
+        stats = t.step()  # loss_g is |Y - g_before(Z)|^2 / (2 s^2)
+        with torch.no_grad():
+            after = (t.generator(seen["z"]) - seen["y"]).pow(2).mean().item() / (2 * cfg.s**2)
+        assert after < stats["loss_g"]
+
+
+def test_step_reports_all_figures():
+    t = CoopTrainer(texture_image(), tiny_cfg(), seed=0)
+    stats = t.step()
+    assert set(stats) == {"step", "f_obs", "f_syn", "loss_g", "revision", "delta"}
+    assert stats["step"] == 1 and t.step_count == 1
+
+
+def test_checkpoint_round_trip_continues_like_an_uninterrupted_run(tmp_path):
+    data = texture_image()
+    a = CoopTrainer(data, tiny_cfg(), seed=3)
+    for _ in range(4):
+        a.step()
+    b = CoopTrainer(data, tiny_cfg(), seed=3)
+    for _ in range(2):
+        b.step()
+    path = save_checkpoint(tmp_path / "model.pt", b.state_dict(), "texture", {"size": [48, 40]})
+    blob = load_checkpoint(path, "texture")
+    c = CoopTrainer(data, blob["config_obj"], seed=999)  # the seed is overwritten by the checkpoint's RNG
+    c.load_state_dict(blob)
+    for _ in range(2):
+        c.step()
+    for pa, pc in zip(a.model.generator.parameters(), c.model.generator.parameters(), strict=True):
+        torch.testing.assert_close(pa, pc, rtol=0, atol=0)
+    for pa, pc in zip(a.model.descriptor.parameters(), c.model.descriptor.parameters(), strict=True):
+        torch.testing.assert_close(pa, pc, rtol=0, atol=0)
+    m = model_from_checkpoint(blob)
+    assert m.net == tiny_net()
+
+
+def test_checkpoint_is_plain_tensors_and_primitives(tmp_path):
+    t = CoopTrainer(texture_image(), tiny_cfg(), seed=0)
+    path = save_checkpoint(tmp_path / "m.pt", t.state_dict(), "texture", {"size": [48, 40]})
+    blob = torch.load(path, weights_only=True)
+    assert blob["format"] == "coopsynth" and blob["version"] == 1 and blob["kind"] == "texture"
+    assert not list(tmp_path.glob(".*tmp*")), "no temporary file is left behind"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "not a coopsynth checkpoint"),
+        (b"hello, I am text", "not a coopsynth checkpoint"),
+    ],
+)
+def test_foreign_checkpoints_are_refused(tmp_path, content, message):
+    p = tmp_path / "x.pt"
+    p.write_bytes(content)
+    with pytest.raises(CoopsynthError, match=message):
+        load_checkpoint(p)
+
+
+def test_checkpoint_of_other_kind_or_version_is_refused(tmp_path):
+    torch.save({"format": "coopsynth", "version": 99, "kind": "texture"}, tmp_path / "v.pt")
+    with pytest.raises(CoopsynthError, match="version 99"):
+        load_checkpoint(tmp_path / "v.pt")
+    torch.save({"some": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CoopsynthError, match="not a coopsynth checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    t = CoopTrainer(texture_image(), tiny_cfg(), seed=0)
+    save_checkpoint(tmp_path / "m.pt", t.state_dict(), "texture", {})
+    with pytest.raises(CoopsynthError, match="texture model, not a video model"):
+        load_checkpoint(tmp_path / "m.pt", "video")
+
+
+def test_divergence_is_detected_rolled_back_and_logged(tmp_path, monkeypatch):
+    """An injected NaN in one iteration: the run rolls back, lowers the step size, and finishes."""
+    write_image(tmp_path / "in.png", texture_image())
+    calls = {"n": 0}
+    real_step = CoopTrainer.step
+
+    def faulty(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            self.descriptor.heads[0].bias.data.fill_(float("nan"))
+        return real_step(self)
+
+    monkeypatch.setattr(CoopTrainer, "step", faulty)
+    job = pipeline.TrainJob(
+        tmp_path / "in.png", tmp_path / "out", steps=5, overrides=dict(net=tiny_net(), crop=16, batch=2, langevin_steps=2)
+    )
+    res = pipeline.train(job)
+    assert res["rollbacks"] == 1 and res["steps"] == 5
+    assert res["trainer"].delta < TrainConfig().delta
+    events = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "divergence" for e in events)
+    for p in res["trainer"].model.descriptor.parameters():
+        assert torch.isfinite(p).all()
+
+
+def test_nan_step_raises_before_updating():
+    t = CoopTrainer(texture_image(), tiny_cfg(), seed=0)
+    t.descriptor.heads[0].bias.data.fill_(float("nan"))
+    before = [p.clone() for p in t.generator.parameters()]
+    with pytest.raises(DivergenceError):
+        t.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, t.generator.parameters(), strict=True))
+    assert t.step_count == 0
