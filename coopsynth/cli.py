@@ -134,10 +134,11 @@ def _train_job(input: Path, output: Path | None, **kw) -> pipeline.TrainJob:
 
 
 def _run_training(job: pipeline.TrainJob) -> dict:
-    steps_hint = job.steps
-    with _Bar(f"training {job.input.name}", steps_hint) as bar:
-        result = pipeline.train(job, on_progress=bar)
-    return result
+    prep = pipeline.prepare_training(job)  # every check before the bar appears
+    for note in prep.meta.get("notes", []):
+        console.print(f"[cyan]note:[/] {note}")
+    with _Bar(f"training {job.input.name}", prep.total) as bar:
+        return pipeline.run_training(prep, on_progress=bar)
 
 
 def _summary(result: dict, written: list[Path], t0: float) -> None:
@@ -207,6 +208,66 @@ def texture(
 
 @app.command()
 @friendly
+def video(
+    input: Annotated[
+        Path, typer.Argument(help="A video (mp4, avi, mov, webm, gif) or a folder of numbered frames; grey or colour.")
+    ],
+    output: Output = None,
+    steps: Steps = None,
+    frames: Annotated[
+        int | None, typer.Option("--frames", help="Frames per output video, also longer than the input (default: the input's).")
+    ] = None,
+    size: Size = None,
+    fps: Annotated[float | None, typer.Option("--fps", help="Output frame rate (default: the input's).")] = None,
+    loop: Annotated[bool, typer.Option("--loop", help="Seamless loop: the last frame flows into the first.")] = False,
+    samples: Samples = 2,
+    seed: Seed = 0,
+    device: Device = "auto",
+    preset: Preset = "default",
+    langevin_steps: LangevinSteps = None,
+    refine: Refine = None,
+    minutes: Minutes = None,
+    resume: Resume = False,
+    force: Force = False,
+    max_size: Annotated[
+        int | None, typer.Option("--max-size", help="Scale so the longer side is at most this (default 64).")
+    ] = None,
+    max_frames: Annotated[
+        int | None, typer.Option("--max-frames", help="Keep at most this many input frames (default 48).")
+    ] = None,
+) -> None:
+    """Train on one video of a dynamic texture, then write new videos (MP4 + a GIF preview)."""
+    t0 = time.perf_counter()
+    hw = pipeline.parse_size(size)
+    if pipeline.input_kind(input) != "video":
+        raise CoopsynthError(
+            f"{input}: this looks like an image; use `coopsynth texture` (or give a video file or a folder of frames)"
+        )
+    job = _train_job(
+        input,
+        output,
+        preset=preset,
+        steps=steps,
+        minutes=minutes,
+        langevin_steps=langevin_steps,
+        seed=seed,
+        device=device,
+        resume=resume,
+        force=force,
+        max_size=max_size,
+        max_frames=max_frames,
+    )
+    result = _run_training(job)
+    trainer = result["trainer"]
+    blob = {"config_obj": trainer.cfg, "kind": "video", "meta": result["meta"], "delta": trainer.delta}
+    full = pipeline.sample_size(blob, hw, frames)
+    sj = pipeline.SampleJob(job.output, samples, full, seed, loop=loop, refine=refine, fps=fps)
+    written = pipeline.sample(trainer.model, blob, sj)
+    _summary(result, written, t0)
+
+
+@app.command()
+@friendly
 def train(
     input: Annotated[Path, typer.Argument(help="A texture image or a video (file or folder of frames).")],
     output: Output = None,
@@ -265,6 +326,58 @@ def sample(
         m, blob, pipeline.SampleJob(output, samples, full, seed, tile=tile, loop=loop, refine=refine, fps=fps)
     )
     console.print(f"[green]wrote[/] {len(written)} samples to {output}/ in {time.perf_counter() - t0:.1f} s")
+
+
+@app.command()
+@friendly
+def complete(
+    input: Annotated[Path, typer.Argument(help="Image with missing pixels (alpha 0 by default), or a video.")],
+    output: Output = None,
+    mask: Annotated[
+        Path | None,
+        typer.Option(
+            "--mask", help="Mask image (white = missing; same size); videos: an image for all frames or a video of masks."
+        ),
+    ] = None,
+    key_color: Annotated[
+        str | None, typer.Option("--key-color", help="R,G,B: pixels of exactly this colour are missing.")
+    ] = None,
+    missing_frames: Annotated[
+        str | None, typer.Option("--missing-frames", help="Videos: frames A:B (B exclusive) are missing.")
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Complete with this trained model.pt instead of training on the input.")
+    ] = None,
+    samples: Annotated[int, typer.Option("--samples", help="Alternative completions to write.")] = 1,
+    steps: Steps = None,
+    minutes: Minutes = None,
+    preset: Preset = "default",
+    refine: Annotated[
+        int | None,
+        typer.Option("--refine", help="Descriptor Langevin steps with the visible pixels fixed (default 3x the training L)."),
+    ] = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    force: Force = False,
+) -> None:
+    """Fill the missing pixels of an image or video by learning from its visible pixels."""
+    t0 = time.perf_counter()
+    out = output or pipeline.default_output(input)
+    job = pipeline.CompleteJob(
+        input, out, mask, key_color, missing_frames, model, samples, seed, device, preset, steps, minutes, refine, force
+    )
+    bar = None
+
+    def start(prep):
+        nonlocal bar
+        bar = _Bar(f"learning {input.name} (visible pixels)", prep.total).__enter__()
+
+    try:
+        result = pipeline.complete(job, on_progress=lambda info: bar(info) if bar else None, before_training=start)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    console.print(f"[green]done[/] in {time.perf_counter() - t0:.0f} s: {', '.join(str(p) for p in result['paths'])}")
 
 
 @app.command("eval")

@@ -19,8 +19,9 @@ import torch
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .errors import CoopsynthError
-from .io import atomic_path, check_writable, read_image, write_image, write_video
+from .io import atomic_path, check_writable, read_image, read_video, write_image, write_video
 from .model import CoopModel
+from .networks import NetConfig
 from .trainer import CoopTrainer, DivergenceError, TrainConfig, preset, with_overrides
 
 Tensor = torch.Tensor
@@ -159,16 +160,32 @@ def make_config(job: TrainJob, kind: str, channels: int) -> TrainConfig:
     steps = job.steps
     if steps is None and job.minutes is not None:
         steps = 10**9  # the clock decides; the learning-rate schedule then follows the clock
-    cfg = with_overrides(cfg, **job.overrides)
+    over = dict(job.overrides)
+    if isinstance(over.get("net"), dict):  # partial network overrides (benchmarks, experiments)
+        net = {**cfg.net.to_dict(), **over["net"]}
+        over["net"] = NetConfig.from_dict(net)
+    cfg = with_overrides(cfg, **over)
     return with_overrides(cfg, steps=steps, langevin_steps=job.langevin_steps)
 
 
-def train(job: TrainJob, on_progress: ProgressFn = None, mask: Tensor | None = None, data: Tensor | None = None) -> dict:
-    """Train a model on job.input; write model.pt, progress.png and log.jsonl into job.output.
+@dataclass
+class PreparedRun:
+    """Everything checked and built before the first iteration (so errors come before any output)."""
 
-    Returns a summary dict (steps, seconds, paths, trainer). Raises CoopsynthError for bad input and
-    Interrupted after a signal (checkpoint saved).
-    """
+    job: TrainJob
+    kind: str
+    meta: dict
+    trainer: CoopTrainer
+    state: dict | None  # the checkpoint resumed from, if any
+    start_seconds: float
+
+    @property
+    def total(self) -> int | None:
+        return None if self.job.minutes is not None and self.job.steps is None else self.trainer.cfg.steps
+
+
+def prepare_training(job: TrainJob, mask: Tensor | None = None, data: Tensor | None = None) -> PreparedRun:
+    """Read and check the input, the options and the output folder; build (or resume) the trainer."""
     if data is None:
         kind, data, meta = load_input(job)
     else:
@@ -179,8 +196,6 @@ def train(job: TrainJob, on_progress: ProgressFn = None, mask: Tensor | None = N
     ckpt_path = out / "model.pt"
     if ckpt_path.exists() and not (job.resume or job.force):
         raise CoopsynthError(f"{ckpt_path}: already exists (use --resume to continue it or --force to start over)")
-    check_writable(out)
-
     cfg = make_config(job, kind, data.shape[0])
     start_seconds = 0.0
     state = None
@@ -196,10 +211,29 @@ def train(job: TrainJob, on_progress: ProgressFn = None, mask: Tensor | None = N
         start_seconds = float(state.get("meta", {}).get("seconds", 0.0))
     elif job.resume:
         raise CoopsynthError(f"{ckpt_path}: no checkpoint to resume")
-
+    check_writable(out)
     trainer = CoopTrainer(data, cfg, device=device, seed=job.seed, mask=mask)
     if state is not None:
         trainer.load_state_dict(state)
+    meta.update({"kind": kind, "seed": job.seed, "preset": job.preset, "device": str(device)})
+    return PreparedRun(job, kind, meta, trainer, state, start_seconds)
+
+
+def train(job: TrainJob, on_progress: ProgressFn = None, mask: Tensor | None = None, data: Tensor | None = None) -> dict:
+    """Train a model on job.input; write model.pt, progress.png and log.jsonl into job.output.
+
+    Returns a summary dict (steps, seconds, paths, trainer). Raises CoopsynthError for bad input and
+    Interrupted after a signal (checkpoint saved).
+    """
+    return run_training(prepare_training(job, mask, data), on_progress)
+
+
+def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
+    """The training loop of a prepared run (see `train`)."""
+    job, kind, meta, trainer, state, start_seconds = prep.job, prep.kind, prep.meta, prep.trainer, prep.state, prep.start_seconds
+    cfg, device = trainer.cfg, trainer.device
+    out = Path(job.output)
+    ckpt_path = out / "model.pt"
     log_path = out / "log.jsonl"
     if state is None and log_path.exists():
         log_path.unlink()
@@ -218,7 +252,6 @@ def train(job: TrainJob, on_progress: ProgressFn = None, mask: Tensor | None = N
         strip = torch.cat(snaps[-job.snapshots :], dim=-1)
         write_image(out / "progress.png", strip)
 
-    meta.update({"kind": kind, "seed": job.seed, "preset": job.preset, "device": str(device)})
     t0 = time.perf_counter()
     last_ckpt = t0
     good = copy.deepcopy(trainer.state_dict())
@@ -389,3 +422,111 @@ def sample_size(blob: dict, hw: tuple[int, int] | None, frames: int | None) -> t
         raise CoopsynthError(f"--frames {frames}: a video needs at least 2 frames")
     t = frames or meta_size[0]
     return (t, *(hw or meta_size[1:]))
+
+
+# --------------------------------------------------------------------------------------------
+# completion
+
+
+@dataclass
+class CompleteJob:
+    input: Path
+    output: Path
+    mask: Path | None = None  # image (white = missing) or, for videos, an image or a video of masks
+    key_color: str | None = None  # "R,G,B": pixels of this colour are missing
+    missing_frames: str | None = None  # videos: "A:B"
+    model: Path | None = None  # complete with an already trained model instead of training
+    samples: int = 1
+    seed: int = 0
+    device: str = "auto"
+    preset: str = "default"
+    steps: int | None = None
+    minutes: float | None = None
+    refine: int | None = None  # descriptor Langevin steps with the visible pixels fixed
+    force: bool = False
+
+
+def load_completion_input(job: CompleteJob) -> tuple[str, Tensor, Tensor, dict]:
+    """kind, data (C, [T,] H, W), missing ([T,] H, W) bool, meta."""
+    from .completion import check_mask, load_masked_image, parse_frame_range, read_mask_image, read_mask_video
+
+    kind = input_kind(job.input)
+    if kind == "texture":
+        if job.missing_frames:
+            raise CoopsynthError("--missing-frames is for videos")
+        image, missing = load_masked_image(job.input, job.mask, job.key_color)
+        return kind, image, missing, {"input": str(job.input), "size": list(image.shape[1:])}
+    video, fps = read_video(job.input)
+    c, t, h, w = video.shape
+    given = [x is not None for x in (job.mask, job.key_color, job.missing_frames)]
+    if sum(given) != 1:
+        raise CoopsynthError("a video needs exactly one of --mask, --key-color or --missing-frames")
+    if job.missing_frames:
+        a, b = parse_frame_range(job.missing_frames, t)
+        missing = torch.zeros(t, h, w, dtype=torch.bool)
+        missing[a:b] = True
+    elif job.key_color:
+        from .completion import mask_from_key_color, parse_key_color
+
+        missing = mask_from_key_color(video, parse_key_color(job.key_color))
+    elif input_kind(job.mask) == "video":
+        missing = read_mask_video(job.mask, (t, h, w))
+    else:
+        missing = read_mask_image(job.mask, (h, w))[None].expand(t, h, w).contiguous()
+    check_mask(missing, job.mask or job.input)
+    return kind, video, missing, {"input": str(job.input), "size": [t, h, w], "fps": fps}
+
+
+def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: Callable | None = None) -> dict:
+    """Learn from the visible pixels (or load job.model), recover the missing ones, write
+    completed.png / completed.mp4 (and completed_001 ... for more samples)."""
+    from .completion import complete as recover
+
+    kind, data, missing, meta = load_completion_input(job)
+    if job.samples <= 0:
+        raise CoopsynthError(f"--samples {job.samples}: must be at least 1")
+    out = Path(job.output)
+    result: dict = {"kind": kind}
+    if job.model is not None:
+        model, blob = load_model(job.model, job.device)
+        if blob["kind"] != kind:
+            raise CoopsynthError(
+                f"{job.model}: a {blob['kind']} model cannot complete a {'video' if kind == 'video' else 'image'}"
+            )
+        if model.net.channels != data.shape[0]:
+            raise CoopsynthError(f"{job.model}: the model has {model.net.channels} channels, {job.input} has {data.shape[0]}")
+        cfg: TrainConfig = blob["config_obj"]
+        delta = float(blob.get("delta", cfg.delta))
+        check_writable(out)
+    else:
+        tjob = TrainJob(
+            input=job.input,
+            output=out,
+            preset=job.preset,
+            steps=job.steps,
+            minutes=job.minutes,
+            seed=job.seed,
+            device=job.device,
+            force=job.force,
+        )
+        prep = prepare_training(tjob, mask=~missing[None], data=data)
+        prep.meta.update(meta)
+        if before_training is not None:
+            before_training(prep)
+        result = run_training(prep, on_progress)
+        trainer = result["trainer"]
+        model, cfg, delta = trainer.model, trainer.cfg, trainer.delta
+    refine = 3 * cfg.langevin_steps if job.refine is None else job.refine
+    if refine < 0:
+        raise CoopsynthError(f"--refine {refine}: must be 0 or more")
+    gen = torch.Generator(device=model.device).manual_seed(job.seed)
+    paths = []
+    for i in range(job.samples):
+        done = recover(model, data, missing, langevin=cfg.langevin(delta), refine=refine, generator=gen)
+        name = "completed" if i == 0 else f"completed_{i:03d}"
+        if kind == "texture":
+            paths.append(write_image(out / f"{name}.png", done))
+        else:
+            paths.append(write_video(out / f"{name}.mp4", done, float(meta.get("fps", 25.0))))
+    result["paths"] = paths
+    return result

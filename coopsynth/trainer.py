@@ -62,13 +62,17 @@ class TrainConfig:
 
 def preset(name: str, dims: int = 2, channels: int = 3) -> TrainConfig:
     """Named trade-offs. `default` is what the README's quality numbers are measured on."""
-    net = NetConfig(dims=dims, channels=channels)
+    if dims == 2:
+        base = TrainConfig(net=NetConfig(dims=2, channels=channels))
+    else:  # videos: 3-D networks cost ~T times more per crop; smaller widths and crops keep a run in minutes
+        net = NetConfig(dims=3, channels=channels, g_widths=(48, 32, 24), d_widths=(24, 48, 96))
+        base = TrainConfig(net=net, crop=48, crop_frames=16, batch=2, steps=1200)
     if name == "fast":
-        return TrainConfig(net=net, steps=400)
+        return replace(base, steps=base.steps // 4)
     if name == "default":
-        return TrainConfig(net=net)
+        return base
     if name == "quality":
-        return TrainConfig(net=net, steps=4000, batch=8)
+        return replace(base, steps=base.steps * 3, batch=base.batch * 2)
     raise CoopsynthError(f"unknown preset '{name}' (use fast, default or quality)")
 
 

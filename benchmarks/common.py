@@ -1,0 +1,85 @@
+"""Shared pieces of the benchmark scripts: machine facts, results file, contact sheets."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from coopsynth.io import write_image
+from coopsynth.metrics import to_rgb
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "RESULTS.md"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__} with {torch.get_num_threads()} threads, {gpu}"
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def header(title: str) -> str:
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cmd = " ".join(["python", *[a if " " not in a else repr(a) for a in sys.argv]])
+    return f"\n## {title}\n\n- date: {now}\n- machine: {machine()}\n- commit: {commit()}\n- command: `{cmd}`\n\n"
+
+
+def append_results(text: str, path: Path = RESULTS) -> None:
+    if not path.exists():
+        path.write_text(
+            "# coopsynth benchmark results\n\nEvery section below was written by a script in benchmarks/; rerun the command to check it.\n"
+        )
+    with open(path, "a") as f:
+        f.write(text)
+
+
+def median(xs: list[float]) -> float:
+    xs = [x for x in xs if x == x]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    if x is None or x != x:
+        return "–"
+    return f"{x:.{digits}f}"
+
+
+def contact_sheet(path: Path, rows: list[tuple[str, list[torch.Tensor]]], height: int = 128) -> None:
+    """One row per method: images (C, H, W) in [0, 1] scaled to `height`, separated by white bars."""
+    lines = []
+    width = 0
+    for _, imgs in rows:
+        scaled = []
+        for im in imgs:
+            im = to_rgb(im.float().clamp(0, 1))
+            w = max(1, round(im.shape[-1] * height / im.shape[-2]))
+            scaled.append(F.interpolate(im[None], size=(height, w), mode="bilinear", align_corners=False)[0])
+            scaled.append(torch.ones(3, height, 4))
+        line = torch.cat(scaled, dim=2)
+        lines.append(line)
+        width = max(width, line.shape[-1])
+    padded = [torch.cat([ln, torch.ones(3, height, width - ln.shape[-1])], dim=2) for ln in lines]
+    sheet = torch.cat([x for ln in padded for x in (ln, torch.ones(3, 4, width))], dim=1)
+    write_image(path, sheet)

@@ -1,0 +1,99 @@
+"""The CoopNets reference settings of ../shared/METHOD.md, "images (TF, 64 px)" column, run here.
+
+Benchmark-only: the authors' published architecture and hyper-parameters, written from the
+description in METHOD.md (not their code), trained on 64x64 random crops for a wall-clock budget,
+so that coopsynth's table can show "the paper's recipe, run here, for the same minutes".
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from coopsynth.langevin import descriptor_langevin
+
+SIZE = 64  # crop side
+Z_DIM = 100
+BATCH = 144  # chains per iteration, restarted from the generator
+L, DELTA, SIGMA = 15, 0.002, 0.016  # descriptor Langevin
+LR_D, LR_G, BETA1 = 0.007, 1e-4, 0.5
+S = 0.3  # generator reference std in the teaching loss
+
+
+class Descriptor(nn.Module):
+    """conv 64@5x5/2, 128@3x3/2, 256@3x3/1, leaky ReLU 0.2, then a linear layer."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.c1 = nn.Conv2d(c, 64, 5, 2, 2)
+        self.c2 = nn.Conv2d(64, 128, 3, 2, 1)
+        self.c3 = nn.Conv2d(128, 256, 3, 1, 1)
+        self.fc = nn.Linear(256 * (SIZE // 4) ** 2, 1)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        h = F.leaky_relu(self.c1(y), 0.2)
+        h = F.leaky_relu(self.c2(h), 0.2)
+        h = F.leaky_relu(self.c3(h), 0.2)
+        return self.fc(h.flatten(1))[:, 0]  # (B,)
+
+
+class Generator(nn.Module):
+    """z 100 -> 4x4 deconv 512 -> 5x5/2 deconvs 256, 128, 64, 3 with batch norm, tanh."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        chans = [512, 256, 128, 64]
+        self.first = nn.Sequential(nn.ConvTranspose2d(Z_DIM, 512, 4), nn.BatchNorm2d(512), nn.ReLU())
+        layers = []
+        for a, b in zip(chans, chans[1:], strict=False):
+            layers += [nn.ConvTranspose2d(a, b, 5, 2, 2, output_padding=1), nn.BatchNorm2d(b), nn.ReLU()]
+        layers += [nn.ConvTranspose2d(64, c, 5, 2, 2, output_padding=1), nn.Tanh()]
+        self.rest = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.rest(self.first(z[:, :, None, None]))  # (B, C, 64, 64)
+
+
+def train_and_sample(train: torch.Tensor, seconds: float, k: int = 4, seed: int = 0) -> tuple[torch.Tensor, int]:
+    """Train on random 64x64 crops of `train` (C, H, W) in [0, 1] for `seconds`; return k samples
+    (k, C, 64, 64) in [0, 1] (the revised Y, as the paper shows) and the iteration count."""
+    torch.manual_seed(seed)
+    c, h, w = train.shape
+    lo, hi = train.min(), train.max()
+    data = (train - lo) / (hi - lo).clamp_min(1e-6) * 2 - 1  # min-max to [-1, 1]
+    size = min(SIZE, h, w)
+    if size < SIZE:  # a small input: upsample so that 64x64 crops exist (the recipe's fixed size)
+        data = F.interpolate(data[None], scale_factor=SIZE / size, mode="bilinear", align_corners=False)[0]
+        h, w = data.shape[1:]
+    d, g = Descriptor(c), Generator(c)
+    opt_d = torch.optim.Adam(d.parameters(), lr=LR_D, betas=(BETA1, 0.999))
+    opt_g = torch.optim.Adam(g.parameters(), lr=LR_G, betas=(BETA1, 0.999))
+    t0, it = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        ys = torch.randint(0, h - SIZE + 1, (BATCH,))
+        xs = torch.randint(0, w - SIZE + 1, (BATCH,))
+        obs = torch.stack([data[:, y : y + SIZE, x : x + SIZE] for y, x in zip(ys.tolist(), xs.tolist(), strict=True)])
+        z = torch.randn(BATCH, Z_DIM)
+        y0 = g(z)
+        d.requires_grad_(False)
+        y = descriptor_langevin(d, y0.detach(), steps=L, delta=DELTA, sigma=SIGMA, noise=1.0)
+        d.requires_grad_(True)
+        loss_d = d(y).mean() - d(obs).mean()
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        loss_g = (y - y0).pow(2).sum() / (2 * S * S) / BATCH
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+        it += 1
+    g.eval()
+    with torch.no_grad():
+        y0 = g(torch.randn(k, Z_DIM))
+    d.requires_grad_(False)
+    y = descriptor_langevin(d, y0, steps=L, delta=DELTA, sigma=SIGMA, noise=1.0)
+    y = torch.nan_to_num(y, nan=0.0).clamp(-1, 1)
+    return (y + 1) / 2 * (hi - lo) + lo, it

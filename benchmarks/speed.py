@@ -1,0 +1,179 @@
+"""Speed benchmark: where a training iteration's time goes, Langevin throughput against the
+machine's matrix-product peak (the roofline ratio), and sampling speed.
+
+    python benchmarks/speed.py                 # CPU, sizes 64..512, default preset networks
+    python benchmarks/speed.py --device cuda   # on a GPU (also run by default when one is present)
+
+Everything is measured in this one run, so the ratios compare like with like on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import append_results, header  # noqa: E402
+
+from coopsynth.model import CoopModel  # noqa: E402
+from coopsynth.trainer import CoopTrainer, preset  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timeit(fn, device: torch.device, repeat: int = 3, min_time: float = 0.3) -> float:
+    """Best mean seconds per call over `repeat` rounds of at least `min_time` each."""
+    fn()
+    sync(device)
+    best = float("inf")
+    for _ in range(repeat):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            sync(device)
+            if time.perf_counter() - t0 >= min_time:
+                break
+        best = min(best, (time.perf_counter() - t0) / n)
+    return best
+
+
+def matmul_peak(device: torch.device, dtype=torch.float32) -> float:
+    """GFLOP/s of a large square matrix product: the arithmetic peak we compare against."""
+    n = 2048 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n**3 / timeit(lambda: a @ b, device) / 1e9
+
+
+def conv_flops(module: nn.Module, x: torch.Tensor, fn) -> float:
+    """FLOPs (2 x multiply-adds) of every convolution that `fn(x)` runs, from the layer shapes."""
+    total = 0.0
+
+    def hook(m, inp, out):
+        nonlocal total
+        k = 1
+        for s in m.kernel_size:
+            k *= s
+        total += 2.0 * out.numel() * (m.in_channels // m.groups) * k
+
+    hs = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d | nn.Conv3d)]
+    try:
+        with torch.no_grad():
+            fn(x)
+    finally:
+        for h in hs:
+            h.remove()
+    return total
+
+
+def peak_memory(device: torch.device, fn) -> float:
+    """Peak memory in MiB while running fn (CUDA: allocator peak; CPU: growth of max RSS)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        sync(device)
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return max(after - before, 0) / 1024
+
+
+def bench_device(device: torch.device, sizes: list[int], preset_name: str) -> str:
+    cfg = preset(preset_name)
+    peak = matmul_peak(device)
+    lines = [
+        f"### {device.type.upper()}: preset `{preset_name}`, batch {cfg.batch}, L = {cfg.langevin_steps}; matrix-product peak {peak:.0f} GFLOP/s\n",
+        "| size | iteration ms | generator pass | Langevin revision | descriptor update | generator update | Langevin steps/s | GFLOP per step | achieved GFLOP/s | roofline | sampling MP/s (no refine) | sampling MP/s (refine L) | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size in sizes:
+        data = torch.rand(3, max(size, 64) * 2, max(size, 64) * 2)
+        c = type(cfg)(**{**cfg.__dict__, "crop": size})
+        tr = CoopTrainer(data, c, device=device, seed=0)
+        m = tr.model
+        crop = tr.crop_size
+        z = m.latent(c.batch, crop, tr.gen)
+
+        t_gen = timeit(lambda: m.generator(z), device)
+        y0 = m.generate(z, crop)
+        lang = c.langevin()
+        t_lang = timeit(lambda: m.revise(y0, steps=c.langevin_steps, generator=tr.gen, **lang), device)
+        y = m.revise(y0, steps=c.langevin_steps, generator=tr.gen, **lang)
+        obs, _ = tr.observed_batch()
+
+        def d_update():
+            loss = m.descriptor(y).mean() - m.descriptor(obs).mean()
+            tr.opt_d.zero_grad()
+            loss.backward()
+
+        def g_update():
+            loss = (m.generator(z) - y).pow(2).mean()
+            tr.opt_g.zero_grad()
+            loss.backward()
+
+        t_d = timeit(d_update, device)
+        t_g = timeit(g_update, device)
+        t_iter = timeit(tr.step, device, repeat=2)
+        flops_step = 2 * conv_flops(m.descriptor, y0, m.descriptor)  # forward + input-gradient backward
+        steps_per_s = c.langevin_steps / t_lang
+        achieved = flops_step * steps_per_s / 1e9
+        mp = crop[0] * crop[1] / 1e6
+        sm = CoopModel(c.net, m.mean, m.std, device)
+        sm.generator.load_state_dict(m.generator.state_dict())
+        sm.descriptor.load_state_dict(m.descriptor.state_dict())
+        t_s0 = timeit(lambda: sm.sample(1, crop, refine=0, langevin=lang), device, repeat=2)
+        t_sl = timeit(lambda: sm.sample(1, crop, refine=c.langevin_steps, langevin=lang), device, repeat=2)
+        mem = peak_memory(device, tr.step)
+        lines.append(
+            f"| {size} | {t_iter * 1e3:.0f} | {t_gen * 1e3:.0f} | {t_lang * 1e3:.0f} | {t_d * 1e3:.0f} | {t_g * 1e3:.0f} | {steps_per_s:.1f} | "
+            f"{flops_step / 1e9:.2f} | {achieved:.1f} | {achieved / peak:.0%} | {mp / t_s0:.2f} | {mp / t_sl:.2f} | {mem:.0f} |"
+        )
+        print(lines[-1], flush=True)
+    # the headline sampling figure: one 1024x1024 texture inside the process
+    m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device)
+    t1024 = timeit(lambda: m.sample(1, (1024, 1024), refine=0, langevin=cfg.langevin()), device, repeat=2, min_time=0.0)
+    t1024r = timeit(
+        lambda: m.sample(1, (1024, 1024), refine=cfg.langevin_steps, langevin=cfg.langevin()), device, repeat=1, min_time=0.0
+    )
+    lines.append(
+        f"\n1024x1024 sample: {t1024:.2f} s generator only (`--refine 0`), {t1024r:.2f} s with the default {cfg.langevin_steps} Langevin refinements.\n"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cpu, and cuda too when present)")
+    ap.add_argument("--sizes", default="64,128,256,512")
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    devices = [args.device] if args.device else (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    text = header("Speed")
+    for d in devices:
+        if d == "cuda" and not torch.cuda.is_available():
+            print("cuda: skipped (no CUDA device)")
+            continue
+        text += bench_device(torch.device(d), sizes, args.preset) + "\n"
+    print(text)
+    if not args.no_write:
+        append_results(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Video input for dynamic textures: read, then scale and trim to what a default run can learn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .errors import CoopsynthError
+from .io import read_video
+
+Tensor = torch.Tensor
+
+DEFAULT_MAX_SIZE = 64  # longer side after scaling, pixels: keeps a default CPU run near 10 minutes
+DEFAULT_MAX_FRAMES = 48  # frames kept from the start of the clip
+
+
+def prepare_video(
+    path: str | Path, max_size: int | None = None, max_frames: int | None = None
+) -> tuple[Tensor, float, list[str]]:
+    """Read a clip and scale/trim it: (C, T, H, W) in [0, 1], fps, and the messages saying what changed."""
+    max_size = DEFAULT_MAX_SIZE if max_size is None else max_size
+    max_frames = DEFAULT_MAX_FRAMES if max_frames is None else max_frames
+    if max_size < 16:
+        raise CoopsynthError(f"--max-size {max_size}: must be at least 16")
+    if max_frames < 2:
+        raise CoopsynthError(f"--max-frames {max_frames}: must be at least 2")
+    video, fps = read_video(path, max_frames=None)
+    notes = []
+    c, t, h, w = video.shape
+    if t > max_frames:
+        video = video[:, :max_frames]
+        notes.append(f"kept the first {max_frames} of {t} frames (--max-frames)")
+    if max(h, w) > max_size:
+        scale = max_size / max(h, w)
+        nh, nw = max(8, round(h * scale)), max(8, round(w * scale))
+        frames = video.movedim(1, 0)  # (T, C, H, W)
+        frames = F.interpolate(frames, size=(nh, nw), mode="area")
+        video = frames.movedim(0, 1).contiguous()
+        notes.append(f"scaled {w}x{h} to {nw}x{nh} (--max-size)")
+    return video, fps, notes

@@ -1,0 +1,140 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from coopsynth.cli import app
+from coopsynth.io import read_image, write_image
+from tests.conftest import texture_image
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny end-to-end run shared by the tests that only read its files."""
+    d = tmp_path_factory.mktemp("run")
+    write_image(d / "tiny.png", texture_image(40, 48))
+    r = runner.invoke(
+        app, ["texture", str(d / "tiny.png"), "-o", str(d / "out"), "--steps", "2", "--samples", "2", "--preset", "fast"]
+    )
+    assert r.exit_code == 0, r.output
+    return d
+
+
+def test_texture_end_to_end_writes_every_file(trained):
+    out = trained / "out"
+    for name in ["model.pt", "sample_000.png", "sample_001.png", "progress.png", "log.jsonl"]:
+        assert (out / name).is_file(), name
+    assert read_image(out / "sample_000.png").shape == (3, 40, 48)  # the input's size and channels
+    lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert lines[-1]["event"] == "stopped" and lines[-1]["step"] == 2
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_sample_from_checkpoint_sizes_and_determinism(trained, tmp_path):
+    args = ["sample", str(trained / "out" / "model.pt"), "--samples", "2", "--size", "70x33", "--seed", "5", "--refine", "2"]
+    assert runner.invoke(app, [*args, "-o", str(tmp_path / "a")]).exit_code == 0
+    assert runner.invoke(app, [*args, "-o", str(tmp_path / "b")]).exit_code == 0
+    a, b = read_image(tmp_path / "a" / "sample_000.png"), read_image(tmp_path / "b" / "sample_000.png")
+    assert a.shape == (3, 33, 70)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, read_image(tmp_path / "a" / "sample_001.png"))
+
+
+@pytest.mark.parametrize("size", ["48x40", "45x37"])
+def test_tile_output_wraps(trained, tmp_path, size):
+    """The seam (last column -> first column) differs no more than neighbouring inner columns."""
+    r = runner.invoke(
+        app, ["sample", str(trained / "out" / "model.pt"), "-o", str(tmp_path), "--samples", "1", "--size", size, "--tile"]
+    )
+    assert r.exit_code == 0, r.output
+    x = read_image(tmp_path / "sample_000.png")
+    for axis in (1, 2):
+        inner = (x.narrow(axis, 1, x.shape[axis] - 1) - x.narrow(axis, 0, x.shape[axis] - 1)).abs().mean()
+        seam = (x.narrow(axis, 0, 1) - x.narrow(axis, x.shape[axis] - 1, 1)).abs().mean()
+        assert seam <= 1.5 * inner + 2 / 255
+
+
+def test_same_seed_same_files(tmp_path):
+    write_image(tmp_path / "t.png", texture_image(32, 32))
+    outs = []
+    for name in ("a", "b"):
+        r = runner.invoke(
+            app, ["texture", str(tmp_path / "t.png"), "-o", str(tmp_path / name), "--steps", "2", "--samples", "1", "--seed", "3"]
+        )
+        assert r.exit_code == 0, r.output
+        outs.append((tmp_path / name / "sample_000.png").read_bytes())
+    assert outs[0] == outs[1]
+
+
+def test_existing_output_needs_force_or_resume(trained):
+    args = ["texture", str(trained / "tiny.png"), "-o", str(trained / "out"), "--steps", "2"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1 and "--resume" in r.output
+
+
+def test_resume_continues_counting(tmp_path):
+    write_image(tmp_path / "t.png", texture_image(32, 32))
+    base = ["train", str(tmp_path / "t.png"), "-o", str(tmp_path / "o")]
+    assert runner.invoke(app, [*base, "--steps", "2"]).exit_code == 0
+    r = runner.invoke(app, [*base, "--steps", "3", "--resume"])
+    assert r.exit_code == 0, r.output
+    blob = torch.load(tmp_path / "o" / "model.pt", weights_only=True)
+    assert blob["step"] == 3
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["texture", "{d}/missing.png"], "no such file"),
+        (["texture", "{d}/text.png"], "not a readable image"),
+        (["texture", "{d}/ok.png", "--size", "12by7"], "expected WIDTHxHEIGHT"),
+        (["texture", "{d}/ok.png", "--size", "0x7"], "must be positive"),
+        (["texture", "{d}/ok.png", "--steps", "0"], "--steps 0"),
+        (["texture", "{d}/ok.png", "--preset", "turbo"], "unknown preset"),
+        (["sample", "{d}/text.png"], "not a coopsynth checkpoint"),
+        (["eval", "{d}/ok.png", "{d}/ok.png"], "--train"),
+    ],
+)
+def test_cli_errors_are_one_line_exit_1(tmp_path, args, message):
+    write_image(tmp_path / "ok.png", texture_image(32, 32))
+    (tmp_path / "text.png").write_text("not an image")
+    r = runner.invoke(app, [a.format(d=tmp_path) for a in args] + ["-o", str(tmp_path / "out")] * (args[0] == "texture"))
+    assert r.exit_code == 1, r.output
+    assert message in r.output
+    assert "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_eval_json_keys(tmp_path):
+    img = texture_image(64, 128)
+    write_image(tmp_path / "train.png", img[:, :, :64])
+    write_image(tmp_path / "held.png", img[:, :, 64:])
+    write_image(tmp_path / "s0.png", img[:, :40, 64:104])
+    write_image(tmp_path / "s1.png", img[:, 20:60, :40])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            str(tmp_path / "held.png"),
+            str(tmp_path / "s0.png"),
+            str(tmp_path / "s1.png"),
+            "--train",
+            str(tmp_path / "train.png"),
+            "--json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert {"swd_ratio", "copy_index", "diversity", "swd_samples", "swd_real"} <= set(out)
+
+
+def test_module_entry_point_exit_code_without_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "coopsynth", "texture", str(tmp_path / "nope.png")], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "no such file" in r.stderr and "Traceback" not in r.stderr

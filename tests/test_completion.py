@@ -1,0 +1,131 @@
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from coopsynth.cli import app
+from coopsynth.completion import complete, load_masked_image
+from coopsynth.io import read_image, read_video, write_image, write_video
+from coopsynth.model import CoopModel
+from coopsynth.trainer import TrainConfig
+from tests.conftest import texture_image, tiny_net
+
+runner = CliRunner()
+
+
+def quantised(x: torch.Tensor) -> torch.Tensor:
+    return (x * 255).round() / 255
+
+
+def make_inputs(d, h=32, w=40):
+    img = quantised(texture_image(h, w))
+    missing = torch.zeros(h, w, dtype=torch.bool)
+    missing[8:20, 10:26] = True
+    import imageio.v3 as iio
+
+    rgba = np.concatenate(
+        [
+            (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8),
+            np.where(missing.numpy(), 0, 255).astype(np.uint8)[..., None],
+        ],
+        axis=2,
+    )
+    iio.imwrite(d / "alpha.png", rgba)
+    write_image(d / "plain.png", img)
+    write_image(d / "mask.png", missing[None].float())
+    keyed = img.clone()
+    keyed[:, missing] = torch.tensor([1.0, 0.0, 1.0])[:, None]
+    write_image(d / "keyed.png", keyed)
+    return img, missing
+
+
+def test_three_mask_conventions_parse_the_same_mask(tmp_path):
+    _, missing = make_inputs(tmp_path)
+    _, m_alpha = load_masked_image(tmp_path / "alpha.png", None, None)
+    _, m_file = load_masked_image(tmp_path / "plain.png", tmp_path / "mask.png", None)
+    _, m_key = load_masked_image(tmp_path / "keyed.png", None, "255,0,255")
+    assert torch.equal(m_alpha, missing) and torch.equal(m_file, missing) and torch.equal(m_key, missing)
+
+
+def test_visible_pixels_unchanged_by_recovery():
+    torch.manual_seed(0)
+    img = quantised(texture_image(32, 40))
+    missing = torch.rand(32, 40) < 0.3
+    model = CoopModel(tiny_net(), img.flatten(1).mean(1), img.flatten(1).std(1))
+    out = complete(model, img, missing, langevin=TrainConfig().langevin(), infer_steps=3, refine=3)
+    assert torch.equal(out[:, ~missing], img[:, ~missing])
+    assert not torch.equal(out[:, missing], img[:, missing])
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
+def test_complete_end_to_end_bit_identical_visible(tmp_path):
+    img, missing = make_inputs(tmp_path)
+    r = runner.invoke(
+        app, ["complete", str(tmp_path / "alpha.png"), "-o", str(tmp_path / "out"), "--steps", "2", "--samples", "2"]
+    )
+    assert r.exit_code == 0, r.output
+    done = read_image(tmp_path / "out" / "completed.png")
+    assert done.shape == img.shape
+    assert torch.equal((done[:, ~missing] * 255).round(), (img[:, ~missing] * 255).round())
+    assert (tmp_path / "out" / "completed_001.png").is_file()
+    # and again with the trained model, without training
+    r = runner.invoke(
+        app,
+        [
+            "complete",
+            str(tmp_path / "plain.png"),
+            "--mask",
+            str(tmp_path / "mask.png"),
+            "--model",
+            str(tmp_path / "out" / "model.pt"),
+            "-o",
+            str(tmp_path / "out2"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "out2" / "model.pt").exists()
+
+
+def test_video_missing_frames_filled_rest_unchanged(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    v = quantised(0.3 + 0.4 * torch.rand(3, 8, 16, 24, generator=g))
+    write_video(tmp_path / "clip.mp4", v, fps=8.0)
+    src, _ = read_video(tmp_path / "clip.mp4")
+    r = runner.invoke(
+        app, ["complete", str(tmp_path / "clip.mp4"), "--missing-frames", "3:5", "-o", str(tmp_path / "o"), "--steps", "2"]
+    )
+    assert r.exit_code == 0, r.output
+    from coopsynth import pipeline
+
+    job = pipeline.CompleteJob(tmp_path / "clip.mp4", tmp_path / "o2", missing_frames="3:5", model=tmp_path / "o" / "model.pt")
+    kind, data, missing, _ = pipeline.load_completion_input(job)
+    assert missing[3:5].all() and not missing[:3].any() and not missing[5:].any()
+    model, blob = pipeline.load_model(job.model, "cpu")
+    done = complete(model, data, missing, langevin=blob["config_obj"].langevin(), infer_steps=2, refine=2)
+    assert torch.equal(done[:, :3], src[:, :3]) and torch.equal(done[:, 5:], src[:, 5:])
+    assert not torch.equal(done[:, 3:5], src[:, 3:5])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--mask", "{d}/all.png"], "everything is masked"),
+        (["--mask", "{d}/none.png"], "nothing is masked"),
+        (["--mask", "{d}/text.png"], "not a readable image"),
+        (["--mask", "{d}/small.png"], "the mask is 8x8 but the input is 40x32"),
+        (["--key-color", "1,2"], "expected R,G,B"),
+        ([], "no alpha channel"),
+    ],
+)
+def test_completion_errors(tmp_path, extra, message):
+    make_inputs(tmp_path)
+    write_image(tmp_path / "all.png", torch.ones(1, 32, 40))
+    write_image(tmp_path / "none.png", torch.zeros(1, 32, 40))
+    write_image(tmp_path / "small.png", torch.ones(1, 8, 8))
+    (tmp_path / "text.png").write_text("no")
+    r = runner.invoke(
+        app, ["complete", str(tmp_path / "plain.png"), *[a.format(d=tmp_path) for a in extra], "-o", str(tmp_path / "o")]
+    )
+    assert r.exit_code == 1, r.output
+    assert message in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

@@ -1,0 +1,98 @@
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from coopsynth.cli import app
+from coopsynth.io import read_video, write_video
+from coopsynth.networks import Descriptor, Generator
+from coopsynth.video import prepare_video
+from tests.conftest import tiny_net
+
+runner = CliRunner()
+
+
+def moving_clip(t: int = 12, h: int = 32, w: int = 40, channels: int = 3) -> torch.Tensor:
+    """A drifting sine pattern with a little noise: (C, T, H, W) in [0, 1]."""
+    g = torch.Generator().manual_seed(0)
+    tt, yy, xx = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+    base = 0.5 + 0.3 * torch.sin(0.5 * xx + 0.3 * yy - 0.6 * tt)
+    return (base + 0.05 * torch.rand(channels, t, h, w, generator=g)).clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("video")
+    write_video(d / "clip.mp4", moving_clip(), fps=10.0)
+    r = runner.invoke(app, ["video", str(d / "clip.mp4"), "-o", str(d / "out"), "--steps", "2", "--samples", "1"])
+    assert r.exit_code == 0, r.output
+    return d
+
+
+def test_3d_network_shapes_tiny():
+    cfg = tiny_net(dims=3)
+    z = torch.randn(2, cfg.z_channels, 3, 4, 5)
+    y = Generator(cfg)(z)
+    assert y.shape == (2, 3, 3 * cfg.up[0], 4 * cfg.up[1], 5 * cfg.up[2])
+    assert Descriptor(cfg)(y).shape == (2,)
+
+
+def test_video_end_to_end(clip_dir):
+    out = clip_dir / "out"
+    for name in ["model.pt", "sample_000.mp4", "sample_000.gif", "progress.png", "log.jsonl"]:
+        assert (out / name).is_file(), name
+    v, fps = read_video(out / "sample_000.mp4")
+    assert v.shape[1:] == (12, 32, 40)
+    assert fps == pytest.approx(10.0)
+
+
+def test_sample_longer_than_input_and_loop(clip_dir, tmp_path):
+    r = runner.invoke(
+        app,
+        [
+            "sample",
+            str(clip_dir / "out" / "model.pt"),
+            "-o",
+            str(tmp_path),
+            "--samples",
+            "1",
+            "--frames",
+            "30",
+            "--loop",
+            "--size",
+            "24x16",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    v, _ = read_video(tmp_path / "sample_000.mp4")
+    assert v.shape[1:] == (30, 16, 24)
+    inner = (v[:, 1:] - v[:, :-1]).abs().mean()
+    seam = (v[:, 0] - v[:, -1]).abs().mean()
+    assert seam <= 1.5 * inner + 2 / 255
+
+
+def test_video_model_refuses_texture_options(clip_dir, tmp_path):
+    r = runner.invoke(app, ["sample", str(clip_dir / "out" / "model.pt"), "-o", str(tmp_path), "--frames", "1"])
+    assert r.exit_code == 1 and "at least 2 frames" in r.output
+
+
+def test_prepare_video_scales_and_trims(tmp_path):
+    write_video(tmp_path / "big.mp4", moving_clip(t=10, h=64, w=96), fps=5.0)
+    v, fps, notes = prepare_video(tmp_path / "big.mp4", max_size=48, max_frames=6)
+    assert v.shape[1:] == (6, 32, 48)
+    assert len(notes) == 2 and fps == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("content, message", [(b"", "empty"), (b"garbage bytes, not a video" * 10, "not a readable video")])
+def test_bad_video_files(tmp_path, content, message):
+    p = tmp_path / "bad.mp4"
+    p.write_bytes(content)
+    r = runner.invoke(app, ["video", str(p), "-o", str(tmp_path / "o")])
+    assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output
+
+
+def test_image_given_to_video_command(tmp_path):
+    from coopsynth.io import write_image
+
+    write_image(tmp_path / "a.png", torch.rand(3, 16, 16))
+    r = runner.invoke(app, ["video", str(tmp_path / "a.png")])
+    assert r.exit_code == 1 and "looks like an image" in r.output
