@@ -12,6 +12,7 @@ from .langevin import descriptor_langevin
 from .networks import Descriptor, Generator, NetConfig
 
 Tensor = torch.Tensor
+WINDOW = 96  # latent cells per side of one generator window (768 px at 8x up-sampling)
 
 
 class CoopModel:
@@ -46,9 +47,10 @@ class CoopModel:
         return torch.randn(shape, generator=generator, device=self.device)
 
     def generate(self, z: Tensor, size: tuple[int, ...], wrap: tuple[bool, ...] | None = None) -> Tensor:
-        """g(Z) cropped to `size`, standardised, no graph."""
+        """g(Z) cropped to `size`, standardised, no graph; large outputs go window by window
+        (the same result, bounded memory)."""
         with torch.no_grad():
-            y = self.generator(z, wrap)
+            y = self.generator.windowed(z, WINDOW, wrap)
         return y[(slice(None), slice(None)) + tuple(slice(0, s) for s in size)]
 
     def revise(

@@ -30,11 +30,12 @@ class NetConfig:
     z_channels: int = 16  # channels of the latent map
     g_widths: tuple[int, ...] = (96, 64, 32)  # generator block widths, coarse to fine; 2x up-sampling per block
     g_time_up: tuple[int, ...] = (2, 2, 1)  # videos: up-sampling over time per generator block (1 or 2)
-    d_widths: tuple[int, ...] = (64, 128, 128)  # descriptor layer widths; each layer halves the size
+    d_widths: tuple[int, ...] = (32, 64, 128)  # descriptor layer widths; each layer halves the size
     d_time_down: tuple[int, ...] = (2, 1, 1)  # videos: down-sampling over time per descriptor layer
     d_kernels: tuple[int, ...] = (4, 4, 4)  # descriptor kernel sides (stride 2 each)
     slope: float = 0.2  # leaky ReLU slope in both networks
     g_upsample: str = "nearest"  # generator up-sampling: nearest or linear (bi/tri-linear)
+    g_latent_convs: int = 0  # extra 3x3 convs at the latent resolution (cheap; widen the generator's reach)
 
     @property
     def up(self) -> tuple[int, ...]:
@@ -120,6 +121,7 @@ class Generator(nn.Module):
         d = cfg.dims
         k3 = (3,) * d
         self.inp = _conv(d, cfg.z_channels, cfg.g_widths[0], k3)
+        self.latent_convs = nn.ModuleList(_conv(d, cfg.g_widths[0], cfg.g_widths[0], k3) for _ in range(cfg.g_latent_convs))
         self.blocks = nn.ModuleList()
         cin = cfg.g_widths[0]
         for w in cfg.g_widths:
@@ -137,6 +139,8 @@ class Generator(nn.Module):
         wrap = wrap or (False,) * d
         one = (1,) * d
         h = F.leaky_relu(self.inp(pad(z, one, wrap)), self.cfg.slope)  # (B, w0, [t,] h, w)
+        for conv in self.latent_convs:
+            h = h + F.leaky_relu(conv(pad(h, one, wrap)), self.cfg.slope)  # residual, same shape
         for i, conv in enumerate(self.blocks):
             h = self._up(h, self._scale(i), wrap)  # (B, w, [2t,] 2h, 2w)
             h = F.leaky_relu(conv(pad(h, one, wrap)), self.cfg.slope)
@@ -150,6 +154,45 @@ class Generator(nn.Module):
         h = F.interpolate(pad(h, (1,) * self.cfg.dims, wrap), scale_factor=scale, mode=mode, align_corners=False)
         crop = tuple(slice(s, h.shape[2 + i] - s) for i, s in enumerate(scale))
         return h[(slice(None), slice(None)) + crop]
+
+    def halo(self) -> int:
+        """Latent cells on each side that can change an output pixel of a cell: the 3x3 convs at
+        the latent resolution reach one cell each; every up-sampling block reaches half a cell of
+        the one before (a geometric sum under one), plus one for linear up-sampling's support."""
+        return 1 + self.cfg.g_latent_convs + 1 + (1 if self.cfg.g_upsample == "linear" else 0)
+
+    def windowed(self, z: Tensor, window: int, wrap: tuple[bool, ...] | None = None) -> Tensor:
+        """g(Z) computed over spatial windows of `window` latent cells (plus a halo), stitched:
+        equal to a whole-image pass up to float rounding, with memory bounded by the window.
+        Time (videos) is not split here."""
+        d = self.cfg.dims
+        wrap = wrap or (False,) * d
+        if all(n <= window for n in z.shape[-2:]):
+            return self(z, wrap)
+        halo = self.halo()
+        up = self.cfg.up
+        sp = z.shape[-2:]
+        # pad wrapped spatial axes circularly once, so every window sees its true neighbours
+        wrapped = tuple(w for w in wrap[-2:])
+        zp = pad(z, tuple(halo if w else 0 for w in wrapped), wrapped) if any(wrapped) else z
+        off = tuple(halo if w else 0 for w in wrapped)
+        out = None
+        for i0 in range(0, sp[0], window):
+            for j0 in range(0, sp[1], window):
+                i1, j1 = min(i0 + window, sp[0]), min(j0 + window, sp[1])
+                a0 = max(i0 - halo, -off[0]) + off[0]
+                a1 = min(i1 + halo, sp[0] + off[0]) + off[0]
+                b0 = max(j0 - halo, -off[1]) + off[1]
+                b1 = min(j1 + halo, sp[1] + off[1]) + off[1]
+                zw = zp[..., a0:a1, b0:b1]
+                # only true image borders are padded by the network; wrapped axes were padded above
+                yw = self(zw, wrap[:-2] + (False, False))
+                ti, tj = (i0 + off[0] - a0) * up[-2], (j0 + off[1] - b0) * up[-1]
+                tile = yw[..., ti : ti + (i1 - i0) * up[-2], tj : tj + (j1 - j0) * up[-1]]
+                if out is None:
+                    out = yw.new_empty(*yw.shape[:-2], sp[0] * up[-2], sp[1] * up[-1])
+                out[..., i0 * up[-2] : i1 * up[-2], j0 * up[-1] : j1 * up[-1]] = tile
+        return out
 
     def latent_shape(self, size: tuple[int, ...]) -> tuple[int, ...]:
         """Latent (z_channels, [t,] h, w) whose output covers `size` ([T,] H, W)."""

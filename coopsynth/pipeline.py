@@ -247,7 +247,11 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
     snap_every = max(1, cfg.steps // job.snapshots) if job.minutes is None else None
 
     def snapshot() -> None:
-        y = trainer.model.denormalise(trainer.model.generate(z_fixed, preview_size))[0]
+        # what `sample` gives: the generator's proposal revised by the descriptor (fixed noise seed)
+        y0 = trainer.model.generate(z_fixed, preview_size)
+        noise = torch.Generator(device=device).manual_seed(job.seed + 54321)
+        y = trainer.model.revise(y0, steps=cfg.langevin_steps, generator=noise, **cfg.langevin(trainer.delta))
+        y = trainer.model.denormalise(y)[0]
         snaps.append(y if kind == "texture" else y[:, 0])
         strip = torch.cat(snaps[-job.snapshots :], dim=-1)
         write_image(out / "progress.png", strip)

@@ -32,7 +32,7 @@ class TrainConfig:
     crop: int = 64  # side of the random training crops, pixels (videos: space)
     crop_frames: int = 16  # videos: frames per training crop
     batch: int = 4  # Langevin chains per iteration, each started from g(Z) with a fresh Z
-    steps: int = 1500  # training iterations
+    steps: int = 1200  # training iterations
     langevin_steps: int = 6  # descriptor Langevin steps per iteration (and default sampling refinement)
     delta: float = 1.0  # Langevin step size: the gradient step is delta^2 / 2 (standardised pixels)
     sigma: float = 10.0  # std of the Gaussian reference q(Y) (standardised pixels)

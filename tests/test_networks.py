@@ -74,3 +74,23 @@ def test_wrapped_descriptor_is_translation_invariant():
 def test_config_round_trip():
     cfg = NetConfig(dims=3, g_widths=(5, 4))
     assert NetConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("latent_convs, upsample", [(0, "nearest"), (2, "nearest"), (0, "linear")])
+@pytest.mark.parametrize("wrap", [(False, False), (True, True)])
+def test_windowed_generator_equals_whole_pass(latent_convs, upsample, wrap):
+    torch.manual_seed(0)
+    cfg = NetConfig(g_widths=(8, 8, 8), z_channels=4, g_latent_convs=latent_convs, g_upsample=upsample)
+    g = Generator(cfg)
+    z = torch.randn(1, 4, 13, 17)
+    with torch.no_grad():
+        torch.testing.assert_close(g.windowed(z, 5, wrap), g(z, wrap), atol=1e-5, rtol=1e-5)
+
+
+def test_windowed_generator_video_splits_space_only():
+    torch.manual_seed(0)
+    cfg = tiny_net(dims=3)
+    g = Generator(cfg)
+    z = torch.randn(1, cfg.z_channels, 2, 9, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(g.windowed(z, 4, (True, False, False)), g(z, (True, False, False)), atol=1e-5, rtol=1e-5)
