@@ -32,12 +32,14 @@ def descriptor_langevin(
     known: Tensor | None = None,
     known_mask: Tensor | None = None,
     generator: torch.Generator | None = None,
+    noise_fn: Callable[[int], Tensor] | None = None,
     callback: Callback = None,
 ) -> Tensor:
     """L steps of  y <- y - (delta^2 / 2) (y / sigma^2 - df/dy) + noise * delta * N(0, I).
 
     energy: y (B, ...) -> f (B,), the descriptor. `noise` scales the Brownian term (1 is exact
-    Langevin). Where `known_mask` is True, y is held at `known` (completion).
+    Langevin). Where `known_mask` is True, y is held at `known` (completion). `noise_fn(step)`, if
+    given, supplies the N(0, I) draw of each step instead of `generator` (windowed sampling).
     """
     half = 0.5 * delta * delta
     y = y.detach()
@@ -50,12 +52,38 @@ def descriptor_langevin(
         with torch.no_grad():
             y = y - half * (y / (sigma * sigma) - grad)
             if noise:
-                y = y + (noise * delta) * _noise(y, generator)
+                y = y + (noise * delta) * (_noise(y, generator) if noise_fn is None else noise_fn(i))
             if known_mask is not None:
                 y = torch.where(known_mask, known, y)
         if callback is not None:
             callback({"step": i, "x": y, "energy": f.detach()})
     return y
+
+
+def block_noise(
+    shape: tuple[int, ...],
+    region: tuple[slice, slice],
+    step: int,
+    seed: int,
+    block: int = 64,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """N(0, I) over `region` (rows, cols) of a (B, C, H, W) field, drawn block by block: block
+    (i, j) of step s always gets the same numbers, whatever region asks for it. This makes a
+    windowed Langevin chain draw exactly the noise a whole-image chain draws."""
+    b, c = shape[0], shape[1]
+    r, q = region
+    out = torch.empty(b, c, r.stop - r.start, q.stop - q.start, device=device)
+    for bi in range(r.start // block, (r.stop - 1) // block + 1):
+        for bj in range(q.start // block, (q.stop - 1) // block + 1):
+            g = torch.Generator().manual_seed(hash((seed, step, bi, bj)) & 0x7FFFFFFFFFFFFFFF)
+            blk = torch.randn(b, c, block, block, generator=g)
+            y0, x0 = bi * block, bj * block
+            ys, ye = max(r.start, y0), min(r.stop, y0 + block)
+            xs, xe = max(q.start, x0), min(q.stop, x0 + block)
+            piece = blk[:, :, ys - y0 : ye - y0, xs - x0 : xe - x0]
+            out[:, :, ys - r.start : ye - r.start, xs - q.start : xe - q.start] = piece.to(out.device)
+    return out
 
 
 def generator_posterior_langevin(

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from .langevin import descriptor_langevin
+from .langevin import block_noise, descriptor_langevin
 from .networks import Descriptor, Generator, NetConfig
 
 Tensor = torch.Tensor
 WINDOW = 96  # latent cells per side of one generator window (768 px at 8x up-sampling)
+REFINE_WINDOW = 1024  # pixels per side of one Langevin refinement window (plus its halo)
 
 
 class CoopModel:
@@ -85,6 +86,84 @@ class CoopModel:
             for p, f in zip(self.descriptor.parameters(), flags, strict=True):
                 p.requires_grad_(f)
 
+    def revise_windowed(
+        self,
+        y: Tensor,
+        *,
+        steps: int,
+        delta: float,
+        sigma: float,
+        noise: float,
+        seed: int,
+        wrap: tuple[bool, ...] | None = None,
+        window: int = REFINE_WINDOW,
+    ) -> Tensor:
+        """Descriptor Langevin over spatial windows of an image (1, C, H, W), each with a halo of
+        `steps` x the descriptor's reach: equal to the whole-image chain up to float rounding
+        (the noise is drawn per fixed block, see `block_noise`), with bounded memory."""
+        if steps <= 0:
+            return y
+        wrap = tuple(wrap) if wrap else (False, False)
+        H, W = y.shape[-2:]
+        st = self.descriptor.stride()
+        halo = -(-steps * self.descriptor.reach() // st) * st
+        window = max(st, window // st * st)
+        off = tuple(halo if w else 0 for w in wrap)
+        yp = y
+        for axis, o in enumerate(off):  # circular context for tileable output (may wrap many times)
+            if o:
+                n = y.shape[-2 + axis]
+                idx = torch.arange(-o, n + o, device=y.device) % n
+                yp = yp.index_select(yp.dim() - 2 + axis, idx)
+        size = (H, W)
+
+        def segments(a: int, b: int, axis: int) -> list[tuple[int, int, int]]:
+            """(src_start, src_stop, dst_start) pieces of padded range [a, b) in image coordinates."""
+            n, o, out, pos = size[axis], off[axis], [], a
+            while pos < b:
+                src = (pos - o) % n
+                run = min(b - pos, n - src)
+                out.append((src, src + run, pos - a))
+                pos += run
+            return out
+
+        def noise_for(a0: int, a1: int, b0: int, b1: int):
+            def fn(step: int) -> Tensor:
+                out = torch.empty(y.shape[0], y.shape[1], a1 - a0, b1 - b0, device=y.device)
+                for rs, re, rd in segments(a0, a1, 0):
+                    for cs, ce, cd in segments(b0, b1, 1):
+                        out[:, :, rd : rd + re - rs, cd : cd + ce - cs] = block_noise(
+                            y.shape, (slice(rs, re), slice(cs, ce)), step, seed, device=y.device
+                        )
+                return out
+
+            return fn
+
+        out = torch.empty_like(y)
+        flags = [p.requires_grad for p in self.descriptor.parameters()]
+        self.descriptor.requires_grad_(False)
+        try:
+            for i0 in range(0, H, window):
+                for j0 in range(0, W, window):
+                    i1, j1 = min(i0 + window, H), min(j0 + window, W)
+                    a0, a1 = max(i0 - halo, -off[0]) + off[0], min(i1 + halo, H + off[0]) + off[0]
+                    b0, b1 = max(j0 - halo, -off[1]) + off[1], min(j1 + halo, W + off[1]) + off[1]
+                    r = descriptor_langevin(
+                        lambda x: self.descriptor(x),
+                        yp[..., a0:a1, b0:b1],
+                        steps=steps,
+                        delta=delta,
+                        sigma=sigma,
+                        noise=noise,
+                        noise_fn=noise_for(a0, a1, b0, b1),
+                    )
+                    ti, tj = i0 + off[0] - a0, j0 + off[1] - b0
+                    out[..., i0:i1, j0:j1] = r[..., ti : ti + i1 - i0, tj : tj + j1 - j0]
+        finally:
+            for p, f in zip(self.descriptor.parameters(), flags, strict=True):
+                p.requires_grad_(f)
+        return out
+
     def sample(
         self,
         n: int,
@@ -108,7 +187,11 @@ class CoopModel:
         for _ in range(n):
             z = self.latent(1, grid, generator)
             y = self.generate(z, grid, wrap)  # (1, C, [T,] H', W')
-            y = self.revise(y, steps=refine, wrap=wrap, generator=generator, **langevin)
+            if self.net.dims == 2:  # windowed, so any size fits in memory; same result as one pass
+                seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else "cpu"))
+                y = self.revise_windowed(y, steps=refine, wrap=wrap, seed=seed, **langevin)
+            else:
+                y = self.revise(y, steps=refine, wrap=wrap, generator=generator, **langevin)
             if grid != tuple(size):
                 y = periodic_resize(y, size, wrap)
             out.append(self.denormalise(y))

@@ -94,6 +94,21 @@ class Descriptor(nn.Module):
             self.heads.append(_conv(d, w, 1, (1,) * d))
             cin = w
 
+    def reach(self) -> int:
+        """Pixels on each side of a pixel that its energy gradient depends on (the receptive radius)."""
+        r, jump = 0, 1
+        for layer in self.layers:
+            r += (layer.kernel_size[-1] - 1) * jump
+            jump *= layer.stride[-1]
+        return r
+
+    def stride(self) -> int:
+        """Total spatial stride: windows must start on multiples of it to see the same grid."""
+        s = 1
+        for layer in self.layers:
+            s *= layer.stride[-1]
+        return s
+
     def _pads(self, layer: nn.Module) -> tuple:
         # "same"-style padding for a stride-s conv: total k - s split over both sides
         out = []

@@ -94,3 +94,39 @@ def test_windowed_generator_video_splits_space_only():
     z = torch.randn(1, cfg.z_channels, 2, 9, 7)
     with torch.no_grad():
         torch.testing.assert_close(g.windowed(z, 4, (True, False, False)), g(z, (True, False, False)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("wrap", [(False, False), (True, True), (True, False)])
+def test_windowed_refinement_equals_whole_image_chain(wrap):
+    """Langevin over 16-px windows (plus halo) gives the whole-image chain's result."""
+    from coopsynth.model import CoopModel
+
+    torch.manual_seed(0)
+    m = CoopModel(tiny_net(), torch.zeros(3), torch.ones(3))
+    y = torch.randn(1, 3, 56, 72)
+    kw = dict(steps=2, delta=0.5, sigma=3.0, noise=1.0, seed=11, wrap=wrap)
+    whole = m.revise_windowed(y, window=4096, **kw)  # one window: the plain whole-image chain
+    windowed = m.revise_windowed(y, window=16, **kw)
+    torch.testing.assert_close(windowed, whole, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(whole, y)
+
+
+def test_whole_window_chain_matches_plain_langevin_with_same_noise():
+    """The windowed sampler with one window is descriptor_langevin with block noise."""
+    from coopsynth.langevin import block_noise, descriptor_langevin
+    from coopsynth.model import CoopModel
+
+    torch.manual_seed(0)
+    m = CoopModel(tiny_net(), torch.zeros(3), torch.ones(3))
+    y = torch.randn(1, 3, 24, 32)
+    a = m.revise_windowed(y, steps=3, delta=0.5, sigma=3.0, noise=0.7, seed=5)
+    b = descriptor_langevin(
+        m.descriptor,
+        y,
+        steps=3,
+        delta=0.5,
+        sigma=3.0,
+        noise=0.7,
+        noise_fn=lambda i: block_noise(y.shape, (slice(0, 24), slice(0, 32)), i, 5),
+    )
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
