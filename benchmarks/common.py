@@ -40,10 +40,13 @@ def commit() -> str:
         return "?"
 
 
+COMMIT_AT_START = commit()  # the code that ran, even if the tree moves on during a long run
+
+
 def header(title: str) -> str:
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cmd = " ".join(["python", *[a if " " not in a else repr(a) for a in sys.argv]])
-    return f"\n## {title}\n\n- date: {now}\n- machine: {machine()}\n- commit: {commit()}\n- command: `{cmd}`\n\n"
+    return f"\n## {title}\n\n- date: {now}\n- machine: {machine()}\n- commit: {COMMIT_AT_START}\n- command: `{cmd}`\n\n"
 
 
 def append_results(text: str, path: Path = RESULTS) -> None:

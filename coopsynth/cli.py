@@ -185,6 +185,10 @@ def texture(
     """Train on one texture image, then write new samples, model.pt, progress.png and log.jsonl."""
     t0 = time.perf_counter()
     hw = pipeline.parse_size(size)
+    if input.is_dir():
+        raise CoopsynthError(
+            f"{input}: is a folder; give one image (a folder of numbered frames is a video: use `coopsynth video`)"
+        )
     if pipeline.input_kind(input) != "texture":
         raise CoopsynthError(f"{input}: this looks like a video; use `coopsynth video`")
     job = _train_job(

@@ -138,3 +138,36 @@ def test_module_entry_point_exit_code_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "coopsynth", "texture", str(tmp_path / "nope.png")], capture_output=True, text=True)
     assert r.returncode == 1
     assert "no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_eval_videos_and_completion(tmp_path):
+    from coopsynth.io import write_video
+
+    g = torch.Generator().manual_seed(0)
+    clip = torch.rand(3, 6, 32, 64, generator=g)
+    write_video(tmp_path / "train.mp4", clip[..., :32], fps=5)
+    write_video(tmp_path / "held.mp4", clip[..., 32:], fps=5)
+    frozen = clip[:, :1, :, 32:].expand(3, 6, 32, 32).contiguous()
+    write_video(tmp_path / "frozen.mp4", frozen, fps=5)
+    r = runner.invoke(
+        app, ["eval", str(tmp_path / "held.mp4"), str(tmp_path / "frozen.mp4"), "--train", str(tmp_path / "train.mp4"), "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert {"spatial_swd_ratio", "st_swd_ratio", "motion_ratio", "copy_index"} <= set(out)
+    assert out["motion_ratio"] < 0.05  # a frozen video barely moves (H.264 adds a little)
+
+    truth = texture_image(48, 48)
+    write_image(tmp_path / "truth.png", truth)
+    done = truth.clone()
+    done[:, 16:32, 16:32] = 0.5
+    write_image(tmp_path / "done.png", done)
+    mask = torch.zeros(1, 48, 48)
+    mask[:, 16:32, 16:32] = 1
+    write_image(tmp_path / "mask.png", mask)
+    r = runner.invoke(
+        app, ["eval", str(tmp_path / "truth.png"), str(tmp_path / "done.png"), "--mask", str(tmp_path / "mask.png"), "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["recovery_error"] > 10 and out["hole_swd_ratio"] > 1
