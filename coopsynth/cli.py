@@ -206,7 +206,8 @@ def texture(
     result = _run_training(job)
     trainer = result["trainer"]
     blob = {"config_obj": trainer.cfg, "kind": "texture", "meta": result["meta"], "delta": trainer.delta}
-    written = pipeline.sample(trainer.model, blob, pipeline.SampleJob(job.output, samples, hw, seed, tile=tile, refine=refine))
+    sj = pipeline.SampleJob(job.output, samples, hw, seed, tile=tile, refine=refine, force=True)  # the run itself was checked
+    written = pipeline.sample(trainer.model, blob, sj)
     _summary(result, written, t0)
 
 
@@ -265,7 +266,7 @@ def video(
     trainer = result["trainer"]
     blob = {"config_obj": trainer.cfg, "kind": "video", "meta": result["meta"], "delta": trainer.delta}
     full = pipeline.sample_size(blob, hw, frames)
-    sj = pipeline.SampleJob(job.output, samples, full, seed, loop=loop, refine=refine, fps=fps)
+    sj = pipeline.SampleJob(job.output, samples, full, seed, loop=loop, refine=refine, fps=fps, force=True)
     written = pipeline.sample(trainer.model, blob, sj)
     _summary(result, written, t0)
 
@@ -320,15 +321,15 @@ def sample(
     loop: Annotated[bool, typer.Option("--loop", help="Videos: the last frame flows into the first.")] = False,
     fps: Annotated[float | None, typer.Option("--fps", help="Videos: frame rate (default: the input's).")] = None,
     device: Device = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing sample files in the output folder.")] = False,
 ) -> None:
     """Sample from a trained model without retraining: a generator pass, then --refine Langevin steps."""
     t0 = time.perf_counter()
-    m, blob = pipeline.load_model(model, device)
     hw = pipeline.parse_size(size)
+    m, blob = pipeline.load_model(model, device)
     full = pipeline.sample_size(blob, hw, frames)
-    written = pipeline.sample(
-        m, blob, pipeline.SampleJob(output, samples, full, seed, tile=tile, loop=loop, refine=refine, fps=fps)
-    )
+    sj = pipeline.SampleJob(output, samples, full, seed, tile=tile, loop=loop, refine=refine, fps=fps, force=force)
+    written = pipeline.sample(m, blob, sj)
     console.print(f"[green]wrote[/] {len(written)} samples to {output}/ in {time.perf_counter() - t0:.1f} s")
 
 

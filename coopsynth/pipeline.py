@@ -365,7 +365,7 @@ class SampleJob:
     loop: bool = False  # looping video (wrap in time)
     refine: int | None = None  # Langevin revisions after the generator; None = the training L
     fps: float | None = None
-    force: bool = True
+    force: bool = False  # overwrite existing sample files
 
 
 def load_model(path: str | Path, device: str = "auto") -> tuple[CoopModel, dict]:
@@ -388,6 +388,11 @@ def sample(model: CoopModel, blob: dict, job: SampleJob) -> list[Path]:
     if refine < 0:
         raise CoopsynthError(f"--refine {refine}: must be 0 or more")
     out = Path(job.output)
+    ext = "png" if kind == "texture" else "mp4"
+    names = [out / f"sample_{i:03d}.{ext}" for i in range(job.samples)]
+    existing = [p for p in names if p.exists()]
+    if existing and not job.force:
+        raise CoopsynthError(f"{existing[0]}: already exists (use --force to overwrite, or another -o folder)")
     check_writable(out)
     wrap = (job.tile, job.tile) if kind == "texture" else (job.loop, job.tile, job.tile)
     gen = torch.Generator(device=model.device).manual_seed(job.seed)

@@ -171,3 +171,14 @@ def test_eval_videos_and_completion(tmp_path):
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert out["recovery_error"] > 10 and out["hole_swd_ratio"] > 1
+
+
+def test_sample_does_not_overwrite_without_force(trained, tmp_path):
+    args = ["sample", str(trained / "out" / "model.pt"), "-o", str(tmp_path), "--samples", "1", "--refine", "0"]
+    assert runner.invoke(app, args).exit_code == 0
+    before = (tmp_path / "sample_000.png").read_bytes()
+    r = runner.invoke(app, [*args, "--seed", "9"])
+    assert r.exit_code == 1 and "--force" in r.output
+    assert (tmp_path / "sample_000.png").read_bytes() == before
+    assert runner.invoke(app, [*args, "--seed", "9", "--force"]).exit_code == 0
+    assert (tmp_path / "sample_000.png").read_bytes() != before
