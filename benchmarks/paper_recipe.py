@@ -97,3 +97,79 @@ def train_and_sample(train: torch.Tensor, seconds: float, k: int = 4, seed: int 
     y = descriptor_langevin(d, y0, steps=L, delta=DELTA, sigma=SIGMA, noise=1.0)
     y = torch.nan_to_num(y, nan=0.0).clamp(-1, 1)
     return (y + 1) / 2 * (hi - lo) + lo, it
+
+
+# ----------------------------------------------------------------------------------------------
+# Dynamic textures: the spatial-temporal settings of METHOD.md (STGConvNet / ST-CoopNets column)
+
+ST_L, ST_DELTA, ST_SIGMA = 15, 0.002, 0.016
+ST_LR_D, ST_LR_G = 0.01, 2e-4
+ST_CHAINS = 3
+
+
+class STDescriptor(nn.Module):
+    """3-D conv 120@(5x7x7, stride (2,3,3)), 30@(3x5x5, stride (1,2,2)), 5@(2x3x3); ReLU; energy = sum."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.c1 = nn.Conv3d(c, 120, (5, 7, 7), (2, 3, 3), (2, 3, 3))
+        self.c2 = nn.Conv3d(120, 30, (3, 5, 5), (1, 2, 2), (1, 2, 2))
+        self.c3 = nn.Conv3d(30, 5, (2, 3, 3), 1, (1, 1, 1))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.c1(y))
+        h = F.relu(self.c2(h))
+        return self.c3(h).flatten(1).sum(1)  # (B,)
+
+
+class STGenerator(nn.Module):
+    """z (B, 64, T/8, H/16, W/16) -> 3-D deconvolutions doubling (T,) H, W, batch norm + ReLU, tanh."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        chans = [64, 128, 64, 32]
+        layers = []
+        for i, (a, b) in enumerate(zip(chans, chans[1:], strict=False)):
+            st = (2, 2, 2) if i < 3 else (1, 2, 2)
+            layers += [nn.ConvTranspose3d(a, b, (4, 4, 4), st, 1), nn.BatchNorm3d(b), nn.ReLU()]
+        layers += [nn.ConvTranspose3d(32, c, (3, 4, 4), (1, 2, 2), (1, 1, 1)), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+def train_and_sample_video(train: torch.Tensor, seconds: float, k: int = 2, seed: int = 0) -> tuple[torch.Tensor, int]:
+    """Train on the whole clip `train` (C, T, H, W) in [0, 1] (T a multiple of 8, H and W of 16)
+    for `seconds`; return k videos of the same size (the revised Y) and the iteration count."""
+    torch.manual_seed(seed)
+    c, t, h, w = train.shape
+    lo, hi = train.min(), train.max()
+    data = ((train - lo) / (hi - lo).clamp_min(1e-6) * 2 - 1)[None]  # (1, C, T, H, W) in [-1, 1]
+    d, g = STDescriptor(c), STGenerator(c)
+    opt_d = torch.optim.Adam(d.parameters(), lr=ST_LR_D, betas=(BETA1, 0.999))
+    opt_g = torch.optim.Adam(g.parameters(), lr=ST_LR_G, betas=(BETA1, 0.999))
+    zshape = (64, t // 8, h // 16, w // 16)
+    t0, it = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        z = torch.randn(ST_CHAINS, *zshape)
+        y0 = g(z)
+        d.requires_grad_(False)
+        y = descriptor_langevin(d, y0.detach(), steps=ST_L, delta=ST_DELTA, sigma=ST_SIGMA, noise=1.0)
+        d.requires_grad_(True)
+        loss_d = d(y).mean() - d(data).mean()
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        loss_g = (y - y0).pow(2).sum() / (2 * S * S) / ST_CHAINS
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+        it += 1
+    g.eval()
+    with torch.no_grad():
+        y0 = g(torch.randn(k, *zshape))
+    d.requires_grad_(False)
+    y = descriptor_langevin(d, y0, steps=ST_L, delta=ST_DELTA, sigma=ST_SIGMA, noise=1.0)
+    y = torch.nan_to_num(y, nan=0.0).clamp(-1, 1)
+    return (y + 1) / 2 * (hi - lo) + lo, it

@@ -1,0 +1,123 @@
+"""Dynamic-texture benchmark: the video protocol of ../shared/EVALUATION.md.
+
+    python benchmarks/video.py                   # tree_foliage_opencv and flame_rendered_castle
+    python benchmarks/video.py --only tree_foliage_opencv --methods coopsynth
+
+Per clip: scale and trim it as a default `coopsynth video` run does, split it into left and right
+halves over all frames, train on the left, draw k videos of the left half's size and length, and
+score them against the right half: spatial and spatio-temporal SWD ratios, motion ratio, copy
+index. Peer: the authors' spatial-temporal settings (benchmarks/paper_recipe.py) for the same
+minutes. A frame strip (input vs samples) per clip goes to benchmarks/out/video/<clip>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import HERE, append_results, contact_sheet, fmt, header, median  # noqa: E402
+
+from coopsynth import metrics, pipeline  # noqa: E402
+from coopsynth.video import prepare_video  # noqa: E402
+
+CLIPS = ["tree_foliage_opencv", "flame_rendered_castle"]
+OUT = HERE / "out" / "video"
+
+
+def run_coopsynth(train: torch.Tensor, k: int, seed: int, preset: str, work: Path) -> tuple[list, float, str]:
+    t0 = time.perf_counter()
+    job = pipeline.TrainJob(input=work / "train.mp4", output=work, preset=preset, seed=seed, force=True)
+    res = pipeline.train(job, data=train)
+    tr = res["trainer"]
+    gen = torch.Generator().manual_seed(seed + 1)
+    s = tr.model.sample(
+        k, tuple(train.shape[1:]), refine=tr.cfg.langevin_steps, langevin=tr.cfg.langevin(tr.delta), generator=gen
+    )
+    return list(s), time.perf_counter() - t0, f"{res['steps']} it"
+
+
+def run_paper(train: torch.Tensor, k: int, seed: int, seconds: float) -> tuple[list, float, str]:
+    from paper_recipe import train_and_sample_video
+
+    c, t, h, w = train.shape
+    clip = train[:, : t // 8 * 8, : h // 16 * 16, : w // 16 * 16]  # the recipe's fixed strides
+    t0 = time.perf_counter()
+    s, iters = train_and_sample_video(clip, seconds, k, seed)
+    return list(s), time.perf_counter() - t0, f"{iters} it"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "videos")
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--methods", default="coopsynth,paper")
+    ap.add_argument("--only", default=None)
+    ap.add_argument("--k", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    if not args.data.is_dir():
+        print(f"skipped: no data folder at {args.data} (pass --data)")
+        return
+    names = args.only.split(",") if args.only else CLIPS
+    methods = args.methods.split(",")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name in names:
+        path = next((p for p in args.data.iterdir() if p.stem == name), None)
+        if path is None:
+            print(f"{name}: skipped (not in {args.data})")
+            continue
+        video, fps, notes = prepare_video(path)
+        train, held = metrics.split_halves(video)
+        print(f"{name}: {tuple(video.shape)} ({'; '.join(notes) or 'as is'}), training half {tuple(train.shape)}", flush=True)
+        r = {"item": name, "methods": {}}
+        rows = [("input", [f for f in video[:, ::8].unbind(1)])]
+        coop_secs = None
+        for m in methods:
+            if m == "coopsynth":
+                s, secs, note = run_coopsynth(train, args.k, args.seed, args.preset, args.out / name)
+                coop_secs = secs
+            elif m == "paper":
+                s, secs, note = run_paper(train, args.k, args.seed, coop_secs or 300.0)
+            else:
+                raise SystemExit(f"unknown method {m}")
+            ref_held = held[:, : s[0].shape[1], : s[0].shape[2], : s[0].shape[3]]
+            ref_train = train[:, : s[0].shape[1]]
+            scores = metrics.video_metrics([x.clamp(0, 1) for x in s], ref_held, ref_train, args.seed)
+            scores.update({"minutes": secs / 60, "note": note})
+            r["methods"][m] = scores
+            rows.append((m, [f for f in s[0][:, ::8].unbind(1)]))
+            print(f"  {m}: " + ", ".join(f"{k} {fmt(v) if isinstance(v, float) else v}" for k, v in scores.items()), flush=True)
+        contact_sheet(args.out / f"{name}.png", rows, height=96)
+        (args.out / f"{name}.json").write_text(json.dumps(r, indent=1))
+        results.append(r)
+    keys = ["spatial_swd_ratio", "st_swd_ratio", "motion_ratio", "copy_index", "minutes"]
+    text = header(f"Dynamic textures, preset `{args.preset}`")
+    text += "| clip | method | " + " | ".join(keys) + " |\n|---|---|" + "---|" * len(keys) + "\n"
+    for r in results:
+        for m, s in r["methods"].items():
+            text += f"| {r['item']} | {m} | " + " | ".join(fmt(s.get(k)) for k in keys) + " |\n"
+    for m in methods:
+        vals = [r["methods"][m] for r in results if m in r["methods"]]
+        if vals:
+            text += (
+                f"| **median** | {m} | " + " | ".join(fmt(median([v.get(k, float("nan")) for v in vals])) for k in keys) + " |\n"
+            )
+    text += "\nFrame strips (every 8th frame; input, then the first sample of each method): `benchmarks/out/video/<clip>.png`.\n"
+    print(text)
+    if not args.no_write:
+        append_results(text)
+
+
+if __name__ == "__main__":
+    main()
