@@ -88,7 +88,7 @@ Refine = Annotated[
 class _Bar:
     """A rich progress bar fed by pipeline's on_progress dicts."""
 
-    def __init__(self, title: str, total: int | None):
+    def __init__(self, title: str, total: int | None, overall: tuple[int, int] | None = None):
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -99,6 +99,11 @@ class _Bar:
             console=console,
             transient=False,
         )
+        if overall is not None:  # several inputs: one more bar over all of them
+            done, n = overall
+            self.progress.add_task(
+                f"all inputs ({done}/{n} done)", total=n, completed=done, total_txt=n, f_obs=0.0, f_syn=0.0, loss_g=0.0, left=""
+            )
         self.task = self.progress.add_task(title, total=total, total_txt=total or "?", f_obs=0.0, f_syn=0.0, loss_g=0.0, left="?")
         self.last = 0.0
 
@@ -133,11 +138,11 @@ def _train_job(input: Path, output: Path | None, **kw) -> pipeline.TrainJob:
     return pipeline.TrainJob(input=input, output=out, **kw)
 
 
-def _run_training(job: pipeline.TrainJob) -> dict:
+def _run_training(job: pipeline.TrainJob, overall: tuple[int, int] | None = None) -> dict:
     prep = pipeline.prepare_training(job)  # every check before the bar appears
     for note in prep.meta.get("notes", []):
         console.print(f"[cyan]note:[/] {note}")
-    with _Bar(f"training {job.input.name}", prep.total) as bar:
+    with _Bar(f"training {job.input.name}", prep.total, overall) as bar:
         return pipeline.run_training(prep, on_progress=bar)
 
 
@@ -161,11 +166,12 @@ def _summary(result: dict, written: list[Path], t0: float) -> None:
 @app.command()
 @friendly
 def texture(
-    input: Annotated[
-        Path,
+    inputs: Annotated[
+        list[Path],
         typer.Argument(
-            help="Texture image: grey, RGB or RGBA (alpha ignored), 8/16-bit, any format imageio reads. "
-            "Training uses random crops, so large images (2048 px and more) are fine."
+            help="Texture image(s) or folder(s) of images: grey, RGB or RGBA (alpha ignored), 8/16-bit, any format imageio reads. "
+            "Training uses random crops, so large images (2048 px and more) are fine. Several inputs: one model each, "
+            "in <output>/<stem>/; finished ones are skipped on a rerun."
         ),
     ],
     output: Output = None,
@@ -182,33 +188,54 @@ def texture(
     resume: Resume = False,
     force: Force = False,
 ) -> None:
-    """Train on one texture image, then write new samples, model.pt, progress.png and log.jsonl."""
-    t0 = time.perf_counter()
+    """Train on a texture image, then write new samples, model.pt, progress.png and log.jsonl."""
     hw = pipeline.parse_size(size)
-    if input.is_dir():
-        raise CoopsynthError(
-            f"{input}: is a folder; give one image (a folder of numbered frames is a video: use `coopsynth video`)"
-        )
-    if pipeline.input_kind(input) != "texture":
-        raise CoopsynthError(f"{input}: this looks like a video; use `coopsynth video`")
-    job = _train_job(
-        input,
-        output,
-        preset=preset,
-        steps=steps,
-        minutes=minutes,
-        langevin_steps=langevin_steps,
-        seed=seed,
-        device=device,
-        resume=resume,
-        force=force,
-    )
-    result = _run_training(job)
-    trainer = result["trainer"]
-    blob = {"config_obj": trainer.cfg, "kind": "texture", "meta": result["meta"], "delta": trainer.delta}
-    sj = pipeline.SampleJob(job.output, samples, hw, seed, tile=tile, refine=refine, force=True)  # the run itself was checked
-    written = pipeline.sample(trainer.model, blob, sj)
-    _summary(result, written, t0)
+    opts = dict(preset=preset, steps=steps, minutes=minutes, langevin_steps=langevin_steps, seed=seed, device=device)
+
+    def one(path: Path, out: Path | None, resume_: bool, overall: tuple[int, int] | None = None) -> tuple[dict, list[Path]]:
+        if pipeline.input_kind(path) != "texture":
+            raise CoopsynthError(f"{path}: this looks like a video; use `coopsynth video`")
+        job = _train_job(path, out, resume=resume_, force=force, **opts)
+        result = _run_training(job, overall)
+        trainer = result["trainer"]
+        blob = {"config_obj": trainer.cfg, "kind": "texture", "meta": result["meta"], "delta": trainer.delta}
+        sj = pipeline.SampleJob(job.output, samples, hw, seed, tile=tile, refine=refine, force=True)  # the run was checked
+        return result, pipeline.sample(trainer.model, blob, sj)
+
+    if len(inputs) == 1 and not inputs[0].is_dir():
+        t0 = time.perf_counter()
+        result, written = one(inputs[0], output, resume)
+        _summary(result, written, t0)
+        return
+    _batch(pipeline.expand_inputs(inputs, "texture"), output, force, resume, one)
+
+
+def _batch(files: list[Path], output: Path | None, force: bool, resume: bool, one) -> None:
+    """One model per input in <output>/<stem>/, a summary table, exit 1 if any failed."""
+    base = output or Path("coopsynth-out")
+    table = Table(title=f"coopsynth: {len(files)} inputs")
+    for col in ("input", "result", "iterations", "minutes", "output"):
+        table.add_column(col)
+    failed = 0
+    for i, path in enumerate(files):
+        out = base / path.stem
+        state = pipeline.run_state(out / "model.pt")
+        if state == "finished" and not force:
+            console.print(f"[dim]({i + 1}/{len(files)}) {path.name}: finished before, skipped (--force to redo)[/]")
+            table.add_row(path.name, "skipped (finished)", "", "", str(out))
+            continue
+        t0 = time.perf_counter()
+        try:
+            result, _ = one(path, out, resume or state == "unfinished", (i, len(files)))
+        except CoopsynthError as e:
+            failed += 1
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            table.add_row(path.name, "[red]failed[/]", "", "", str(e)[:80])
+            continue
+        table.add_row(path.name, "[green]done[/]", str(result["steps"]), f"{(time.perf_counter() - t0) / 60:.1f}", str(out))
+    out_console.print(table)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -241,33 +268,41 @@ def video(
         int | None, typer.Option("--max-frames", help="Keep at most this many input frames (default 48).")
     ] = None,
 ) -> None:
-    """Train on one video of a dynamic texture, then write new videos (MP4 + a GIF preview)."""
-    t0 = time.perf_counter()
+    """Train on one video of a dynamic texture, then write new videos (MP4 + a GIF preview).
+    A folder of video files trains one model per clip (a folder of image frames is one video)."""
     hw = pipeline.parse_size(size)
-    if pipeline.input_kind(input) != "video":
-        raise CoopsynthError(
-            f"{input}: this looks like an image; use `coopsynth texture` (or give a video file or a folder of frames)"
-        )
-    job = _train_job(
-        input,
-        output,
+    opts = dict(
         preset=preset,
         steps=steps,
         minutes=minutes,
         langevin_steps=langevin_steps,
         seed=seed,
         device=device,
-        resume=resume,
-        force=force,
         max_size=max_size,
         max_frames=max_frames,
     )
-    result = _run_training(job)
-    trainer = result["trainer"]
-    blob = {"config_obj": trainer.cfg, "kind": "video", "meta": result["meta"], "delta": trainer.delta}
-    full = pipeline.sample_size(blob, hw, frames)
-    sj = pipeline.SampleJob(job.output, samples, full, seed, loop=loop, refine=refine, fps=fps, force=True)
-    written = pipeline.sample(trainer.model, blob, sj)
+
+    def one(path: Path, out: Path | None, resume_: bool, overall: tuple[int, int] | None = None) -> tuple[dict, list[Path]]:
+        if pipeline.input_kind(path) != "video":
+            raise CoopsynthError(
+                f"{path}: this looks like an image; use `coopsynth texture` (or give a video file or a folder of frames)"
+            )
+        job = _train_job(path, out, resume=resume_, force=force, **opts)
+        result = _run_training(job, overall)
+        trainer = result["trainer"]
+        blob = {"config_obj": trainer.cfg, "kind": "video", "meta": result["meta"], "delta": trainer.delta}
+        full = pipeline.sample_size(blob, hw, frames)
+        sj = pipeline.SampleJob(job.output, samples, full, seed, loop=loop, refine=refine, fps=fps, force=True)
+        return result, pipeline.sample(trainer.model, blob, sj)
+
+    from .io import VIDEO_SUFFIXES
+
+    clips_folder = input.is_dir() and any(f.suffix.lower() in VIDEO_SUFFIXES - {".gif"} for f in input.iterdir())
+    if clips_folder:
+        _batch(pipeline.expand_inputs([input], "video"), output, force, resume, one)
+        return
+    t0 = time.perf_counter()
+    result, written = one(input, output, resume)
     _summary(result, written, t0)
 
 

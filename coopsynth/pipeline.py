@@ -415,6 +415,36 @@ def write_json(path: Path, obj: dict) -> None:
         tmp.write_text(json.dumps(obj, indent=2))
 
 
+def expand_inputs(inputs: list[Path], kind: str) -> list[Path]:
+    """Files of `kind` from the given files and folders, sorted, without duplicates."""
+    from .io import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
+    suffixes = IMAGE_SUFFIXES if kind == "texture" else VIDEO_SUFFIXES
+    out: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in suffixes)
+            if not found:
+                raise CoopsynthError(f"{p}: the folder has no {'images' if kind == 'texture' else 'video files'}")
+            out += found
+        else:
+            out.append(p)
+    seen: set[Path] = set()
+    return [p for p in out if not (p in seen or seen.add(p))]
+
+
+def run_state(ckpt: Path) -> str:
+    """'none', 'unfinished' (interrupted or periodic save) or 'finished' for a model.pt path."""
+    if not ckpt.exists():
+        return "none"
+    try:
+        blob = torch.load(ckpt, map_location="cpu", weights_only=True)
+        stopped = blob.get("meta", {}).get("stopped")
+    except Exception:  # a foreign or broken file: let the normal checks report it
+        return "unfinished"
+    return "finished" if stopped in ("steps", "minutes") else "unfinished"
+
+
 def default_output(input_path: Path) -> Path:
     stem = input_path.stem if not input_path.is_dir() else input_path.name
     return Path("coopsynth-out") / stem

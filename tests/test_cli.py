@@ -182,3 +182,21 @@ def test_sample_does_not_overwrite_without_force(trained, tmp_path):
     assert (tmp_path / "sample_000.png").read_bytes() == before
     assert runner.invoke(app, [*args, "--seed", "9", "--force"]).exit_code == 0
     assert (tmp_path / "sample_000.png").read_bytes() != before
+
+
+def test_several_inputs_one_model_each_skip_finished_and_report_failures(tmp_path):
+    d = tmp_path / "in"
+    write_image(d / "a.png", texture_image(32, 32, seed=1))
+    write_image(d / "b.png", texture_image(32, 40, seed=2))
+    (d / "c.png").write_text("broken")
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["texture", str(d), "-o", str(out), "--steps", "2", "--samples", "1", "--preset", "fast"])
+    assert r.exit_code == 1, r.output  # c.png failed, the others went on
+    assert (out / "a" / "model.pt").is_file() and (out / "b" / "sample_000.png").is_file()
+    assert "c.png" in r.output and "failed" in r.output
+    (d / "c.png").unlink()
+    before = (out / "a" / "model.pt").stat().st_mtime_ns
+    r = runner.invoke(app, ["texture", str(d), "-o", str(out), "--steps", "2", "--samples", "1", "--preset", "fast"])
+    assert r.exit_code == 0, r.output
+    assert "skipped" in r.output
+    assert (out / "a" / "model.pt").stat().st_mtime_ns == before
