@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
-from . import pipeline
+from . import distributed, pipeline
 from .errors import CoopsynthError
 
 app = typer.Typer(
@@ -142,11 +142,15 @@ def _run_training(job: pipeline.TrainJob, overall: tuple[int, int] | None = None
     prep = pipeline.prepare_training(job)  # every check before the bar appears
     for note in prep.meta.get("notes", []):
         console.print(f"[cyan]note:[/] {note}")
+    if distributed.world()[0] != 0:  # torchrun: only rank 0 talks
+        return pipeline.run_training(prep)
     with _Bar(f"training {job.input.name}", prep.total, overall) as bar:
         return pipeline.run_training(prep, on_progress=bar)
 
 
 def _summary(result: dict, written: list[Path], t0: float) -> None:
+    if distributed.world()[0] != 0:
+        return
     console.print(
         f"[green]done[/] in {time.perf_counter() - t0:.0f} s: {result['steps']} iterations"
         + (f" (stopped by the {result['stopped']} budget)" if result["stopped"] == "minutes" else "")
@@ -197,6 +201,8 @@ def texture(
             raise CoopsynthError(f"{path}: this looks like a video; use `coopsynth video`")
         job = _train_job(path, out, resume=resume_, force=force, **opts)
         result = _run_training(job, overall)
+        if distributed.world()[0] != 0:
+            return result, []
         trainer = result["trainer"]
         blob = {"config_obj": trainer.cfg, "kind": "texture", "meta": result["meta"], "delta": trainer.delta}
         sj = pipeline.SampleJob(job.output, samples, hw, seed, tile=tile, refine=refine, force=True)  # the run was checked
@@ -289,6 +295,8 @@ def video(
             )
         job = _train_job(path, out, resume=resume_, force=force, **opts)
         result = _run_training(job, overall)
+        if distributed.world()[0] != 0:
+            return result, []
         trainer = result["trainer"]
         blob = {"config_obj": trainer.cfg, "kind": "video", "meta": result["meta"], "delta": trainer.delta}
         full = pipeline.sample_size(blob, hw, frames)
@@ -454,6 +462,7 @@ def main() -> None:
     try:
         app()
     except SystemExit:
+        distributed.shutdown()
         raise
     except BaseException as e:  # anything that escaped typer's own handling
         if os.environ.get("COOPSYNTH_DEBUG"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .errors import CoopsynthError
 from .io import atomic_path, check_writable, read_image, read_video, write_image, write_video
@@ -135,6 +137,7 @@ class TrainJob:
     snapshots: int = 8  # samples in progress.png
     checkpoint_every: float = 120.0  # seconds between safety checkpoints
     overrides: dict = field(default_factory=dict)  # further TrainConfig fields
+    shards: int = 1  # random streams in one process (equals that many data-parallel processes)
 
 
 def load_input(job: TrainJob) -> tuple[str, Tensor, dict]:
@@ -211,8 +214,13 @@ def prepare_training(job: TrainJob, mask: Tensor | None = None, data: Tensor | N
         start_seconds = float(state.get("meta", {}).get("seconds", 0.0))
     elif job.resume:
         raise CoopsynthError(f"{ckpt_path}: no checkpoint to resume")
-    check_writable(out)
-    trainer = CoopTrainer(data, cfg, device=device, seed=job.seed, mask=mask)
+    if distributed.world()[0] == 0:
+        check_writable(out)
+    rank, size = distributed.init(device)
+    if size > 1 and job.shards != 1:
+        raise CoopsynthError("--shards is for one process; under torchrun every process is one shard")
+    shards = (rank,) if size > 1 else tuple(range(job.shards))
+    trainer = CoopTrainer(data, cfg, device=device, seed=job.seed, mask=mask, shards=shards)
     if state is not None:
         trainer.load_state_dict(state)
     meta.update({"kind": kind, "seed": job.seed, "preset": job.preset, "device": str(device)})
@@ -235,7 +243,9 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
     out = Path(job.output)
     ckpt_path = out / "model.pt"
     log_path = out / "log.jsonl"
-    if state is None and log_path.exists():
+    rank, size = distributed.world()
+    lead = rank == 0  # only the first process writes files
+    if lead and state is None and log_path.exists():
         log_path.unlink()
 
     preview_size = tuple(min(s, 128) for s in trainer.crop_size[-2:])
@@ -247,6 +257,8 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
     snap_every = max(1, cfg.steps // job.snapshots) if job.minutes is None else None
 
     def snapshot() -> None:
+        if not lead:
+            return
         # what `sample` gives: the generator's proposal revised by the descriptor (fixed noise seed)
         y0 = trainer.model.generate(z_fixed, preview_size)
         noise = torch.Generator(device=device).manual_seed(job.seed + 54321)
@@ -268,12 +280,18 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
         return time.perf_counter() - t0
 
     def save(reason: str) -> Path:
-        m = dict(meta, seconds=start_seconds + elapsed(), stopped=reason, rollbacks=rollbacks)
-        return save_checkpoint(ckpt_path, trainer.state_dict(), kind, m)
+        """A collective under torchrun: every process hands in its random stream, rank 0 writes."""
+        m = dict(meta, seconds=start_seconds + elapsed(), stopped=reason, rollbacks=rollbacks, world_size=size)
+        st = trainer.state_dict()
+        if size > 1:
+            st["rng_ranks"] = distributed.gather_states(trainer.gen.get_state())
+        if lead:
+            save_checkpoint(ckpt_path, st, kind, m)
+        return ckpt_path
 
-    with _SignalTrap() as trap, open(log_path, "a") as log:
+    with _SignalTrap() as trap, open(log_path if lead else os.devnull, "a") as log:
         while trainer.step_count < cfg.steps:
-            if budget is not None and elapsed() >= budget:
+            if distributed.any_true(lead and budget is not None and elapsed() >= budget):
                 stop_reason = "minutes"
                 break
             try:
@@ -316,15 +334,16 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                 log.flush()
             if (snap_every and step % snap_every == 0) or (snap_every is None and len(snaps) < secs / budget * job.snapshots):
                 snapshot()
-            if time.perf_counter() - last_ckpt > job.checkpoint_every:
+            if distributed.any_true(lead and time.perf_counter() - last_ckpt > job.checkpoint_every):
                 save("periodic")
                 last_ckpt = time.perf_counter()
-            if on_progress is not None:
+            if on_progress is not None and lead:
                 on_progress(info)
-            if trap.signum is not None:
+            if distributed.any_true(trap.signum is not None):
+                signum = trap.signum or int(signal.SIGTERM)  # torchrun forwards the signal to every process
                 path = save("signal")
-                log.write(json.dumps({"event": "interrupted", "step": step, "signal": trap.signum}) + "\n")
-                raise Interrupted(path, step, 128 + trap.signum)
+                log.write(json.dumps({"event": "interrupted", "step": step, "signal": signum}) + "\n")
+                raise Interrupted(path, step, 128 + signum)
         log.write(
             json.dumps(
                 {
@@ -339,6 +358,7 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
     if not snaps or trainer.step_count % max(snap_every or 1, 1) != 0:
         snapshot()
     path = save(stop_reason)
+    distributed.barrier()
     return {
         "kind": kind,
         "steps": trainer.step_count,

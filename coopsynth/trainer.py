@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
+from . import distributed
 from .errors import CoopsynthError
 from .model import CoopModel
 from .networks import NetConfig
@@ -103,7 +104,11 @@ class CoopTrainer:
         device: str | torch.device = "cpu",
         seed: int = 0,
         mask: Tensor | None = None,
+        shards: tuple[int, ...] = (0,),
     ):
+        """`shards`: the random streams this process draws from (crops, latents, Langevin noise),
+        cfg.batch split evenly over them. One process with shards (0, 1) draws what two
+        data-parallel processes with shards (0,) and (1,) draw together."""
         dims = data.dim() - 1
         if dims != cfg.net.dims or data.shape[0] != cfg.net.channels:
             raise CoopsynthError(
@@ -111,8 +116,12 @@ class CoopTrainer:
             )
         self.cfg = cfg
         self.device = torch.device(device)
-        torch.manual_seed(seed)
-        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+        if cfg.batch % len(shards):
+            raise CoopsynthError(f"batch {cfg.batch} does not split evenly over {len(shards)} shards")
+        torch.manual_seed(seed)  # network initialisation: the same in every process
+        self.shards = tuple(shards)
+        self.gens = [torch.Generator(device=self.device).manual_seed(seed + 7919 * s) for s in self.shards]
+        self.gen = self.gens[0]
         mean, std = standardise_stats(data, mask)
         self.model = CoopModel(cfg.net, mean, std, self.device)
         self.data = self.model.normalise(data.to(self.device))  # (C, [T,] H, W) standardised
@@ -152,15 +161,26 @@ class CoopTrainer:
     def observed_batch(self) -> tuple[Tensor, Tensor | None]:
         """cfg.batch random crops of the data (B, C, [T,] H, W), and of the mask (B, 1, ...) or None."""
         crops, masks = [], []
-        for _ in range(self.cfg.batch):
-            idx = [slice(None)]
-            for c, have in zip(self.crop_size, self.data.shape[1:], strict=True):
-                o = int(torch.randint(0, have - c + 1, (1,), generator=self.gen, device=self.device))
-                idx.append(slice(o, o + c))
-            crops.append(self.data[tuple(idx)])
-            if self.mask is not None:
-                masks.append(self.mask[tuple(idx)])
+        per = self.cfg.batch // len(self.gens)
+        for gen in self.gens:
+            for _ in range(per):
+                idx = [slice(None)]
+                for c, have in zip(self.crop_size, self.data.shape[1:], strict=True):
+                    o = int(torch.randint(0, have - c + 1, (1,), generator=gen, device=self.device))
+                    idx.append(slice(o, o + c))
+                crops.append(self.data[tuple(idx)])
+                if self.mask is not None:
+                    masks.append(self.mask[tuple(idx)])
         return torch.stack(crops), (torch.stack(masks) if masks else None)
+
+    def _latents(self) -> Tensor:
+        per = self.cfg.batch // len(self.gens)
+        return torch.cat([self.model.latent(per, self.crop_size, g) for g in self.gens])  # (B, zc, [t,] h, w)
+
+    def _noise(self, like: Tensor):
+        per = like.shape[0] // len(self.gens)
+        shape = (per, *like.shape[1:])
+        return lambda step: torch.cat([torch.randn(shape, generator=g, device=self.device) for g in self.gens])
 
     # ---- one iteration -------------------------------------------------------------------------
 
@@ -175,10 +195,10 @@ class CoopTrainer:
             for group in opt.param_groups:
                 group["lr"] = lr * self.lr_factor()
         obs, m = self.observed_batch()  # (B, C, [T,] H, W), (B, 1, ...) | None
-        z = model.latent(cfg.batch, self.crop_size, self.gen)  # (B, zc, [t,] h, w)
+        z = self._latents()  # (B, zc, [t,] h, w)
         y0 = self.generator(z)  # (B, C, [T,] H, W), graph kept for the generator update
         y0 = y0[(slice(None), slice(None)) + tuple(slice(0, c) for c in self.crop_size)]
-        y = model.revise(y0.detach(), steps=cfg.langevin_steps, generator=self.gen, **cfg.langevin(self.delta))
+        y = model.revise(y0.detach(), steps=cfg.langevin_steps, noise_fn=self._noise(y0), **cfg.langevin(self.delta))
 
         # descriptor: ascend mean f(obs) - mean f(y), per position so the scale is size-free
         npos = float(math.prod(self.crop_size))
@@ -203,8 +223,11 @@ class CoopTrainer:
             "revision": (y - y0.detach()).pow(2).mean().sqrt().item(),
             "delta": self.delta,
         }
-        if not all(math.isfinite(v) for v in stats.values()) or stats["revision"] > RUNAWAY:
+        bad = not all(math.isfinite(v) for v in stats.values()) or stats["revision"] > RUNAWAY
+        if distributed.any_true(bad, self.device):  # every process rolls back together
             raise DivergenceError(stats)
+        distributed.average_gradients(self.descriptor.parameters())
+        distributed.average_gradients(self.generator.parameters())
         self.opt_d.step()
         self.opt_g.step()
         self.step_count += 1
@@ -224,6 +247,7 @@ class CoopTrainer:
             "mean": self.model.mean.clone(),
             "std": self.model.std.clone(),
             "rng": self.gen.get_state(),
+            "rng_shards": [g.get_state() for g in self.gens],
             "torch_rng": torch.get_rng_state(),
         }
 
@@ -234,7 +258,16 @@ class CoopTrainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.step_count = int(state["step"])
         self.delta = float(state["delta"])
-        self.gen.set_state(state["rng"])
+        shard_states = state.get("rng_shards") or [state["rng"]]
+        if len(shard_states) == len(self.gens):
+            for g, st in zip(self.gens, shard_states, strict=True):
+                g.set_state(st)
+        else:
+            self.gen.set_state(state["rng"])
+        if "rng_ranks" in state:  # a data-parallel checkpoint: each process takes its own stream back
+            rank, size = distributed.world()
+            if len(state["rng_ranks"]) == size:
+                self.gen.set_state(state["rng_ranks"][rank])
         torch.set_rng_state(state["torch_rng"])
 
 
