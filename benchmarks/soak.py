@@ -1,0 +1,90 @@
+"""Soak test: many back-to-back `coopsynth texture --preset fast` runs on real textures with random
+seeds, through the real command line; counts errors, NaN in outputs and divergence roll-backs.
+
+    python benchmarks/soak.py                 # 20 runs over ../shared/data/textures
+    python benchmarks/soak.py --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import HERE, append_results, header  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "textures")
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    if not args.data.is_dir():
+        print(f"skipped: no data folder at {args.data} (pass --data)")
+        return
+    import imageio.v3 as iio
+
+    files = sorted(p for p in args.data.iterdir() if p.suffix.lower() == ".png")
+    rng = random.Random(args.seed)
+    rows, errors, nans, rollbacks = [], 0, 0, 0
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.runs):
+            f = rng.choice(files)
+            seed = rng.randrange(2**31)
+            out = Path(tmp) / f"run{i}"
+            t0 = time.perf_counter()
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "coopsynth",
+                    "texture",
+                    str(f),
+                    "-o",
+                    str(out),
+                    "--preset",
+                    "fast",
+                    "--seed",
+                    str(seed),
+                    "--samples",
+                    "2",
+                ],
+                capture_output=True,
+                text=True,
+            )
+            secs = time.perf_counter() - t0
+            ok = r.returncode == 0
+            errors += not ok
+            bad = 0
+            for s in sorted(out.glob("sample_*.png")):
+                a = iio.imread(s)
+                bad += int(not np.isfinite(a).all())
+            nans += bad
+            events = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()] if (out / "log.jsonl").exists() else []
+            rb = sum(1 for e in events if e.get("event") == "divergence")
+            rollbacks += rb
+            rows.append(f"| {i + 1} | {f.stem} | {seed} | {'ok' if ok else 'exit ' + str(r.returncode)} | {rb} | {secs:.0f} |")
+            print(rows[-1], (r.stderr.strip().splitlines() or [""])[-1] if not ok else "", flush=True)
+    text = header(f"Soak: {args.runs} back-to-back `coopsynth texture --preset fast` runs")
+    text += f"**{args.runs - errors}/{args.runs} runs exited 0; {nans} samples with NaN; {rollbacks} divergence roll-backs; {(time.perf_counter() - t_all) / 60:.0f} min.**\n\n"
+    text += "| run | texture | seed | result | roll-backs | seconds |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    print(text)
+    if not args.no_write:
+        append_results(text)
+
+
+if __name__ == "__main__":
+    main()
