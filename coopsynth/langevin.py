@@ -33,6 +33,7 @@ def descriptor_langevin(
     known_mask: Tensor | None = None,
     generator: torch.Generator | None = None,
     noise_fn: Callable[[int], Tensor] | None = None,
+    bounds: tuple[Tensor, Tensor] | None = None,
     callback: Callback = None,
 ) -> Tensor:
     """L steps of  y <- y - (delta^2 / 2) (y / sigma^2 - df/dy) + noise * delta * N(0, I).
@@ -40,6 +41,7 @@ def descriptor_langevin(
     energy: y (B, ...) -> f (B,), the descriptor. `noise` scales the Brownian term (1 is exact
     Langevin). Where `known_mask` is True, y is held at `known` (completion). `noise_fn(step)`, if
     given, supplies the N(0, I) draw of each step instead of `generator` (windowed sampling).
+    `bounds` (lo, hi), broadcastable to y, projects every step back onto the valid pixel range.
     """
     half = 0.5 * delta * delta
     y = y.detach()
@@ -53,6 +55,8 @@ def descriptor_langevin(
             y = y - half * (y / (sigma * sigma) - grad)
             if noise:
                 y = y + (noise * delta) * (_noise(y, generator) if noise_fn is None else noise_fn(i))
+            if bounds is not None:
+                y = torch.maximum(torch.minimum(y, bounds[1]), bounds[0])
             if known_mask is not None:
                 y = torch.where(known_mask, known, y)
         if callback is not None:

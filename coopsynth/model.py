@@ -40,6 +40,11 @@ class CoopModel:
         """Standardised -> [0, 1] pixels, clamped."""
         return (y * self.std.to(y).view(self._shape()) + self.mean.to(y).view(self._shape())).clamp(0, 1)
 
+    def bounds(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """The standardised values of pixel 0 and pixel 1 per channel: where real images live."""
+        mean, std = self.mean.to(like).view(self._shape()), self.std.to(like).view(self._shape())
+        return (0 - mean) / std, (1 - mean) / std
+
     # ---- synthesis -----------------------------------------------------------------------------
 
     def latent(self, batch: int, size: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
@@ -80,6 +85,7 @@ class CoopModel:
                 sigma=sigma,
                 noise=noise,
                 generator=generator,
+                bounds=self.bounds(y),
                 **kw,
             )
         finally:
@@ -156,6 +162,7 @@ class CoopModel:
                         sigma=sigma,
                         noise=noise,
                         noise_fn=noise_for(a0, a1, b0, b1),
+                        bounds=self.bounds(y),
                     )
                     ti, tj = i0 + off[0] - a0, j0 + off[1] - b0
                     out[..., i0:i1, j0:j1] = r[..., ti : ti + i1 - i0, tj : tj + j1 - j0]

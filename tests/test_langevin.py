@@ -76,3 +76,11 @@ def test_generator_posterior_step_matches_formula_and_lowers_error():
     torch.testing.assert_close(z1, z0 + delta**2 / 2 * grad)
     z_many = generator_posterior_langevin(gen, z0, target=target, steps=50, delta=delta, s=s, noise=0.0)
     assert (target - gen(z_many)).pow(2).sum() < (target - gen(z0)).pow(2).sum()
+
+
+def test_bounds_project_every_step():
+    energy = lambda y: 100.0 * y.sum(1)  # noqa: E731  a strong push upward
+    y0 = torch.zeros(1, 5)
+    lo, hi = torch.full((1, 5), -1.0), torch.tensor([[0.5, 1.0, 2.0, 3.0, 4.0]])
+    y = descriptor_langevin(energy, y0, steps=3, delta=1.0, sigma=10.0, noise=0.0, bounds=(lo, hi))
+    assert torch.equal(y, hi)

@@ -128,5 +128,6 @@ def test_whole_window_chain_matches_plain_langevin_with_same_noise():
         sigma=3.0,
         noise=0.7,
         noise_fn=lambda i: block_noise(y.shape, (slice(0, 24), slice(0, 32)), i, 5),
+        bounds=m.bounds(y),
     )
     torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
