@@ -42,7 +42,7 @@ class TrainConfig:
     lr_d: float = 2e-3  # descriptor Adam learning rate
     lr_g: float = 3e-3  # generator Adam learning rate
     beta1: float = 0.5  # Adam beta1 for both networks
-    energy_reg: float = 1e-3  # penalty on squared mean per-position energies (keeps f near 0)
+    energy_reg: float = 0.1  # penalty on squared mean per-position energies: stops the descriptor running away
     lr_decay: float = 0.1  # learning rates fall to this fraction along a cosine over `steps`
 
     def to_dict(self) -> dict:
