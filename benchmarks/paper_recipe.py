@@ -57,6 +57,37 @@ class Generator(nn.Module):
         return self.rest(self.first(z[:, :, None, None]))  # (B, C, 64, 64)
 
 
+def _cooperate(d, g, opt_d, opt_g, observed, latent, chains: int, steps: int, delta: float, sigma: float, seconds: float) -> int:
+    """The CoopNets iteration for `seconds`: propose, revise (exact Langevin), update both; returns iterations."""
+    t0, it = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        obs = observed()
+        y0 = g(latent(chains))
+        d.requires_grad_(False)
+        y = descriptor_langevin(d, y0.detach(), steps=steps, delta=delta, sigma=sigma, noise=1.0)
+        d.requires_grad_(True)
+        loss_d = d(y).mean() - d(obs).mean()
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        loss_g = (y - y0).pow(2).sum() / (2 * S * S) / chains
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+        it += 1
+    return it
+
+
+def _final_samples(d, g, z: torch.Tensor, steps: int, delta: float, sigma: float, lo, hi) -> torch.Tensor:
+    g.eval()
+    with torch.no_grad():
+        y0 = g(z)
+    d.requires_grad_(False)
+    y = descriptor_langevin(d, y0, steps=steps, delta=delta, sigma=sigma, noise=1.0)
+    y = torch.nan_to_num(y, nan=0.0).clamp(-1, 1)
+    return (y + 1) / 2 * (hi - lo) + lo
+
+
 def train_and_sample(train: torch.Tensor, seconds: float, k: int = 4, seed: int = 0) -> tuple[torch.Tensor, int]:
     """Train on random 64x64 crops of `train` (C, H, W) in [0, 1] for `seconds`; return k samples
     (k, C, 64, 64) in [0, 1] (the revised Y, as the paper shows) and the iteration count."""
@@ -71,32 +102,14 @@ def train_and_sample(train: torch.Tensor, seconds: float, k: int = 4, seed: int 
     d, g = Descriptor(c), Generator(c)
     opt_d = torch.optim.Adam(d.parameters(), lr=LR_D, betas=(BETA1, 0.999))
     opt_g = torch.optim.Adam(g.parameters(), lr=LR_G, betas=(BETA1, 0.999))
-    t0, it = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
+
+    def observed() -> torch.Tensor:
         ys = torch.randint(0, h - SIZE + 1, (BATCH,))
         xs = torch.randint(0, w - SIZE + 1, (BATCH,))
-        obs = torch.stack([data[:, y : y + SIZE, x : x + SIZE] for y, x in zip(ys.tolist(), xs.tolist(), strict=True)])
-        z = torch.randn(BATCH, Z_DIM)
-        y0 = g(z)
-        d.requires_grad_(False)
-        y = descriptor_langevin(d, y0.detach(), steps=L, delta=DELTA, sigma=SIGMA, noise=1.0)
-        d.requires_grad_(True)
-        loss_d = d(y).mean() - d(obs).mean()
-        opt_d.zero_grad()
-        loss_d.backward()
-        opt_d.step()
-        loss_g = (y - y0).pow(2).sum() / (2 * S * S) / BATCH
-        opt_g.zero_grad()
-        loss_g.backward()
-        opt_g.step()
-        it += 1
-    g.eval()
-    with torch.no_grad():
-        y0 = g(torch.randn(k, Z_DIM))
-    d.requires_grad_(False)
-    y = descriptor_langevin(d, y0, steps=L, delta=DELTA, sigma=SIGMA, noise=1.0)
-    y = torch.nan_to_num(y, nan=0.0).clamp(-1, 1)
-    return (y + 1) / 2 * (hi - lo) + lo, it
+        return torch.stack([data[:, y : y + SIZE, x : x + SIZE] for y, x in zip(ys.tolist(), xs.tolist(), strict=True)])
+
+    it = _cooperate(d, g, opt_d, opt_g, observed, lambda n: torch.randn(n, Z_DIM), BATCH, L, DELTA, SIGMA, seconds)
+    return _final_samples(d, g, torch.randn(k, Z_DIM), L, DELTA, SIGMA, lo, hi), it
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,26 +163,7 @@ def train_and_sample_video(train: torch.Tensor, seconds: float, k: int = 2, seed
     opt_d = torch.optim.Adam(d.parameters(), lr=ST_LR_D, betas=(BETA1, 0.999))
     opt_g = torch.optim.Adam(g.parameters(), lr=ST_LR_G, betas=(BETA1, 0.999))
     zshape = (64, t // 8, h // 16, w // 16)
-    t0, it = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
-        z = torch.randn(ST_CHAINS, *zshape)
-        y0 = g(z)
-        d.requires_grad_(False)
-        y = descriptor_langevin(d, y0.detach(), steps=ST_L, delta=ST_DELTA, sigma=ST_SIGMA, noise=1.0)
-        d.requires_grad_(True)
-        loss_d = d(y).mean() - d(data).mean()
-        opt_d.zero_grad()
-        loss_d.backward()
-        opt_d.step()
-        loss_g = (y - y0).pow(2).sum() / (2 * S * S) / ST_CHAINS
-        opt_g.zero_grad()
-        loss_g.backward()
-        opt_g.step()
-        it += 1
-    g.eval()
-    with torch.no_grad():
-        y0 = g(torch.randn(k, *zshape))
-    d.requires_grad_(False)
-    y = descriptor_langevin(d, y0, steps=ST_L, delta=ST_DELTA, sigma=ST_SIGMA, noise=1.0)
-    y = torch.nan_to_num(y, nan=0.0).clamp(-1, 1)
-    return (y + 1) / 2 * (hi - lo) + lo, it
+    it = _cooperate(
+        d, g, opt_d, opt_g, lambda: data, lambda n: torch.randn(n, *zshape), ST_CHAINS, ST_L, ST_DELTA, ST_SIGMA, seconds
+    )
+    return _final_samples(d, g, torch.randn(k, *zshape), ST_L, ST_DELTA, ST_SIGMA, lo, hi), it

@@ -77,6 +77,14 @@ Output = Annotated[Path | None, typer.Option("-o", "--output", help="Output fold
 Samples = Annotated[int, typer.Option("--samples", help="Number of samples to write.")]
 Size = Annotated[str | None, typer.Option("--size", help="Output size WIDTHxHEIGHT, any size (default: the input's).")]
 Tile = Annotated[bool, typer.Option("--tile", help="Seamless, tileable output: right edge continues into left, bottom into top.")]
+Frames = Annotated[
+    int | None,
+    typer.Option("--frames", help="Videos: frames per output video, also longer than the input (default: the input's)."),
+]
+Fps = Annotated[float | None, typer.Option("--fps", help="Videos: output frame rate (default: the input's).")]
+Loop = Annotated[bool, typer.Option("--loop", help="Videos: seamless loop, the last frame flows into the first.")]
+MaxSize = Annotated[int | None, typer.Option("--max-size", help="Videos: scale so the longer side is at most this (default 64).")]
+MaxFrames = Annotated[int | None, typer.Option("--max-frames", help="Videos: keep at most this many input frames (default 48).")]
 Refine = Annotated[
     int | None,
     typer.Option(
@@ -252,12 +260,10 @@ def video(
     ],
     output: Output = None,
     steps: Steps = None,
-    frames: Annotated[
-        int | None, typer.Option("--frames", help="Frames per output video, also longer than the input (default: the input's).")
-    ] = None,
+    frames: Frames = None,
     size: Size = None,
-    fps: Annotated[float | None, typer.Option("--fps", help="Output frame rate (default: the input's).")] = None,
-    loop: Annotated[bool, typer.Option("--loop", help="Seamless loop: the last frame flows into the first.")] = False,
+    fps: Fps = None,
+    loop: Loop = False,
     samples: Samples = 2,
     seed: Seed = 0,
     device: Device = "auto",
@@ -267,12 +273,8 @@ def video(
     minutes: Minutes = None,
     resume: Resume = False,
     force: Force = False,
-    max_size: Annotated[
-        int | None, typer.Option("--max-size", help="Scale so the longer side is at most this (default 64).")
-    ] = None,
-    max_frames: Annotated[
-        int | None, typer.Option("--max-frames", help="Keep at most this many input frames (default 48).")
-    ] = None,
+    max_size: MaxSize = None,
+    max_frames: MaxFrames = None,
 ) -> None:
     """Train on one video of a dynamic texture, then write new videos (MP4 + a GIF preview).
     A folder of video files trains one model per clip (a folder of image frames is one video)."""
@@ -327,8 +329,8 @@ def train(
     minutes: Minutes = None,
     resume: Resume = False,
     force: Force = False,
-    max_size: Annotated[int | None, typer.Option("--max-size", help="Videos: scale so the longer side is at most this.")] = None,
-    max_frames: Annotated[int | None, typer.Option("--max-frames", help="Videos: keep at most this many frames.")] = None,
+    max_size: MaxSize = None,
+    max_frames: MaxFrames = None,
 ) -> None:
     """Train only: write model.pt, progress.png and log.jsonl (sample later with `coopsynth sample`)."""
     t0 = time.perf_counter()
@@ -360,9 +362,9 @@ def sample(
     seed: Seed = 0,
     tile: Tile = False,
     refine: Refine = None,
-    frames: Annotated[int | None, typer.Option("--frames", help="Videos: number of frames (any length).")] = None,
-    loop: Annotated[bool, typer.Option("--loop", help="Videos: the last frame flows into the first.")] = False,
-    fps: Annotated[float | None, typer.Option("--fps", help="Videos: frame rate (default: the input's).")] = None,
+    frames: Frames = None,
+    loop: Loop = False,
+    fps: Fps = None,
     device: Device = "auto",
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing sample files in the output folder.")] = False,
 ) -> None:

@@ -18,7 +18,7 @@ import torch
 from .errors import CoopsynthError
 from .io import read_image, read_image_rgba, read_video
 from .langevin import generator_posterior_langevin
-from .model import CoopModel
+from .model import CoopModel, frozen
 
 Tensor = torch.Tensor
 
@@ -140,15 +140,10 @@ def complete(
         return model.generator(z)[crop]
 
     z = model.latent(1, size, generator)
-    flags = [p.requires_grad for p in model.generator.parameters()]
-    model.generator.requires_grad_(False)
-    try:
+    with frozen(model.generator):
         z = generator_posterior_langevin(
             g, z, target=x, steps=infer_steps, delta=infer_delta, s=infer_s, mask=visible, generator=generator
         )
-    finally:
-        for p, f in zip(model.generator.parameters(), flags, strict=True):
-            p.requires_grad_(f)
     y0 = model.generate(z, size)
     known = visible.bool().expand_as(y0)
     y = model.revise(y0, steps=refine, known=x, known_mask=known, generator=generator, **langevin)

@@ -6,6 +6,9 @@ any size, then `refine` steps of descriptor Langevin revise it (0 = the generato
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from .langevin import block_noise, descriptor_langevin
@@ -14,6 +17,18 @@ from .networks import Descriptor, Generator, NetConfig
 Tensor = torch.Tensor
 WINDOW = 96  # latent cells per side of one generator window (768 px at 8x up-sampling)
 REFINE_WINDOW = 1024  # pixels per side of one Langevin refinement window (plus its halo)
+
+
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Weights need no gradient inside (Langevin reads only the input's); restored after."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, f in zip(module.parameters(), flags, strict=True):
+            p.requires_grad_(f)
 
 
 class CoopModel:
@@ -74,9 +89,7 @@ class CoopModel:
         """Descriptor Langevin from y (standardised); the weights get no gradient."""
         if steps <= 0:
             return y
-        flags = [p.requires_grad for p in self.descriptor.parameters()]
-        self.descriptor.requires_grad_(False)
-        try:
+        with frozen(self.descriptor):
             return descriptor_langevin(
                 lambda x: self.descriptor(x, wrap),
                 y,
@@ -88,9 +101,6 @@ class CoopModel:
                 bounds=self.bounds(y),
                 **kw,
             )
-        finally:
-            for p, f in zip(self.descriptor.parameters(), flags, strict=True):
-                p.requires_grad_(f)
 
     def revise_windowed(
         self,
@@ -146,16 +156,14 @@ class CoopModel:
             return fn
 
         out = torch.empty_like(y)
-        flags = [p.requires_grad for p in self.descriptor.parameters()]
-        self.descriptor.requires_grad_(False)
-        try:
+        with frozen(self.descriptor):
             for i0 in range(0, H, window):
                 for j0 in range(0, W, window):
                     i1, j1 = min(i0 + window, H), min(j0 + window, W)
                     a0, a1 = max(i0 - halo, -off[0]) + off[0], min(i1 + halo, H + off[0]) + off[0]
                     b0, b1 = max(j0 - halo, -off[1]) + off[1], min(j1 + halo, W + off[1]) + off[1]
                     r = descriptor_langevin(
-                        lambda x: self.descriptor(x),
+                        self.descriptor,
                         yp[..., a0:a1, b0:b1],
                         steps=steps,
                         delta=delta,
@@ -166,9 +174,6 @@ class CoopModel:
                     )
                     ti, tj = i0 + off[0] - a0, j0 + off[1] - b0
                     out[..., i0:i1, j0:j1] = r[..., ti : ti + i1 - i0, tj : tj + j1 - j0]
-        finally:
-            for p, f in zip(self.descriptor.parameters(), flags, strict=True):
-                p.requires_grad_(f)
         return out
 
     def sample(
