@@ -279,6 +279,9 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
     def elapsed() -> float:
         return time.perf_counter() - t0
 
+    if budget is not None and job.steps is None:  # the learning-rate schedule follows the clock
+        trainer.progress = lambda: (start_seconds + elapsed()) / (start_seconds + budget)
+
     def save(reason: str) -> Path:
         """A collective under torchrun: every process hands in its random stream, rank 0 writes."""
         m = dict(meta, seconds=start_seconds + elapsed(), stopped=reason, rollbacks=rollbacks, world_size=size)

@@ -14,6 +14,7 @@ progress bars or signals: the caller drives `step()` and saves `state_dict()`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -134,6 +135,7 @@ class CoopTrainer:
         self.opt_g = torch.optim.Adam(self.model.generator.parameters(), lr=cfg.lr_g, betas=betas)
         self.step_count = 0
         self.delta = cfg.delta  # current step size; lowered after a divergence
+        self.progress: Callable[[], float] | None = None  # fraction of the run done, if not by steps
 
     @property
     def descriptor(self):
@@ -185,7 +187,10 @@ class CoopTrainer:
     # ---- one iteration -------------------------------------------------------------------------
 
     def lr_factor(self) -> float:
-        t = min(self.step_count / max(self.cfg.steps, 1), 1.0)
+        """Cosine from 1 to cfg.lr_decay over the run: by steps, or by `self.progress()` when set
+        (a wall-clock budget sets it to the fraction of the time used)."""
+        t = self.progress() if self.progress is not None else self.step_count / max(self.cfg.steps, 1)
+        t = min(max(t, 0.0), 1.0)
         lo = self.cfg.lr_decay
         return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * t))
 

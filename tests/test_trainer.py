@@ -147,3 +147,17 @@ def test_nan_step_raises_before_updating():
         t.step()
     assert all(torch.equal(a, b) for a, b in zip(before, t.generator.parameters(), strict=True))
     assert t.step_count == 0
+
+
+def test_minutes_budget_stops_on_time_and_schedules_by_clock(tmp_path):
+    write_image(tmp_path / "in.png", texture_image())
+    job = pipeline.TrainJob(
+        tmp_path / "in.png", tmp_path / "out", minutes=0.02, overrides=dict(net=tiny_net(), crop=16, batch=2, langevin_steps=1)
+    )
+    res = pipeline.train(job)
+    assert res["stopped"] == "minutes" and 0 < res["steps"] < 10**6
+    assert res["seconds"] < 5
+    tr = res["trainer"]
+    assert tr.lr_factor() == pytest.approx(TrainConfig().lr_decay, abs=0.05)  # the cosine reached its end with the clock
+    events = [json.loads(x) for x in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    assert events[-1] == {**events[-1], "event": "stopped", "reason": "minutes"}
