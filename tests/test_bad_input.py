@@ -36,7 +36,7 @@ def files(tmp_path):
 
 CASES = [
     (["texture", "{d}/missing.png"], "no such file"),
-    (["texture", "{d}/folder"], "is a folder"),
+    (["texture", "{d}/folder"], "the folder has no images"),
     (["texture", "{d}/zero.png"], "the file is empty"),
     (["texture", "{d}/text.png"], "not a readable image"),
     (["texture", "{d}/cut.png"], "cut.png"),
