@@ -180,6 +180,10 @@ class CoopTrainer:
         return torch.cat([self.model.latent(per, self.crop_size, g) for g in self.gens])  # (B, zc, [t,] h, w)
 
     def _noise(self, like: Tensor):
+        """N(0, I) per Langevin step, each shard's chains from that shard's stream."""
+        if len(self.gens) == 1:  # the usual case: no concatenation in the hot loop
+            g = self.gen
+            return lambda step: torch.randn(like.shape, generator=g, device=self.device)
         per = like.shape[0] // len(self.gens)
         shape = (per, *like.shape[1:])
         return lambda step: torch.cat([torch.randn(shape, generator=g, device=self.device) for g in self.gens])
