@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from . import metrics
+from .completion import read_mask_image
 from .errors import CoopsynthError
 from .io import read_image, read_video
 from .pipeline import input_kind
@@ -16,14 +17,6 @@ def _read(path: Path) -> torch.Tensor:
     return read_image(path) if input_kind(path) == "texture" else read_video(path)[0]
 
 
-def read_mask(path: Path, size: tuple[int, ...]) -> torch.Tensor:
-    """A mask image (white = missing) as bool (H, W); one-line error on a size mismatch."""
-    m = read_image(path).mean(0) > 0.5
-    if tuple(m.shape) != tuple(size[-2:]):
-        raise CoopsynthError(f"{path}: mask is {m.shape[1]}x{m.shape[0]}, the image is {size[-1]}x{size[-2]}")
-    return m
-
-
 def evaluate_files(heldout: Path, samples: list[Path], train: Path | None, mask: Path | None, seed: int = 0) -> dict:
     """Metrics of `samples` against `heldout` (see coopsynth.metrics)."""
     ho = _read(heldout)
@@ -31,7 +24,7 @@ def evaluate_files(heldout: Path, samples: list[Path], train: Path | None, mask:
     if mask is not None:
         if len(items) != 1:
             raise CoopsynthError("--mask scores one completed image or video against the truth (HELDOUT)")
-        m = read_mask(mask, tuple(ho.shape[1:]))
+        m = read_mask_image(mask, tuple(ho.shape[-2:]))
         done = items[0]
         if done.shape[1:] != ho.shape[1:]:
             raise CoopsynthError(f"{samples[0]}: size differs from the truth {heldout}")

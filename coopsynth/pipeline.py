@@ -21,7 +21,7 @@ import torch
 from . import distributed
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .errors import CoopsynthError
-from .io import atomic_path, check_writable, read_image, read_video, write_image, write_video
+from .io import check_writable, read_image, read_video, write_image, write_video
 from .model import CoopModel
 from .networks import NetConfig
 from .trainer import CoopTrainer, DivergenceError, TrainConfig, preset, with_overrides
@@ -431,11 +431,6 @@ def sample(model: CoopModel, blob: dict, job: SampleJob) -> list[Path]:
             if i == 0:
                 write_video(out / "sample_000.gif", y, fps)
     return paths
-
-
-def write_json(path: Path, obj: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2))
 
 
 def expand_inputs(inputs: list[Path], kind: str) -> list[Path]:
