@@ -58,6 +58,13 @@ def append_results(text: str, path: Path = RESULTS) -> None:
         f.write(text)
 
 
+def publish(text: str, write: bool = True) -> None:
+    """Print a results section and, unless told not to, append it to RESULTS.md."""
+    print(text)
+    if write:
+        append_results(text)
+
+
 def median(xs: list[float]) -> float:
     xs = [x for x in xs if x == x]
     return statistics.median(xs) if xs else float("nan")

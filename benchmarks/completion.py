@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import HERE, append_results, contact_sheet, fmt, header, median  # noqa: E402
+from common import HERE, contact_sheet, fmt, header, median, publish  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
 from coopsynth.completion import complete  # noqa: E402
@@ -223,9 +223,7 @@ def main() -> None:
     )
     text += table(results, methods)
     text += "\nContact sheets: `benchmarks/out/completion/<texture>.png` (per mask: masked input, each method, truth).\n"
-    print(text)
-    if not args.no_write:
-        append_results(text)
+    publish(text, not args.no_write)
 
 
 if __name__ == "__main__":

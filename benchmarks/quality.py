@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import HERE, append_results, contact_sheet, fmt, header, median  # noqa: E402
+from common import HERE, contact_sheet, fmt, header, median, publish  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
 from coopsynth.io import read_image, write_image  # noqa: E402
@@ -209,9 +209,7 @@ def main() -> None:
         if not results:
             raise SystemExit(f"no item results yet in {args.out}")
         text = header("Texture quality, summary of the item runs so far") + table(results, methods)
-        print(text)
-        if not args.no_write:
-            append_results(text)
+        publish(text, not args.no_write)
         return
     if not args.data.is_dir():
         print(f"skipped: no data folder at {args.data} (pass --data)")
@@ -233,9 +231,7 @@ def main() -> None:
         results.append(run_item(p, methods, args.k, args.seed, args.preset, overrides, args.out))
     text = header(f"Texture quality, preset `{args.preset}`, {len(results)} textures") + table(results, methods)
     text += f"\nContact sheets: `benchmarks/out/quality/<texture>.png` (rows: input, held-out, then each method's samples). Total {(time.perf_counter() - t0) / 60:.0f} min.\n"
-    print(text)
-    if not args.no_write:
-        append_results(text)
+    publish(text, not args.no_write)
 
 
 if __name__ == "__main__":

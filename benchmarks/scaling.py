@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import append_results, header  # noqa: E402
+from common import header, publish  # noqa: E402
 
 
 def _port() -> int:
@@ -82,9 +82,7 @@ def main() -> None:
     text += "| processes | threads each | iterations/s | speed-up |\n|---|---|---|---|\n"
     for p, r in rates.items():
         text += f"| {p} | {max(1, (os.cpu_count() or 1) // p)} | {r:.2f} | {r / base:.2f}x |\n"
-    print(text)
-    if not args.no_write:
-        append_results(text)
+    publish(text, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import HERE, append_results, header  # noqa: E402
+from common import HERE, header, publish  # noqa: E402
 
 
 def main() -> None:
@@ -81,9 +81,7 @@ def main() -> None:
     text = header(f"Soak: {args.runs} back-to-back `coopsynth texture --preset fast` runs")
     text += f"**{args.runs - errors}/{args.runs} runs exited 0; {nans} samples with NaN; {rollbacks} divergence roll-backs; {(time.perf_counter() - t_all) / 60:.0f} min.**\n\n"
     text += "| run | texture | seed | result | roll-backs | seconds |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
-    print(text)
-    if not args.no_write:
-        append_results(text)
+    publish(text, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import append_results, header  # noqa: E402
+from common import header, publish  # noqa: E402
 
 from coopsynth.model import CoopModel  # noqa: E402
 from coopsynth.trainer import CoopTrainer, preset  # noqa: E402
@@ -170,9 +170,7 @@ def main() -> None:
             print("cuda: skipped (no CUDA device)")
             continue
         text += bench_device(torch.device(d), sizes, args.preset) + "\n"
-    print(text)
-    if not args.no_write:
-        append_results(text)
+    publish(text, not args.no_write)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import HERE, append_results, contact_sheet, fmt, header, median  # noqa: E402
+from common import HERE, contact_sheet, fmt, header, median, publish  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
 from coopsynth.video import prepare_video  # noqa: E402
@@ -114,9 +114,7 @@ def main() -> None:
                 f"| **median** | {m} | " + " | ".join(fmt(median([v.get(k, float("nan")) for v in vals])) for k in keys) + " |\n"
             )
     text += "\nFrame strips (every 8th frame; input, then the first sample of each method): `benchmarks/out/video/<clip>.png`.\n"
-    print(text)
-    if not args.no_write:
-        append_results(text)
+    publish(text, not args.no_write)
 
 
 if __name__ == "__main__":
