@@ -218,7 +218,7 @@ def prepare_training(job: TrainJob, mask: Tensor | None = None, data: Tensor | N
         check_writable(out)
     rank, size = distributed.init(device)
     if size > 1 and job.shards != 1:
-        raise CoopsynthError("--shards is for one process; under torchrun every process is one shard")
+        raise CoopsynthError("TrainJob.shards is for one process; under torchrun every process is one shard")
     shards = (rank,) if size > 1 else tuple(range(job.shards))
     trainer = CoopTrainer(data, cfg, device=device, seed=job.seed, mask=mask, shards=shards)
     if state is not None:
