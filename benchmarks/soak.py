@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -68,12 +69,23 @@ def main() -> None:
             secs = time.perf_counter() - t0
             ok = r.returncode == 0
             errors += not ok
-            bad = 0
-            for s in sorted(out.glob("sample_*.png")):
-                a = iio.imread(s)
-                bad += int(not np.isfinite(a).all())
-            nans += bad
+            # PNG pixels are integers, so NaN cannot show there directly: check the model's weights,
+            # the logged energies, and that no sample is flat (a NaN turned into one value)
             events = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()] if (out / "log.jsonl").exists() else []
+            bad = 0
+            if (out / "model.pt").exists():
+                blob = torch.load(out / "model.pt", weights_only=True)
+                tensors = [t for part in ("descriptor", "generator") for t in blob[part].values()]
+                bad += sum(int(not torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+            for e in events:
+                bad += sum(
+                    int(not math.isfinite(v))
+                    for k, v in e.items()
+                    if k in ("f_obs", "f_syn", "loss_g", "revision") and isinstance(v, float)
+                )
+            for s in sorted(out.glob("sample_*.png")):
+                bad += int(iio.imread(s).std() == 0)
+            nans += bad
             rb = sum(1 for e in events if e.get("event") == "divergence")
             rollbacks += rb
             rows.append(f"| {i + 1} | {f.stem} | {seed} | {'ok' if ok else 'exit ' + str(r.returncode)} | {rb} | {secs:.0f} |")

@@ -1,5 +1,7 @@
 """Speed benchmark: where a training iteration's time goes, Langevin throughput against the
-machine's matrix-product peak (the roofline ratio), and sampling speed.
+machine's matrix-product peak (the roofline ratio), sampling speed, and the Langevin revision's
+speed paths side by side (plain code vs ours on a CPU; eager vs CUDA graph, fp32/tf32/bf16 and
+channels-last on a GPU), as ratios measured in the same run.
 
     python benchmarks/speed.py                 # CPU, sizes 64..512, default preset networks
     python benchmarks/speed.py --device cuda   # on a GPU (also run by default when one is present)
@@ -16,13 +18,17 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import header, publish  # noqa: E402
 
+from coopsynth.accel import Accel  # noqa: E402
+from coopsynth.langevin import descriptor_langevin  # noqa: E402
 from coopsynth.model import CoopModel  # noqa: E402
+from coopsynth.networks import Descriptor, pad  # noqa: E402
 from coopsynth.trainer import CoopTrainer, preset  # noqa: E402
 
 
@@ -92,6 +98,78 @@ def peak_memory(device: torch.device, fn) -> float:
     return max(after - before, 0) / 1024
 
 
+def plain_energy(d: Descriptor, y: torch.Tensor) -> torch.Tensor:
+    """The descriptor as first written: module convs throughout, 1x1 read-outs as convolutions."""
+    h, e = y, y.new_zeros(y.shape[0])
+    for layer, head in zip(d.layers, d.heads, strict=True):
+        h = F.leaky_relu(layer(pad(h, d._pads(layer), (False,) * d.cfg.dims)), d.cfg.slope)
+        e = e + head(h).flatten(1).sum(1)
+    return e
+
+
+def variants(device: torch.device) -> list[tuple[str, Accel | None]]:
+    """(name, accel) of the Langevin paths compared; accel None = the plain code."""
+    if device.type == "cpu":
+        return [("plain code", None), ("coopsynth (default)", Accel()), ("+ channels-last", Accel(channels_last=True))]
+    tf32 = Accel.for_device(device, "tf32")  # also sets the global tf32 switches
+    return [
+        ("eager fp32", Accel(precision="fp32")),
+        ("eager tf32", Accel(precision="tf32")),
+        ("eager tf32 channels-last", Accel(precision="tf32", channels_last=True)),
+        ("graph tf32 channels-last (default)", tf32),
+        ("graph tf32", Accel(precision="tf32", graphs=True)),
+        ("graph bf16 channels-last", Accel(precision="bf16", channels_last=True, graphs=True)),
+    ]
+
+
+def langevin_paths(device: torch.device, sizes: list[int], cfg, peak: float) -> list[str]:
+    """Langevin steps/s of each path at the default batch; ratios to the first path of the run."""
+    lines = [
+        f"\nLangevin revision paths, batch {cfg.batch}, L = {cfg.langevin_steps} (ratio: to the first row of the same size)\n",
+        "| size | path | Langevin steps/s | achieved GFLOP/s | roofline | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    lang = cfg.langevin()
+    for size in sizes:
+        torch.manual_seed(0)
+        base = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device)
+        y0 = torch.randn(cfg.batch, 3, size, size, device=device)
+        flops = 2 * conv_flops(base.descriptor, y0, base.descriptor)
+        first = None
+        for name, accel in variants(device):
+            if accel is None:
+                d = base.descriptor.requires_grad_(False)
+                gen = torch.Generator(device=device).manual_seed(0)
+
+                def fn():
+                    return descriptor_langevin(lambda y: plain_energy(d, y), y0, steps=cfg.langevin_steps, generator=gen, **lang)
+            else:
+                if device.type == "cuda":
+                    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = accel.precision != "fp32"
+                m = CoopModel(cfg.net, base.mean, base.std, device, accel)
+                m.descriptor.load_state_dict(base.descriptor.state_dict())
+                gen = torch.Generator(device=device).manual_seed(0)
+
+                def fn(m=m, gen=gen):
+                    return m.revise(y0, steps=cfg.langevin_steps, generator=gen, **lang)
+
+            try:
+                t = timeit(fn, device)
+            except Exception as e:  # a path this machine cannot run: say so, go on
+                lines.append(f"| {size} | {name} | failed: {type(e).__name__} | | | |")
+                continue
+            sps = cfg.langevin_steps / t
+            first = first or sps
+            note = ""
+            if accel is not None and accel.fallbacks:
+                note = " (fell back to eager: " + "; ".join(accel.fallbacks) + ")"
+            lines.append(
+                f"| {size} | {name}{note} | {sps:.1f} | {flops * sps / 1e9:.1f} | {flops * sps / 1e9 / peak:.0%} | {sps / first:.2f}x |"
+            )
+            print(lines[-1], flush=True)
+    return lines
+
+
 def bench_device(device: torch.device, sizes: list[int], preset_name: str) -> str:
     cfg = preset(preset_name)
     peak = matmul_peak(device)
@@ -152,6 +230,7 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str) -> st
     lines.append(
         f"\n1024x1024 sample: {t1024:.2f} s generator only (`--refine 0`), {t1024r:.2f} s with the default {cfg.langevin_steps} Langevin refinements.\n"
     )
+    lines += langevin_paths(device, sizes, cfg, peak)
     return "\n".join(lines) + "\n"
 
 

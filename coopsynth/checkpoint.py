@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from .accel import Accel
 from .errors import CoopsynthError
 from .io import atomic_path
 from .model import CoopModel
@@ -68,10 +69,12 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
     return blob
 
 
-def model_from_checkpoint(blob: dict, device: str | torch.device = "cpu", path: str | Path = "checkpoint") -> CoopModel:
+def model_from_checkpoint(
+    blob: dict, device: str | torch.device = "cpu", path: str | Path = "checkpoint", accel: Accel | None = None
+) -> CoopModel:
     """A CoopModel with the checkpoint's weights; shape mismatches become one-line errors."""
     cfg: TrainConfig = blob["config_obj"]
-    model = CoopModel(cfg.net, blob["mean"], blob["std"], device)
+    model = CoopModel(cfg.net, blob["mean"], blob["std"], device, accel)
     try:
         model.descriptor.load_state_dict(blob["descriptor"])
         model.generator.load_state_dict(blob["generator"])

@@ -71,6 +71,10 @@ Preset = Annotated[str, typer.Option("--preset", help="fast | default | quality 
 LangevinSteps = Annotated[int | None, typer.Option("--langevin-steps", help="Descriptor Langevin steps per iteration.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed: same seed, machine and options give identical files.")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks CUDA when present).")]
+Precision = Annotated[
+    str,
+    typer.Option("--precision", help="fp32 | tf32 | bf16: arithmetic on a GPU (tf32 default; a CPU computes tf32 as fp32)."),
+]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from model.pt in the output folder.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing model in the output folder.")]
 Output = Annotated[Path | None, typer.Option("-o", "--output", help="Output folder (default: coopsynth-out/<input stem>/).")]
@@ -153,7 +157,10 @@ def _run_training(job: pipeline.TrainJob, overall: tuple[int, int] | None = None
     if distributed.world()[0] != 0:  # torchrun: only rank 0 talks
         return pipeline.run_training(prep)
     with _Bar(f"training {job.input.name}", prep.total, overall) as bar:
-        return pipeline.run_training(prep, on_progress=bar)
+        result = pipeline.run_training(prep, on_progress=bar)
+    for reason in prep.trainer.model.accel.fallbacks:
+        console.print(f"[yellow]note:[/] the Langevin revision ran without a CUDA graph: {reason}")
+    return result
 
 
 def _summary(result: dict, written: list[Path], t0: float) -> None:
@@ -192,6 +199,7 @@ def texture(
     samples: Samples = 4,
     seed: Seed = 0,
     device: Device = "auto",
+    precision: Precision = "tf32",
     tile: Tile = False,
     preset: Preset = "default",
     langevin_steps: LangevinSteps = None,
@@ -202,7 +210,9 @@ def texture(
 ) -> None:
     """Train on a texture image, then write new samples, model.pt, progress.png and log.jsonl."""
     hw = pipeline.parse_size(size)
-    opts = dict(preset=preset, steps=steps, minutes=minutes, langevin_steps=langevin_steps, seed=seed, device=device)
+    opts = dict(
+        preset=preset, steps=steps, minutes=minutes, langevin_steps=langevin_steps, seed=seed, device=device, precision=precision
+    )
 
     def one(path: Path, out: Path | None, resume_: bool, overall: tuple[int, int] | None = None) -> tuple[dict, list[Path]]:
         if pipeline.input_kind(path) != "texture":
@@ -267,6 +277,7 @@ def video(
     samples: Samples = 2,
     seed: Seed = 0,
     device: Device = "auto",
+    precision: Precision = "tf32",
     preset: Preset = "default",
     langevin_steps: LangevinSteps = None,
     refine: Refine = None,
@@ -286,6 +297,7 @@ def video(
         langevin_steps=langevin_steps,
         seed=seed,
         device=device,
+        precision=precision,
         max_size=max_size,
         max_frames=max_frames,
     )
@@ -324,6 +336,7 @@ def train(
     steps: Steps = None,
     seed: Seed = 0,
     device: Device = "auto",
+    precision: Precision = "tf32",
     preset: Preset = "default",
     langevin_steps: LangevinSteps = None,
     minutes: Minutes = None,
@@ -343,6 +356,7 @@ def train(
         langevin_steps=langevin_steps,
         seed=seed,
         device=device,
+        precision=precision,
         resume=resume,
         force=force,
         max_size=max_size,
@@ -366,12 +380,13 @@ def sample(
     loop: Loop = False,
     fps: Fps = None,
     device: Device = "auto",
+    precision: Precision = "tf32",
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing sample files in the output folder.")] = False,
 ) -> None:
     """Sample from a trained model without retraining: a generator pass, then --refine Langevin steps."""
     t0 = time.perf_counter()
     hw = pipeline.parse_size(size)
-    m, blob = pipeline.load_model(model, device)
+    m, blob = pipeline.load_model(model, device, precision)
     full = pipeline.sample_size(blob, hw, frames)
     sj = pipeline.SampleJob(output, samples, full, seed, tile=tile, loop=loop, refine=refine, fps=fps, force=force)
     written = pipeline.sample(m, blob, sj)
@@ -408,13 +423,28 @@ def complete(
     ] = None,
     seed: Seed = 0,
     device: Device = "auto",
+    precision: Precision = "tf32",
     force: Force = False,
 ) -> None:
     """Fill the missing pixels of an image or video by learning from its visible pixels."""
     t0 = time.perf_counter()
     out = output or pipeline.default_output(input)
     job = pipeline.CompleteJob(
-        input, out, mask, key_color, missing_frames, model, samples, seed, device, preset, steps, minutes, refine, force
+        input,
+        out,
+        mask=mask,
+        key_color=key_color,
+        missing_frames=missing_frames,
+        model=model,
+        samples=samples,
+        seed=seed,
+        device=device,
+        precision=precision,
+        preset=preset,
+        steps=steps,
+        minutes=minutes,
+        refine=refine,
+        force=force,
     )
     bar = None
 

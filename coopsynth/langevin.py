@@ -34,6 +34,7 @@ def descriptor_langevin(
     generator: torch.Generator | None = None,
     noise_fn: Callable[[int], Tensor] | None = None,
     bounds: tuple[Tensor, Tensor] | None = None,
+    max_batch: int | None = None,
     callback: Callback = None,
 ) -> Tensor:
     """L steps of  y <- y - (delta^2 / 2) (y / sigma^2 - df/dy) + noise * delta * N(0, I).
@@ -42,15 +43,15 @@ def descriptor_langevin(
     Langevin). Where `known_mask` is True, y is held at `known` (completion). `noise_fn(step)`, if
     given, supplies the N(0, I) draw of each step instead of `generator` (windowed sampling).
     `bounds` (lo, hi), broadcastable to y, projects every step back onto the valid pixel range.
+    `max_batch` computes the gradient over at most that many chains at a time: the same numbers
+    (each chain's energy depends on it alone) with a working set that stays in a CPU's caches.
     """
     half = 0.5 * delta * delta
     y = y.detach()
     if known_mask is not None:
         y = torch.where(known_mask, known, y)
     for i in range(steps):
-        y.requires_grad_(True)
-        f = energy(y)  # (B,)
-        (grad,) = torch.autograd.grad(f.sum(), y)
+        f, grad = _energy_grad(energy, y, max_batch)  # (B,), like y
         with torch.no_grad():
             y = y - half * (y / (sigma * sigma) - grad)
             if noise:
@@ -60,8 +61,19 @@ def descriptor_langevin(
             if known_mask is not None:
                 y = torch.where(known_mask, known, y)
         if callback is not None:
-            callback({"step": i, "x": y, "energy": f.detach()})
+            callback({"step": i, "x": y, "energy": f})
     return y
+
+
+def _energy_grad(energy: Callable[[Tensor], Tensor], y: Tensor, max_batch: int | None) -> tuple[Tensor, Tensor]:
+    """f(y) (B,) and df/dy, over slices of at most max_batch chains."""
+    if max_batch is None or y.shape[0] <= max_batch:
+        y = y.detach().requires_grad_(True)
+        f = energy(y)
+        (grad,) = torch.autograd.grad(f.sum(), y)
+        return f.detach(), grad
+    parts = [_energy_grad(energy, part, None) for part in y.split(max_batch)]
+    return torch.cat([f for f, _ in parts]), torch.cat([g for _, g in parts])
 
 
 def block_noise(

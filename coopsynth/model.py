@@ -11,12 +11,14 @@ from collections.abc import Iterator
 
 import torch
 
+from .accel import Accel, GraphedLangevin
 from .langevin import block_noise, descriptor_langevin
 from .networks import Descriptor, Generator, NetConfig
 
 Tensor = torch.Tensor
 WINDOW = 96  # latent cells per side of one generator window (768 px at 8x up-sampling)
 REFINE_WINDOW = 1024  # pixels per side of one Langevin refinement window (plus its halo)
+CPU_CHUNK = 2**18  # CPU Langevin: pixels per gradient pass (beyond this the caches thrash; speed.py)
 
 
 @contextlib.contextmanager
@@ -34,13 +36,28 @@ def frozen(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
 class CoopModel:
     """Descriptor + generator + per-channel mean/std of the training data."""
 
-    def __init__(self, net: NetConfig, mean: Tensor, std: Tensor, device: str | torch.device = "cpu"):
+    def __init__(self, net: NetConfig, mean: Tensor, std: Tensor, device: str | torch.device = "cpu", accel: Accel | None = None):
         self.net = net
         self.device = torch.device(device)
-        self.descriptor = Descriptor(net).to(self.device)
-        self.generator = Generator(net).to(self.device)
+        self.accel = accel or Accel.for_device(self.device)
+        fmt = self.accel.memory_format(net.dims)
+        self.descriptor = Descriptor(net).to(self.device, memory_format=fmt)
+        self.generator = Generator(net).to(self.device, memory_format=fmt)
         self.mean = mean.detach().float().cpu()  # (C,)
         self.std = std.detach().float().cpu()  # (C,)
+        self._graphs: dict[tuple, GraphedLangevin] = {}  # per wrap setting, CUDA only
+
+    # ---- the networks under the run's precision --------------------------------------------------
+
+    def energy(self, y: Tensor, wrap: tuple[bool, ...] | None = None) -> Tensor:
+        """f(Y) (B,) in float32, whatever precision the descriptor runs in."""
+        with self.accel.autocast(self.device):
+            return self.descriptor(y, wrap).float()
+
+    def propose(self, z: Tensor, wrap: tuple[bool, ...] | None = None) -> Tensor:
+        """g(Z) in float32 with the graph kept (training); `generate` is the no-graph, any-size one."""
+        with self.accel.autocast(self.device):
+            return self.generator(z, wrap).float()
 
     # ---- pixels --------------------------------------------------------------------------------
 
@@ -70,8 +87,8 @@ class CoopModel:
     def generate(self, z: Tensor, size: tuple[int, ...], wrap: tuple[bool, ...] | None = None) -> Tensor:
         """g(Z) cropped to `size`, standardised, no graph; large outputs go window by window
         (the same result, bounded memory)."""
-        with torch.no_grad():
-            y = self.generator.windowed(z, WINDOW, wrap)
+        with torch.no_grad(), self.accel.autocast(self.device):
+            y = self.generator.windowed(z, WINDOW, wrap).float()
         return y[(slice(None), slice(None)) + tuple(slice(0, s) for s in size)]
 
     def revise(
@@ -86,12 +103,22 @@ class CoopModel:
         generator: torch.Generator | None = None,
         **kw,
     ) -> Tensor:
-        """Descriptor Langevin from y (standardised); the weights get no gradient."""
+        """Descriptor Langevin from y (standardised); the weights get no gradient. On CUDA (with
+        `accel.graphs`) the whole revision replays as one captured graph; see `coopsynth.accel`."""
         if steps <= 0:
             return y
+        y = y.contiguous(memory_format=self.accel.memory_format(self.net.dims))
         with frozen(self.descriptor):
+            if self.accel.graphs and y.is_cuda and set(kw) <= {"noise_fn"}:  # not completion or callbacks
+                graphed = self._graphs.get(tuple(wrap or ()))
+                if graphed is None:
+                    graphed = self._graphs[tuple(wrap or ())] = GraphedLangevin(lambda x: self.energy(x, wrap), self.accel)
+                noise_fn = kw.get("noise_fn") or (lambda i: torch.randn(y.shape, generator=generator, device=y.device))
+                out = graphed(y, steps=steps, delta=delta, sigma=sigma, noise=noise, noise_fn=noise_fn, bounds=self.bounds(y))
+                if out is not None:
+                    return out
             return descriptor_langevin(
-                lambda x: self.descriptor(x, wrap),
+                lambda x: self.energy(x, wrap),
                 y,
                 steps=steps,
                 delta=delta,
@@ -99,8 +126,15 @@ class CoopModel:
                 noise=noise,
                 generator=generator,
                 bounds=self.bounds(y),
+                max_batch=self.max_batch(y),
                 **kw,
             )
+
+    def max_batch(self, y: Tensor) -> int | None:
+        """Chains per gradient pass: on a CPU as many as fit CPU_CHUNK pixels (at least one)."""
+        if y.device.type != "cpu":
+            return None
+        return max(1, CPU_CHUNK // max(1, y[0, 0].numel()))
 
     def revise_windowed(
         self,
@@ -163,7 +197,7 @@ class CoopModel:
                     a0, a1 = max(i0 - halo, -off[0]) + off[0], min(i1 + halo, H + off[0]) + off[0]
                     b0, b1 = max(j0 - halo, -off[1]) + off[1], min(j1 + halo, W + off[1]) + off[1]
                     r = descriptor_langevin(
-                        self.descriptor,
+                        self.energy,
                         yp[..., a0:a1, b0:b1],
                         steps=steps,
                         delta=delta,

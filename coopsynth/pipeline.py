@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from . import distributed
+from .accel import Accel
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .errors import CoopsynthError
 from .io import check_writable, read_image, read_video, write_image, write_video
@@ -129,6 +130,7 @@ class TrainJob:
     langevin_steps: int | None = None
     seed: int = 0
     device: str = "auto"
+    precision: str = "tf32"  # fp32 | tf32 | bf16 (coopsynth.accel; tf32 is fp32 on a CPU)
     resume: bool = False
     force: bool = False
     max_size: int | None = None  # videos: scale down so the longer side is at most this
@@ -195,6 +197,7 @@ def prepare_training(job: TrainJob, mask: Tensor | None = None, data: Tensor | N
         kind = "texture" if data.dim() == 3 else "video"
         meta = {"input": str(job.input), "size": list(data.shape[1:])}
     device = resolve_device(job.device)
+    accel = Accel.for_device(device, job.precision)
     out = Path(job.output)
     ckpt_path = out / "model.pt"
     if ckpt_path.exists() and not (job.resume or job.force):
@@ -220,10 +223,10 @@ def prepare_training(job: TrainJob, mask: Tensor | None = None, data: Tensor | N
     if size > 1 and job.shards != 1:
         raise CoopsynthError("TrainJob.shards is for one process; under torchrun every process is one shard")
     shards = (rank,) if size > 1 else tuple(range(job.shards))
-    trainer = CoopTrainer(data, cfg, device=device, seed=job.seed, mask=mask, shards=shards)
+    trainer = CoopTrainer(data, cfg, device=device, seed=job.seed, mask=mask, shards=shards, accel=accel)
     if state is not None:
         trainer.load_state_dict(state)
-    meta.update({"kind": kind, "seed": job.seed, "preset": job.preset, "device": str(device)})
+    meta.update({"kind": kind, "seed": job.seed, "preset": job.preset, "device": str(device), "precision": job.precision})
     return PreparedRun(job, kind, meta, trainer, state, start_seconds)
 
 
@@ -354,6 +357,7 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                     "reason": stop_reason,
                     "step": trainer.step_count,
                     "seconds": round(start_seconds + elapsed(), 3),
+                    "eager_fallbacks": trainer.model.accel.fallbacks,
                 }
             )
             + "\n"
@@ -391,9 +395,10 @@ class SampleJob:
     force: bool = False  # overwrite existing sample files
 
 
-def load_model(path: str | Path, device: str = "auto") -> tuple[CoopModel, dict]:
+def load_model(path: str | Path, device: str = "auto", precision: str = "tf32") -> tuple[CoopModel, dict]:
     blob = load_checkpoint(path)
-    model = model_from_checkpoint(blob, resolve_device(device), path)
+    dev = resolve_device(device)
+    model = model_from_checkpoint(blob, dev, path, Accel.for_device(dev, precision))
     return model, blob
 
 
@@ -496,6 +501,7 @@ class CompleteJob:
     samples: int = 1
     seed: int = 0
     device: str = "auto"
+    precision: str = "tf32"
     preset: str = "default"
     steps: int | None = None
     minutes: float | None = None
@@ -545,7 +551,7 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
     out = Path(job.output)
     result: dict = {"kind": kind}
     if job.model is not None:
-        model, blob = load_model(job.model, job.device)
+        model, blob = load_model(job.model, job.device, job.precision)
         if blob["kind"] != kind:
             raise CoopsynthError(
                 f"{job.model}: a {blob['kind']} model cannot complete a {'video' if kind == 'video' else 'image'}"
@@ -564,6 +570,7 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
             minutes=job.minutes,
             seed=job.seed,
             device=job.device,
+            precision=job.precision,
             force=job.force,
         )
         prep = prepare_training(tjob, mask=~missing[None], data=data)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 
 from . import distributed
+from .accel import Accel
 from .errors import CoopsynthError
 from .model import CoopModel
 from .networks import NetConfig
@@ -106,6 +107,7 @@ class CoopTrainer:
         seed: int = 0,
         mask: Tensor | None = None,
         shards: tuple[int, ...] = (0,),
+        accel: Accel | None = None,
     ):
         """`shards`: the random streams this process draws from (crops, latents, Langevin noise),
         cfg.batch split evenly over them. One process with shards (0, 1) draws what two
@@ -124,7 +126,7 @@ class CoopTrainer:
         self.gens = [torch.Generator(device=self.device).manual_seed(seed + 7919 * s) for s in self.shards]
         self.gen = self.gens[0]
         mean, std = standardise_stats(data, mask)
-        self.model = CoopModel(cfg.net, mean, std, self.device)
+        self.model = CoopModel(cfg.net, mean, std, self.device, accel)
         self.data = self.model.normalise(data.to(self.device))  # (C, [T,] H, W) standardised
         self.mask = None if mask is None else mask.to(self.device).float().expand_as(data[:1]).contiguous()  # (1, [T,] H, W)
         if self.mask is not None:
@@ -205,15 +207,15 @@ class CoopTrainer:
                 group["lr"] = lr * self.lr_factor()
         obs, m = self.observed_batch()  # (B, C, [T,] H, W), (B, 1, ...) | None
         z = self._latents()  # (B, zc, [t,] h, w)
-        y0 = self.generator(z)  # (B, C, [T,] H, W), graph kept for the generator update
+        y0 = model.propose(z)  # (B, C, [T,] H, W), graph kept for the generator update
         y0 = y0[(slice(None), slice(None)) + tuple(slice(0, c) for c in self.crop_size)]
         y = model.revise(y0.detach(), steps=cfg.langevin_steps, noise_fn=self._noise(y0), **cfg.langevin(self.delta))
 
         # descriptor: ascend mean f(obs) - mean f(y), per position so the scale is size-free
         npos = float(math.prod(self.crop_size))
         syn = y if m is None else y * m  # masked data term: hidden pixels are compared as zeros on both sides
-        f_obs = self.descriptor(obs) / npos  # (B,)
-        f_syn = self.descriptor(syn) / npos
+        f_obs = model.energy(obs) / npos  # (B,)
+        f_syn = model.energy(syn) / npos
         loss_d = f_syn.mean() - f_obs.mean() + cfg.energy_reg * (f_obs.pow(2).mean() + f_syn.pow(2).mean())
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()

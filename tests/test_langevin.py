@@ -84,3 +84,14 @@ def test_bounds_project_every_step():
     lo, hi = torch.full((1, 5), -1.0), torch.tensor([[0.5, 1.0, 2.0, 3.0, 4.0]])
     y = descriptor_langevin(energy, y0, steps=3, delta=1.0, sigma=10.0, noise=0.0, bounds=(lo, hi))
     assert torch.equal(y, hi)
+
+
+def test_chunked_gradients_give_the_same_chain():
+    torch.manual_seed(0)
+    d = Descriptor(tiny_net()).double()
+    y0 = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    kw = dict(steps=3, delta=0.5, sigma=5.0, noise=0.3)
+    whole = descriptor_langevin(d, y0, generator=torch.Generator().manual_seed(1), **kw)
+    for max_batch in (1, 2):
+        part = descriptor_langevin(d, y0, generator=torch.Generator().manual_seed(1), max_batch=max_batch, **kw)
+        torch.testing.assert_close(part, whole)

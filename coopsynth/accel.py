@@ -1,0 +1,163 @@
+"""Speed settings: arithmetic precision, memory format, and the Langevin revision as a CUDA graph.
+
+`Accel` is chosen once per run (`Accel.for_device`) and held by the CoopModel:
+
+    precision     fp32 | tf32 | bf16. tf32 (the default) lets CUDA matrix units round inputs to
+                  10-bit mantissas; on a CPU it is plain fp32. bf16 runs the networks under
+                  autocast (the Langevin state, the losses and the optimiser stay fp32).
+    channels_last NHWC / NDHWC tensors for both networks: what cuDNN's tensor-core kernels want.
+                  Off on CPUs, where it measured no faster (benchmarks/speed.py).
+    graphs        capture the whole L-step Langevin revision (L descriptor forwards, input
+                  gradients, updates, noise and projections) as one CUDA graph and replay it: no
+                  Python and no kernel launches per step. Falls back to eager code when capture
+                  fails or a replay disagrees with eager code on the first call.
+
+The graph reads the descriptor's weights where they live, so optimiser steps (in place) are seen
+by every replay; its noise is drawn before the replay into a static buffer, from the same stream
+the eager code would use, so both paths give the same numbers up to float rounding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import CoopsynthError
+from .langevin import descriptor_langevin
+
+Tensor = torch.Tensor
+PRECISIONS = ("fp32", "tf32", "bf16")
+MAX_GRAPHS = 8  # captured shapes kept per model (training uses one; previews another)
+
+
+@dataclass
+class Accel:
+    precision: str = "tf32"  # fp32 | tf32 | bf16 (see the module docstring)
+    channels_last: bool = False  # NHWC memory format for both networks
+    graphs: bool = False  # CUDA graph capture of the Langevin revision
+    fallbacks: list[str] = field(default_factory=list)  # why a graph was not used, once per reason
+
+    @classmethod
+    def for_device(cls, device: torch.device, precision: str = "tf32", graphs: bool | None = None) -> Accel:
+        """The defaults for a device: on CUDA channels-last and graphs on; on a CPU both off."""
+        if precision not in PRECISIONS:
+            raise CoopsynthError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
+            torch.backends.cudnn.allow_tf32 = precision != "fp32"
+        return cls(precision=precision, channels_last=cuda, graphs=cuda if graphs is None else graphs)
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """Around network forwards: bf16 autocast when asked for, else nothing. The weight cache
+        is off so that a captured graph never holds a stale bf16 copy of the weights."""
+        if self.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+
+    def memory_format(self, dims: int) -> torch.memory_format:
+        if not self.channels_last:
+            return torch.contiguous_format
+        return torch.channels_last if dims == 2 else torch.channels_last_3d
+
+    def note(self, reason: str) -> None:
+        """Record why the eager path was taken (once per reason); the pipeline logs these."""
+        if reason not in self.fallbacks:
+            self.fallbacks.append(reason)
+
+
+class GraphedLangevin:
+    """`descriptor_langevin` for one (shape, settings), captured as a CUDA graph on first use.
+
+    Call it like the eager function with a `noise_fn`; returns None when the graph cannot be
+    used (the caller then runs the eager code), after recording why in `accel.fallbacks`.
+    """
+
+    def __init__(self, energy: Callable[[Tensor], Tensor], accel: Accel):
+        self.energy = energy
+        self.accel = accel
+        self.cache: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor]] = {}
+        self.broken: set[tuple] = set()
+
+    def __call__(
+        self,
+        y: Tensor,
+        *,
+        steps: int,
+        delta: float,
+        sigma: float,
+        noise: float,
+        noise_fn: Callable[[int], Tensor],
+        bounds: tuple[Tensor, Tensor] | None,
+    ) -> Tensor | None:
+        key = (tuple(y.shape), y.dtype, y.device, steps, delta, sigma, noise, bounds is not None)
+        if key in self.broken:
+            return None
+        entry = self.cache.get(key)
+        fresh = entry is None
+        if fresh:
+            try:
+                entry = self._capture(y, steps, delta, sigma, noise, bounds)
+            except Exception as e:  # any capture failure: eager code from now on for this shape
+                self.broken.add(key)
+                self.accel.note(f"CUDA graph capture failed: {type(e).__name__}: {str(e).splitlines()[0][:100]}")
+                return None
+            if len(self.cache) >= MAX_GRAPHS:
+                self.cache.pop(next(iter(self.cache)))
+            self.cache[key] = entry
+        graph, static_y, static_noise, static_out = entry
+        static_y.copy_(y)
+        for i in range(steps):  # the eager code's draws, in its order, without a host sync
+            static_noise[i].copy_(noise_fn(i))
+        graph.replay()
+        out = static_out.clone()
+        if fresh:  # check the replay once against eager code with the same inputs
+            ref = descriptor_langevin(
+                self.energy,
+                static_y.clone(),
+                steps=steps,
+                delta=delta,
+                sigma=sigma,
+                noise=noise,
+                noise_fn=lambda i: static_noise[i],
+                bounds=bounds,
+            )
+            tol = 5e-2 if self.accel.precision == "bf16" else 1e-3
+            if not torch.allclose(out, ref, rtol=tol, atol=tol):
+                self.broken.add(key)
+                self.cache.pop(key, None)
+                self.accel.note("a CUDA graph replay disagreed with eager code")
+                return ref
+        return out
+
+    def _capture(self, y: Tensor, steps, delta, sigma, noise, bounds) -> tuple:
+        static_y = torch.empty_like(y)
+        static_y.copy_(y)
+        static_noise = torch.zeros((steps, *y.shape), device=y.device, dtype=y.dtype)
+        static_bounds = None if bounds is None else tuple(b.clone() for b in bounds)
+
+        def run() -> Tensor:
+            return descriptor_langevin(
+                self.energy,
+                static_y,
+                steps=steps,
+                delta=delta,
+                sigma=sigma,
+                noise=noise,
+                noise_fn=lambda i: static_noise[i],
+                bounds=static_bounds,
+            )
+
+        side = torch.cuda.Stream(device=y.device)
+        side.wait_stream(torch.cuda.current_stream(y.device))
+        with torch.cuda.stream(side):  # warm-up: cuDNN picks its algorithms outside the capture
+            for _ in range(2):
+                run()
+        torch.cuda.current_stream(y.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = run()
+        return graph, static_y, static_noise, static_out

@@ -1,0 +1,162 @@
+"""Speed paths give the same numbers as the plain ones: space-to-depth first layer, the read-out
+sums, channels-last, bf16 autocast, and the CUDA graph (its CPU fallback here; on a GPU itself)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from coopsynth.accel import Accel
+from coopsynth.errors import CoopsynthError
+from coopsynth.model import CoopModel
+from coopsynth.networks import Descriptor, _strided_conv, pad
+from tests.conftest import tiny_net
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def plain_energy(d: Descriptor, y: torch.Tensor, wrap=None) -> torch.Tensor:
+    """The descriptor written the obvious way: every conv as a module call, 1x1 heads as convs."""
+    wrap = wrap or (False,) * d.cfg.dims
+    h, e = y, y.new_zeros(y.shape[0])
+    for layer, head in zip(d.layers, d.heads, strict=True):
+        h = F.leaky_relu(layer(pad(h, d._pads(layer), wrap)), d.cfg.slope)
+        e = e + head(h).flatten(1).sum(1)
+    return e
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_space_to_depth_conv_equals_the_strided_conv(dims, channels):
+    torch.manual_seed(0)
+    d = Descriptor(tiny_net(dims, channels)).double()
+    shape = (2, channels, 6, 14, 18) if dims == 3 else (2, channels, 14, 18)
+    x = torch.randn(shape, dtype=torch.float64)
+    layer = d.layers[0]
+    torch.testing.assert_close(_strided_conv(layer, x), layer(x))
+    odd = x[..., :-1]  # odd width: the plain path
+    torch.testing.assert_close(_strided_conv(layer, odd), layer(odd))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_descriptor_equals_the_plain_formulation_with_gradients(dims):
+    torch.manual_seed(1)
+    d = Descriptor(tiny_net(dims)).double()
+    shape = (2, 3, 4, 16, 12) if dims == 3 else (2, 3, 16, 12)
+    y = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    for wrap in (None, (True,) * dims):
+        e, e_ref = d(y, wrap), plain_energy(d, y, wrap)
+        torch.testing.assert_close(e, e_ref)
+        (g,) = torch.autograd.grad(e.sum(), y)
+        (g_ref,) = torch.autograd.grad(e_ref.sum(), y)
+        torch.testing.assert_close(g, g_ref)
+    small = torch.randn(1, 3, 8, 8, dtype=torch.float64, requires_grad=True) if dims == 2 else None
+    if small is not None:
+        assert torch.autograd.gradcheck(lambda t: d(t), (small,))
+
+
+def test_cpu_defaults_take_the_eager_path():
+    a = Accel.for_device(torch.device("cpu"))
+    assert (a.precision, a.graphs, a.channels_last) == ("tf32", False, False)
+    with pytest.raises(CoopsynthError, match="--precision fp16"):
+        Accel.for_device(torch.device("cpu"), "fp16")
+
+
+def _model(accel: Accel | None = None) -> CoopModel:
+    torch.manual_seed(0)
+    m = CoopModel(tiny_net(), torch.full((3,), 0.5), torch.full((3,), 0.25), "cpu", accel)
+    return m
+
+
+def _revise(m: CoopModel, seed: int = 3) -> torch.Tensor:
+    y0 = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    return m.revise(y0, steps=4, delta=0.5, sigma=10.0, noise=0.3, generator=torch.Generator().manual_seed(seed))
+
+
+def test_forced_graph_on_cpu_falls_back_with_the_same_result():
+    ref = _revise(_model())
+    forced = Accel(graphs=True)
+    m = _model(forced)
+    m.accel.graphs = True
+    out = _revise(m)  # CPU tensors never reach the graph path: the eager code runs
+    torch.testing.assert_close(out, ref)
+
+
+def test_graph_capture_failure_is_recorded_and_eager_result_returned(monkeypatch):
+    """Make the graph path believe it is on CUDA: capture then fails on a CPU tensor, the eager
+    chain runs instead, and the reason is recorded once."""
+    from coopsynth import accel as accel_mod
+
+    ref = _revise(_model())
+    m = _model(Accel(graphs=True))
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    out = _revise(m)
+    monkeypatch.undo()
+    torch.testing.assert_close(out, ref)
+    assert len(m.accel.fallbacks) == 1 and "capture failed" in m.accel.fallbacks[0]
+    _revise(m)
+    assert len(m.accel.fallbacks) == 1  # a broken shape is not retried
+    assert accel_mod.MAX_GRAPHS >= 2
+
+
+def test_channels_last_gives_the_same_chain():
+    ref = _revise(_model())
+    out = _revise(_model(Accel(channels_last=True)))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_autocast_stays_close_and_float32():
+    ref = _revise(_model())
+    out = _revise(_model(Accel(precision="bf16")))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+    assert not torch.equal(out, ref)  # the bf16 path really ran
+
+
+def test_cli_rejects_an_unknown_precision(tmp_path):
+    from typer.testing import CliRunner
+
+    from coopsynth.cli import app
+    from coopsynth.io import write_image
+    from tests.conftest import texture_image
+
+    img = write_image(tmp_path / "t.png", texture_image())
+    r = CliRunner().invoke(app, ["train", str(img), "-o", str(tmp_path / "o"), "--steps", "1", "--precision", "fp8"])
+    assert r.exit_code == 1 and "--precision fp8" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()
+
+
+@cuda
+def test_cuda_graph_matches_eager_and_sees_weight_updates():
+    torch.manual_seed(0)
+    fp32 = Accel.for_device(torch.device("cuda"), "fp32")
+    m = CoopModel(tiny_net(), torch.full((3,), 0.5), torch.full((3,), 0.25), "cuda", fp32)
+    eager = CoopModel(tiny_net(), m.mean, m.std, "cuda", Accel(precision="fp32"))
+    eager.descriptor.load_state_dict(m.descriptor.state_dict())
+    y0 = torch.randn(2, 3, 32, 32, device="cuda")
+
+    def run(model, seed):
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        return model.revise(y0, steps=5, delta=0.5, sigma=10.0, noise=0.3, generator=g)
+
+    for seed in (1, 2):
+        torch.testing.assert_close(run(m, seed), run(eager, seed), rtol=1e-4, atol=1e-4)
+    assert m._graphs and not m.accel.fallbacks
+    with torch.no_grad():  # an optimiser-style in-place update must reach the replay
+        for p, q in zip(m.descriptor.parameters(), eager.descriptor.parameters(), strict=True):
+            p.mul_(1.5)
+            q.mul_(1.5)
+    torch.testing.assert_close(run(m, 3), run(eager, 3), rtol=1e-4, atol=1e-4)
+
+
+@cuda
+def test_cuda_training_step_runs_with_graphs_and_bf16():
+    from coopsynth.trainer import CoopTrainer, TrainConfig
+    from tests.conftest import texture_image
+
+    cfg = TrainConfig(net=tiny_net(), crop=16, batch=2, steps=3, langevin_steps=3)
+    for precision in ("tf32", "bf16"):
+        tr = CoopTrainer(texture_image(), cfg, device="cuda", seed=0, accel=Accel.for_device(torch.device("cuda"), precision))
+        for _ in range(3):
+            stats = tr.step()
+        assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+        assert not tr.model.accel.fallbacks
