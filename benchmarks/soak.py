@@ -91,7 +91,7 @@ def main() -> None:
             rows.append(f"| {i + 1} | {f.stem} | {seed} | {'ok' if ok else 'exit ' + str(r.returncode)} | {rb} | {secs:.0f} |")
             print(rows[-1], (r.stderr.strip().splitlines() or [""])[-1] if not ok else "", flush=True)
     text = header(f"Soak: {args.runs} back-to-back `coopsynth texture --preset fast` runs")
-    text += f"**{args.runs - errors}/{args.runs} runs exited 0; {nans} samples with NaN; {rollbacks} divergence roll-backs; {(time.perf_counter() - t_all) / 60:.0f} min.**\n\n"
+    text += f"**{args.runs - errors}/{args.runs} runs exited 0; {nans} non-finite weights, energies or flat samples; {rollbacks} divergence roll-backs; {(time.perf_counter() - t_all) / 60:.0f} min.**\n\n"
     text += "| run | texture | seed | result | roll-backs | seconds |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
     publish(text, not args.no_write)
 

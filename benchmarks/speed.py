@@ -83,19 +83,42 @@ def conv_flops(module: nn.Module, x: torch.Tensor, fn) -> float:
     return total
 
 
-def peak_memory(device: torch.device, fn) -> float:
-    """Peak memory in MiB while running fn (CUDA: allocator peak; CPU: growth of max RSS)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        sync(device)
-        return torch.cuda.max_memory_allocated() / 2**20
-    import resource
-
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_memory(device: torch.device, fn) -> str:
+    """Peak GPU memory in MiB while running fn (the CUDA allocator's peak); "–" on a CPU, where a
+    process's resident peak cannot be reset (see the large-sample line for a CPU memory figure)."""
+    if device.type != "cuda":
+        return "–"
+    torch.cuda.reset_peak_memory_stats()
     fn()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return max(after - before, 0) / 1024
+    sync(device)
+    return f"{torch.cuda.max_memory_allocated() / 2**20:.0f}"
+
+
+BIG = """
+import sys, time, torch
+from coopsynth.model import CoopModel
+from coopsynth.trainer import preset
+cfg = preset("default")
+m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), sys.argv[1])
+t = time.perf_counter()
+y = m.sample(1, (int(sys.argv[2]),) * 2, refine=cfg.langevin_steps, langevin=cfg.langevin())
+assert torch.isfinite(y).all()
+print(time.perf_counter() - t)
+"""
+
+
+def big_sample(device: torch.device, side: int) -> str:
+    """One side x side sample with the default refinement in a fresh process: seconds and the
+    process's peak resident memory (the windowed generator and Langevin keep it bounded)."""
+    import resource
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", BIG, device.type, str(side)], capture_output=True, text=True, cwd=root)
+    if r.returncode != 0:
+        return f"{side}x{side} sample: failed ({(r.stderr.strip().splitlines() or ['?'])[-1]})\n"
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
+    return f"{side}x{side} sample with {preset('default').langevin_steps} refinements: {float(r.stdout.split()[-1]):.0f} s, peak resident memory {peak:.1f} GiB.\n"
 
 
 def plain_energy(d: Descriptor, y: torch.Tensor) -> torch.Tensor:
@@ -170,12 +193,12 @@ def langevin_paths(device: torch.device, sizes: list[int], cfg, peak: float) -> 
     return lines
 
 
-def bench_device(device: torch.device, sizes: list[int], preset_name: str) -> str:
+def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: int = 0) -> str:
     cfg = preset(preset_name)
     peak = matmul_peak(device)
     lines = [
         f"### {device.type.upper()}: preset `{preset_name}`, batch {cfg.batch}, L = {cfg.langevin_steps}; matrix-product peak {peak:.0f} GFLOP/s\n",
-        "| size | iteration ms | generator pass | Langevin revision | descriptor update | generator update | Langevin steps/s | GFLOP per step | achieved GFLOP/s | roofline | sampling MP/s (no refine) | sampling MP/s (refine L) | peak MiB |",
+        "| size | iteration ms | generator pass | Langevin revision | descriptor update | generator update | Langevin steps/s | GFLOP per step | achieved GFLOP/s | roofline | sampling MP/s (no refine) | sampling MP/s (refine L) | peak GPU MiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for size in sizes:
@@ -218,7 +241,7 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str) -> st
         mem = peak_memory(device, tr.step)
         lines.append(
             f"| {size} | {t_iter * 1e3:.0f} | {t_gen * 1e3:.0f} | {t_lang * 1e3:.0f} | {t_d * 1e3:.0f} | {t_g * 1e3:.0f} | {steps_per_s:.1f} | "
-            f"{flops_step / 1e9:.2f} | {achieved:.1f} | {achieved / peak:.0%} | {mp / t_s0:.2f} | {mp / t_sl:.2f} | {mem:.0f} |"
+            f"{flops_step / 1e9:.2f} | {achieved:.1f} | {achieved / peak:.0%} | {mp / t_s0:.2f} | {mp / t_sl:.2f} | {mem} |"
         )
         print(lines[-1], flush=True)
     # the headline sampling figure: one 1024x1024 texture inside the process
@@ -230,6 +253,8 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str) -> st
     lines.append(
         f"\n1024x1024 sample: {t1024:.2f} s generator only (`--refine 0`), {t1024r:.2f} s with the default {cfg.langevin_steps} Langevin refinements.\n"
     )
+    if big:
+        lines.append(big_sample(device, big))
     lines += langevin_paths(device, sizes, cfg, peak)
     return "\n".join(lines) + "\n"
 
@@ -239,6 +264,7 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cpu, and cuda too when present)")
     ap.add_argument("--sizes", default="64,128,256,512")
     ap.add_argument("--preset", default="default")
+    ap.add_argument("--big", type=int, default=8192, help="side of the large-sample check (0: skip)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -248,7 +274,7 @@ def main() -> None:
         if d == "cuda" and not torch.cuda.is_available():
             print("cuda: skipped (no CUDA device)")
             continue
-        text += bench_device(torch.device(d), sizes, args.preset) + "\n"
+        text += bench_device(torch.device(d), sizes, args.preset, args.big) + "\n"
     publish(text, not args.no_write)
 
 
