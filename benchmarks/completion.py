@@ -124,7 +124,7 @@ def run_coopsynth(img: torch.Tensor, missing: torch.Tensor, preset: str, seed: i
     res = pipeline.train(job, mask=~missing[None], data=img)
     tr = res["trainer"]
     gen = torch.Generator().manual_seed(seed)
-    return complete(tr.model, img, missing, langevin=tr.cfg.langevin(tr.delta), refine=3 * tr.cfg.langevin_steps, generator=gen)
+    return complete(tr.model, img, missing, langevin=tr.cfg.langevin(tr.delta), refine=tr.cfg.langevin_steps, generator=gen)
 
 
 def run_item(path: Path, methods: list[str], preset: str, seed: int, max_side: int, overrides: dict, out: Path) -> dict:

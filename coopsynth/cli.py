@@ -419,7 +419,7 @@ def complete(
     preset: Preset = "default",
     refine: Annotated[
         int | None,
-        typer.Option("--refine", help="Descriptor Langevin steps with the visible pixels fixed (default 3x the training L)."),
+        typer.Option("--refine", help="Descriptor Langevin steps with the visible pixels fixed (default: the training L)."),
     ] = None,
     seed: Seed = 0,
     device: Device = "auto",

@@ -122,7 +122,7 @@ def complete(
     infer_steps: int = 60,
     infer_delta: float = 0.05,
     infer_s: float = 1.0,
-    refine: int = 20,
+    refine: int = 6,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Fill the missing pixels of `image` (C, [T,] H, W) in [0, 1]; visible pixels are returned as given.

@@ -161,3 +161,22 @@ def test_minutes_budget_stops_on_time_and_schedules_by_clock(tmp_path):
     assert tr.lr_factor() == pytest.approx(TrainConfig().lr_decay, abs=0.05)  # the cosine reached its end with the clock
     events = [json.loads(x) for x in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
     assert events[-1] == {**events[-1], "event": "stopped", "reason": "minutes"}
+
+
+def test_masked_training_chains_hold_hidden_pixels_at_zero():
+    """Completion training: the revision optimises exactly what the descriptor is scored on, the
+    crops with their hidden pixels at 0; visible pixels are revised."""
+    torch.manual_seed(0)
+    mask = torch.ones(1, 48, 40, dtype=torch.bool)
+    mask[:, 10:30, 8:24] = False  # a hidden rectangle
+    t = CoopTrainer(texture_image(), tiny_cfg(), seed=1, mask=mask)
+    seen = {}
+    real_revise, real_batch = t.model.revise, t.observed_batch
+    t.model.revise = lambda y0, **kw: seen.setdefault("y", (y0, real_revise(y0, **kw)))[1]
+    t.observed_batch = lambda: seen.setdefault("obs", real_batch())
+    t.step()
+    y0, y = seen["y"]
+    m = seen["obs"][1].expand_as(y)  # (B, C, H, W) 1 = visible
+    assert (m == 0).any() and (m == 1).any()
+    assert torch.all(y[m == 0] == 0)
+    assert not torch.allclose(y[m == 1], y0[m == 1])
