@@ -9,6 +9,7 @@ bars here. Gradients come from `torch.autograd.grad`, so the weights' .grad is n
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import torch
@@ -78,27 +79,28 @@ def _energy_grad(energy: Callable[[Tensor], Tensor], y: Tensor, max_batch: int |
 
 def block_noise(
     shape: tuple[int, ...],
-    region: tuple[slice, slice],
+    region: tuple[slice, ...],
     step: int,
     seed: int,
     block: int = 64,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """N(0, I) over `region` (rows, cols) of a (B, C, H, W) field, drawn block by block: block
-    (i, j) of step s always gets the same numbers, whatever region asks for it. This makes a
-    windowed Langevin chain draw exactly the noise a whole-image chain draws."""
+    """N(0, I) over `region` (one slice per trailing axis: rows, cols, or frames, rows, cols) of a
+    (B, C, ...) field, drawn block by block: block (i, j, ...) of step s always gets the same
+    numbers, whatever region asks for it. This makes a windowed Langevin chain draw exactly the
+    noise a whole-field chain draws."""
     b, c = shape[0], shape[1]
-    r, q = region
-    out = torch.empty(b, c, r.stop - r.start, q.stop - q.start, device=device)
-    for bi in range(r.start // block, (r.stop - 1) // block + 1):
-        for bj in range(q.start // block, (q.stop - 1) // block + 1):
-            g = torch.Generator().manual_seed(hash((seed, step, bi, bj)) & 0x7FFFFFFFFFFFFFFF)
-            blk = torch.randn(b, c, block, block, generator=g)
-            y0, x0 = bi * block, bj * block
-            ys, ye = max(r.start, y0), min(r.stop, y0 + block)
-            xs, xe = max(q.start, x0), min(q.stop, x0 + block)
-            piece = blk[:, :, ys - y0 : ye - y0, xs - x0 : xe - x0]
-            out[:, :, ys - r.start : ye - r.start, xs - q.start : xe - q.start] = piece.to(out.device)
+    out = torch.empty(b, c, *(r.stop - r.start for r in region), device=device)
+    ranges = [range(r.start // block, (r.stop - 1) // block + 1) for r in region]
+    for idx in itertools.product(*ranges):
+        g = torch.Generator().manual_seed(hash((seed, step, *idx)) & 0x7FFFFFFFFFFFFFFF)
+        blk = torch.randn(b, c, *(block,) * len(region), generator=g)
+        take, put = [], []
+        for r, i in zip(region, idx, strict=True):
+            lo, hi = max(r.start, i * block), min(r.stop, (i + 1) * block)
+            take.append(slice(lo - i * block, hi - i * block))
+            put.append(slice(lo - r.start, hi - r.start))
+        out[(..., *put)] = blk[(..., *take)].to(out.device)
     return out
 
 

@@ -7,17 +7,20 @@ any size, then `refine` steps of descriptor Langevin revise it (0 = the generato
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 from collections.abc import Iterator
 
 import torch
 
 from .accel import Accel, GraphedLangevin
 from .langevin import block_noise, descriptor_langevin
-from .networks import Descriptor, Generator, NetConfig
+from .networks import Descriptor, Generator, NetConfig, circular_extend
 
 Tensor = torch.Tensor
 WINDOW = 96  # latent cells per side of one generator window (768 px at 8x up-sampling)
 REFINE_WINDOW = 1024  # pixels per side of one Langevin refinement window (plus its halo)
+VIDEO_WINDOW_VOXELS = 2**23  # videos: output voxels per generator / Langevin time window (plus halo)
 CPU_CHUNK = 2**18  # CPU Langevin: pixels per gradient pass (beyond this the caches thrash; speed.py)
 
 
@@ -87,8 +90,11 @@ class CoopModel:
     def generate(self, z: Tensor, size: tuple[int, ...], wrap: tuple[bool, ...] | None = None) -> Tensor:
         """g(Z) cropped to `size`, standardised, no graph; large outputs go window by window
         (the same result, bounded memory)."""
+        time_window = None
+        if self.net.dims == 3:  # long videos: windows over time too, within a voxel budget
+            time_window = max(1, VIDEO_WINDOW_VOXELS // (z.shape[-2] * z.shape[-1] * math.prod(self.net.up)))
         with torch.no_grad(), self.accel.autocast(self.device):
-            y = self.generator.windowed(z, WINDOW, wrap).float()
+            y = self.generator.windowed(z, WINDOW, wrap, time_window).float()
         return y[(slice(None), slice(None)) + tuple(slice(0, s) for s in size)]
 
     def revise(
@@ -146,29 +152,31 @@ class CoopModel:
         noise: float,
         seed: int,
         wrap: tuple[bool, ...] | None = None,
-        window: int = REFINE_WINDOW,
+        window: int | tuple[int | None, ...] = REFINE_WINDOW,
     ) -> Tensor:
-        """Descriptor Langevin over spatial windows of an image (1, C, H, W), each with a halo of
-        `steps` x the descriptor's reach: equal to the whole-image chain up to float rounding
-        (the noise is drawn per fixed block, see `block_noise`), with bounded memory."""
+        """Descriptor Langevin over windows of an image (1, C, H, W) or video (1, C, T, H, W), each
+        with a halo of `steps` x the descriptor's reach along every split axis: equal to the
+        whole-field chain up to float rounding (the noise is drawn per fixed block, see
+        `block_noise`), with bounded memory. `window`: one side for every axis, or one per axis
+        (None = that axis whole)."""
         if steps <= 0:
             return y
-        wrap = tuple(wrap) if wrap else (False, False)
-        H, W = y.shape[-2:]
-        st = self.descriptor.stride()
-        halo = -(-steps * self.descriptor.reach() // st) * st
-        window = max(st, window // st * st)
-        off = tuple(halo if w else 0 for w in wrap)
-        yp = y
-        for axis, o in enumerate(off):  # circular context for tileable output (may wrap many times)
-            if o:
-                n = y.shape[-2 + axis]
-                idx = torch.arange(-o, n + o, device=y.device) % n
-                yp = yp.index_select(yp.dim() - 2 + axis, idx)
-        size = (H, W)
+        d = self.net.dims
+        wrap = tuple(wrap) if wrap else (False,) * d
+        size = tuple(y.shape[2:])
+        wins = (window,) * d if isinstance(window, int) else tuple(window)
+        wins = tuple(n if w is None else w for n, w in zip(size, wins, strict=True))
+        axes = [d - a for a in range(d, 0, -1)]  # -d .. -1: the descriptor's per-axis geometry
+        st = tuple(self.descriptor.stride(a) for a in axes)
+        wins = tuple(n if n <= w else max(s, w // s * s) for n, w, s in zip(size, wins, st, strict=True))
+        split = tuple(n > w for n, w in zip(size, wins, strict=True))
+        halo = tuple(-(-steps * self.descriptor.reach(a) // s) * s if sp else 0 for a, s, sp in zip(axes, st, split, strict=True))
+        off = tuple(h if w else 0 for h, w in zip(halo, wrap, strict=True))
+        yp = circular_extend(y, off)  # circular context for split wrapped axes
+        inner = tuple(w and not sp for w, sp in zip(wrap, split, strict=True))  # the network wraps whole axes
 
         def segments(a: int, b: int, axis: int) -> list[tuple[int, int, int]]:
-            """(src_start, src_stop, dst_start) pieces of padded range [a, b) in image coordinates."""
+            """(src_start, src_stop, dst_start) pieces of padded range [a, b) in field coordinates."""
             n, o, out, pos = size[axis], off[axis], [], a
             while pos < b:
                 src = (pos - o) % n
@@ -177,37 +185,38 @@ class CoopModel:
                 pos += run
             return out
 
-        def noise_for(a0: int, a1: int, b0: int, b1: int):
+        def noise_for(lo: tuple[int, ...], hi: tuple[int, ...]):
             def fn(step: int) -> Tensor:
-                out = torch.empty(y.shape[0], y.shape[1], a1 - a0, b1 - b0, device=y.device)
-                for rs, re, rd in segments(a0, a1, 0):
-                    for cs, ce, cd in segments(b0, b1, 1):
-                        out[:, :, rd : rd + re - rs, cd : cd + ce - cs] = block_noise(
-                            y.shape, (slice(rs, re), slice(cs, ce)), step, seed, device=y.device
-                        )
+                out = torch.empty(*y.shape[:2], *(b - a for a, b in zip(lo, hi, strict=True)), device=y.device)
+                pieces = [segments(a, b, axis) for axis, (a, b) in enumerate(zip(lo, hi, strict=True))]
+                for combo in itertools.product(*pieces):
+                    region = tuple(slice(s0, s1) for s0, s1, _ in combo)
+                    dst = tuple(slice(t, t + s1 - s0) for s0, s1, t in combo)
+                    out[(..., *dst)] = block_noise(y.shape, region, step, seed, device=y.device)
                 return out
 
             return fn
 
         out = torch.empty_like(y)
+        bounds = self.bounds(y)
         with frozen(self.descriptor):
-            for i0 in range(0, H, window):
-                for j0 in range(0, W, window):
-                    i1, j1 = min(i0 + window, H), min(j0 + window, W)
-                    a0, a1 = max(i0 - halo, -off[0]) + off[0], min(i1 + halo, H + off[0]) + off[0]
-                    b0, b1 = max(j0 - halo, -off[1]) + off[1], min(j1 + halo, W + off[1]) + off[1]
-                    r = descriptor_langevin(
-                        self.energy,
-                        yp[..., a0:a1, b0:b1],
-                        steps=steps,
-                        delta=delta,
-                        sigma=sigma,
-                        noise=noise,
-                        noise_fn=noise_for(a0, a1, b0, b1),
-                        bounds=self.bounds(y),
-                    )
-                    ti, tj = i0 + off[0] - a0, j0 + off[1] - b0
-                    out[..., i0:i1, j0:j1] = r[..., ti : ti + i1 - i0, tj : tj + j1 - j0]
+            for corner in itertools.product(*(range(0, n, w) for n, w in zip(size, wins, strict=True))):
+                ends = tuple(min(c + w, n) for c, w, n in zip(corner, wins, size, strict=True))
+                lo = tuple(max(c - h, -o) + o for c, h, o in zip(corner, halo, off, strict=True))
+                hi = tuple(min(e + h, n + o) + o for e, h, n, o in zip(ends, halo, size, off, strict=True))
+                r = descriptor_langevin(
+                    lambda x: self.energy(x, inner),
+                    yp[(..., *(slice(a, b) for a, b in zip(lo, hi, strict=True)))],
+                    steps=steps,
+                    delta=delta,
+                    sigma=sigma,
+                    noise=noise,
+                    noise_fn=noise_for(lo, hi),
+                    bounds=bounds,
+                    max_batch=self.max_batch(y),
+                )
+                keep = tuple(slice(c + o - a, c + o - a + e - c) for c, o, a, e in zip(corner, off, lo, ends, strict=True))
+                out[(..., *(slice(c, e) for c, e in zip(corner, ends, strict=True)))] = r[(..., *keep)]
         return out
 
     def sample(
@@ -233,11 +242,12 @@ class CoopModel:
         for _ in range(n):
             z = self.latent(1, grid, generator)
             y = self.generate(z, grid, wrap)  # (1, C, [T,] H', W')
-            if self.net.dims == 2:  # windowed, so any size fits in memory; same result as one pass
-                seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else "cpu"))
-                y = self.revise_windowed(y, steps=refine, wrap=wrap, seed=seed, **langevin)
-            else:
-                y = self.revise(y, steps=refine, wrap=wrap, generator=generator, **langevin)
+            # windowed (images: space; videos: time), so any size fits in memory; same result as one pass
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else "cpu"))
+            window = REFINE_WINDOW
+            if self.net.dims == 3:
+                window = (max(1, VIDEO_WINDOW_VOXELS // (y.shape[-2] * y.shape[-1])), None, None)
+            y = self.revise_windowed(y, steps=refine, wrap=wrap, seed=seed, window=window, **langevin)
             if grid != tuple(size):
                 y = periodic_resize(y, size, wrap)
             out.append(self.denormalise(y))

@@ -14,7 +14,10 @@ replicating the border.
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 
 import torch
 import torch.nn as nn
@@ -76,6 +79,17 @@ def pad(x: Tensor, amount: tuple[int, ...], wrap: tuple[bool, ...]) -> Tensor:
     return x
 
 
+def circular_extend(x: Tensor, amount: tuple[int, ...]) -> Tensor:
+    """Extend the trailing len(amount) axes of x circularly by amount[i] on each side (any amount,
+    wrapping as many times as needed)."""
+    for i, a in enumerate(amount):
+        if a:
+            ax = x.dim() - len(amount) + i
+            n = x.shape[ax]
+            x = x.index_select(ax, torch.arange(-a, n + a, device=x.device) % n)
+    return x
+
+
 class Descriptor(nn.Module):
     """Energy f(Y) (B,) of Y (B, C, [T,] H, W): a sum over positions of every layer's read-out."""
 
@@ -94,19 +108,20 @@ class Descriptor(nn.Module):
             self.heads.append(_conv(d, w, 1, (1,) * d))
             cin = w
 
-    def reach(self) -> int:
-        """Pixels on each side of a pixel that its energy gradient depends on (the receptive radius)."""
+    def reach(self, axis: int = -1) -> int:
+        """Pixels (frames for axis 0 of a video) on each side of a pixel that its energy gradient
+        depends on (the receptive radius along that axis of the trailing [T,] H, W)."""
         r, jump = 0, 1
         for layer in self.layers:
-            r += (layer.kernel_size[-1] - 1) * jump
-            jump *= layer.stride[-1]
+            r += (layer.kernel_size[axis] - 1) * jump
+            jump *= layer.stride[axis]
         return r
 
-    def stride(self) -> int:
-        """Total spatial stride: windows must start on multiples of it to see the same grid."""
+    def stride(self, axis: int = -1) -> int:
+        """Total stride along an axis: windows must start on multiples of it to see the same grid."""
         s = 1
         for layer in self.layers:
-            s *= layer.stride[-1]
+            s *= layer.stride[axis]
         return s
 
     def _pads(self, layer: nn.Module) -> tuple:
@@ -200,43 +215,51 @@ class Generator(nn.Module):
         crop = tuple(slice(s, h.shape[2 + i] - s) for i, s in enumerate(scale))
         return h[(slice(None), slice(None)) + crop]
 
-    def halo(self) -> int:
-        """Latent cells on each side that can change an output pixel of a cell: the 3x3 convs at
-        the latent resolution reach one cell each; every up-sampling block reaches half a cell of
-        the one before (a geometric sum under one), plus one for linear up-sampling's support."""
-        return 1 + self.cfg.g_latent_convs + 1 + (1 if self.cfg.g_upsample == "linear" else 0)
+    def halo(self, axis: int = -1) -> int:
+        """Latent cells on each side that can change an output pixel of a cell, along one axis of
+        the trailing [t,] h, w: each 3-conv reaches one cell of its own resolution (1 / the
+        up-sampling so far, in latent cells), plus one for linear up-sampling's support."""
+        reach, up = Fraction(1 + self.cfg.g_latent_convs), 1  # the input conv and latent convs
+        for i in range(len(self.blocks)):
+            up *= self._scale(i)[axis]
+            reach += Fraction(1, up)  # the block's conv after up-sampling
+        reach += Fraction(1, up)  # the output conv
+        return math.ceil(reach) + (1 if self.cfg.g_upsample == "linear" else 0)
 
-    def windowed(self, z: Tensor, window: int, wrap: tuple[bool, ...] | None = None) -> Tensor:
-        """g(Z) computed over spatial windows of `window` latent cells (plus a halo), stitched:
-        equal to a whole-image pass up to float rounding, with memory bounded by the window.
-        Time (videos) is not split here."""
+    def windowed(self, z: Tensor, window: int, wrap: tuple[bool, ...] | None = None, time_window: int | None = None) -> Tensor:
+        """g(Z) computed over windows of `window` latent cells in space (and `time_window` in time
+        for videos; None = all of it), each with a halo, stitched: equal to a whole pass up to
+        float rounding, with memory bounded by the window."""
         d = self.cfg.dims
-        wrap = wrap or (False,) * d
-        if all(n <= window for n in z.shape[-2:]):
+        wrap = tuple(wrap) if wrap else (False,) * d
+        wins = (window, window) if d == 2 else (time_window or z.shape[2], window, window)
+        sp = tuple(z.shape[2:])
+        if all(n <= w for n, w in zip(sp, wins, strict=True)):
             return self(z, wrap)
-        halo = self.halo()
+        split = tuple(n > w for n, w in zip(sp, wins, strict=True))
+        halos = tuple(self.halo(a) if split[a] else 0 for a in range(d))
         up = self.cfg.up
-        sp = z.shape[-2:]
-        # pad wrapped spatial axes circularly once, so every window sees its true neighbours
-        wrapped = tuple(w for w in wrap[-2:])
-        zp = pad(z, tuple(halo if w else 0 for w in wrapped), wrapped) if any(wrapped) else z
-        off = tuple(halo if w else 0 for w in wrapped)
+        # wrapped axes that are split: pad circularly once (by index, so any halo works), so every
+        # window sees its true neighbours; wrapped axes that are whole: the network pads them
+        off = tuple(h if w else 0 for h, w in zip(halos, wrap, strict=True))
+        zp = circular_extend(z, off)
+        inner = tuple(w and not s for w, s in zip(wrap, split, strict=True))
         out = None
-        for i0 in range(0, sp[0], window):
-            for j0 in range(0, sp[1], window):
-                i1, j1 = min(i0 + window, sp[0]), min(j0 + window, sp[1])
-                a0 = max(i0 - halo, -off[0]) + off[0]
-                a1 = min(i1 + halo, sp[0] + off[0]) + off[0]
-                b0 = max(j0 - halo, -off[1]) + off[1]
-                b1 = min(j1 + halo, sp[1] + off[1]) + off[1]
-                zw = zp[..., a0:a1, b0:b1]
-                # only true image borders are padded by the network; wrapped axes were padded above
-                yw = self(zw, wrap[:-2] + (False, False))
-                ti, tj = (i0 + off[0] - a0) * up[-2], (j0 + off[1] - b0) * up[-1]
-                tile = yw[..., ti : ti + (i1 - i0) * up[-2], tj : tj + (j1 - j0) * up[-1]]
-                if out is None:
-                    out = yw.new_empty(*yw.shape[:-2], sp[0] * up[-2], sp[1] * up[-1])
-                out[..., i0 * up[-2] : i1 * up[-2], j0 * up[-1] : j1 * up[-1]] = tile
+        starts = [range(0, n, w) for n, w in zip(sp, wins, strict=True)]
+        for corner in itertools.product(*starts):
+            src, keep, dst = [], [], []
+            for a, c in enumerate(corner):
+                e = min(c + wins[a], sp[a])
+                lo = max(c - halos[a], -off[a]) + off[a]
+                hi = min(e + halos[a], sp[a] + off[a]) + off[a]
+                src.append(slice(lo, hi))
+                t0 = (c + off[a] - lo) * up[a]
+                keep.append(slice(t0, t0 + (e - c) * up[a]))
+                dst.append(slice(c * up[a], e * up[a]))
+            yw = self(zp[(..., *src)], inner)
+            if out is None:
+                out = yw.new_empty(*yw.shape[:2], *(n * u for n, u in zip(sp, up, strict=True)))
+            out[(..., *dst)] = yw[(..., *keep)]
         return out
 
     def latent_shape(self, size: tuple[int, ...]) -> tuple[int, ...]:
