@@ -72,6 +72,16 @@ def gather_states(state: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+def mean_scalar(x: float, device: torch.device | str = "cpu") -> float:
+    """The mean of a number over every process (the number itself without torchrun)."""
+    rank, size = world()
+    if size == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / size
+
+
 def barrier() -> None:
     if world()[1] > 1:
         dist.barrier()

@@ -46,6 +46,7 @@ class TrainConfig:
     beta1: float = 0.5  # Adam beta1 for both networks
     energy_reg: float = 0.1  # penalty on squared mean per-position energies: stops the descriptor running away
     lr_decay: float = 0.1  # learning rates fall to this fraction along a cosine over `steps`
+    balance: float = 1.0  # hold the descriptor's updates while its lead f_obs - f_syn (moving average) exceeds this; 0 = never
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -137,6 +138,7 @@ class CoopTrainer:
         self.opt_g = torch.optim.Adam(self.model.generator.parameters(), lr=cfg.lr_g, betas=betas)
         self.step_count = 0
         self.delta = cfg.delta  # current step size; lowered after a divergence
+        self.gap = 0.0  # moving average of f_obs - f_syn per position: the descriptor's lead
         self.progress: Callable[[], float] | None = None  # fraction of the run done, if not by steps
 
     @property
@@ -244,7 +246,14 @@ class CoopTrainer:
             raise DivergenceError(stats)
         distributed.average_gradients(self.descriptor.parameters())
         distributed.average_gradients(self.generator.parameters())
-        self.opt_d.step()
+        # balance: when the descriptor's lead grows beyond what L Langevin steps and the generator
+        # can close, it would only grow further (the "descriptor wins" collapse: a lead of ~10 per
+        # position, saturated stripes); hold it while the generator catches up on a fixed energy
+        self.gap = 0.9 * self.gap + 0.1 * distributed.mean_scalar(stats["f_obs"] - stats["f_syn"], self.device)
+        held = self.cfg.balance > 0 and self.gap > self.cfg.balance
+        stats["held"] = float(held)
+        if not held:
+            self.opt_d.step()
         self.opt_g.step()
         self.step_count += 1
         return stats
@@ -260,6 +269,7 @@ class CoopTrainer:
             "opt_g": self.opt_g.state_dict(),
             "step": self.step_count,
             "delta": self.delta,
+            "gap": self.gap,
             "mean": self.model.mean.clone(),
             "std": self.model.std.clone(),
             "rng": self.gen.get_state(),
@@ -274,6 +284,7 @@ class CoopTrainer:
         self.opt_g.load_state_dict(state["opt_g"])
         self.step_count = int(state["step"])
         self.delta = float(state["delta"])
+        self.gap = float(state.get("gap", 0.0))
         shard_states = state.get("rng_shards") or [state["rng"]]
         if len(shard_states) == len(self.gens):
             for g, st in zip(self.gens, shard_states, strict=True):

@@ -53,7 +53,7 @@ def test_generator_step_moves_g_of_z_toward_the_revision():
 def test_step_reports_all_figures():
     t = CoopTrainer(texture_image(), tiny_cfg(), seed=0)
     stats = t.step()
-    assert set(stats) == {"step", "f_obs", "f_syn", "loss_g", "revision", "delta"}
+    assert set(stats) == {"step", "f_obs", "f_syn", "loss_g", "revision", "delta", "held"}
     assert stats["step"] == 1 and t.step_count == 1
 
 
@@ -180,3 +180,21 @@ def test_masked_training_chains_hold_hidden_pixels_at_zero():
     assert (m == 0).any() and (m == 1).any()
     assert torch.all(y[m == 0] == 0)
     assert not torch.allclose(y[m == 1], y0[m == 1])
+
+
+def test_balance_holds_the_descriptor_while_it_leads():
+    """With the descriptor's lead above `balance`, its weights stay put and the generator learns;
+    below it, both learn."""
+    t = CoopTrainer(texture_image(), tiny_cfg(balance=0.5), seed=0)
+    t.gap = 10.0  # as if the descriptor had run away
+    d0 = [p.clone() for p in t.descriptor.parameters()]
+    g0 = [p.clone() for p in t.generator.parameters()]
+    stats = t.step()
+    assert stats["held"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(d0, t.descriptor.parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(g0, t.generator.parameters(), strict=True))
+    t.gap = 0.0
+    stats = t.step()
+    assert stats["held"] == 0.0
+    assert not all(torch.equal(a, b) for a, b in zip(d0, t.descriptor.parameters(), strict=True))
+    assert "gap" in t.state_dict()
