@@ -13,7 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -154,13 +154,8 @@ def load_input(job: TrainJob) -> tuple[str, Tensor, dict]:
     return kind, vid, {"input": str(job.input), "size": list(vid.shape[1:]), "fps": fps, "notes": notes}
 
 
-MASKED_BALANCE = 1.0  # completion training holds a leading descriptor (see TrainConfig.balance)
-
-
-def make_config(job: TrainJob, kind: str, channels: int, masked: bool = False) -> TrainConfig:
+def make_config(job: TrainJob, kind: str, channels: int) -> TrainConfig:
     cfg = preset(job.preset, dims=2 if kind == "texture" else 3, channels=channels)
-    if masked:  # learning from visible pixels only: the descriptor ran away on gimp_brick without it
-        cfg = replace(cfg, balance=MASKED_BALANCE)
     if job.steps is not None and job.steps <= 0:
         raise CoopsynthError(f"--steps {job.steps}: must be a positive number of iterations")
     if job.minutes is not None and job.minutes <= 0:
@@ -207,7 +202,7 @@ def prepare_training(job: TrainJob, mask: Tensor | None = None, data: Tensor | N
     ckpt_path = out / "model.pt"
     if ckpt_path.exists() and not (job.resume or job.force):
         raise CoopsynthError(f"{ckpt_path}: already exists (use --resume to continue it or --force to start over)")
-    cfg = make_config(job, kind, data.shape[0], masked=mask is not None)
+    cfg = make_config(job, kind, data.shape[0])
     start_seconds = 0.0
     state = None
     if job.resume and ckpt_path.exists():

@@ -46,7 +46,7 @@ class TrainConfig:
     beta1: float = 0.5  # Adam beta1 for both networks
     energy_reg: float = 0.1  # penalty on squared mean per-position energies: stops the descriptor running away
     lr_decay: float = 0.1  # learning rates fall to this fraction along a cosine over `steps`
-    balance: float = 0.0  # hold the descriptor's updates while its lead f_obs - f_syn (moving average) exceeds this; 0 = never
+    balance: float = 0.0  # hold the descriptor while its lead f_obs - f_syn (EMA) exceeds this; 0 = never (measured worse)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -198,14 +198,3 @@ def test_balance_holds_the_descriptor_while_it_leads():
     assert stats["held"] == 0.0
     assert not all(torch.equal(a, b) for a, b in zip(d0, t.descriptor.parameters(), strict=True))
     assert "gap" in t.state_dict()
-
-
-def test_completion_training_balances_and_texture_training_does_not():
-    from pathlib import Path
-
-    from coopsynth.pipeline import MASKED_BALANCE, TrainJob, make_config
-
-    job = TrainJob(input=Path("x.png"), output=Path("out"))
-    assert make_config(job, "texture", 3).balance == 0
-    assert make_config(job, "texture", 3, masked=True).balance == MASKED_BALANCE > 0
-    assert make_config(job, "video", 3, masked=True).balance == MASKED_BALANCE
