@@ -115,16 +115,7 @@ class GraphedLangevin:
         graph.replay()
         out = static_out.clone()
         if fresh:  # check the replay once against eager code with the same inputs
-            ref = descriptor_langevin(
-                self.energy,
-                static_y.clone(),
-                steps=steps,
-                delta=delta,
-                sigma=sigma,
-                noise=noise,
-                noise_fn=lambda i: static_noise[i],
-                bounds=bounds,
-            )
+            ref = self._chain(static_y.clone(), static_noise, steps, delta, sigma, noise, bounds)
             tol = 5e-2 if self.accel.precision == "bf16" else 1e-3
             if not torch.allclose(out, ref, rtol=tol, atol=tol):
                 self.broken.add(key)
@@ -133,6 +124,12 @@ class GraphedLangevin:
                 return ref
         return out
 
+    def _chain(self, y: Tensor, noise_buf: Tensor, steps, delta, sigma, noise, bounds) -> Tensor:
+        """The eager chain reading its N(0, I) draws from noise_buf (steps, *y.shape)."""
+        return descriptor_langevin(
+            self.energy, y, steps=steps, delta=delta, sigma=sigma, noise=noise, noise_fn=lambda i: noise_buf[i], bounds=bounds
+        )
+
     def _capture(self, y: Tensor, steps, delta, sigma, noise, bounds) -> tuple:
         static_y = torch.empty_like(y)
         static_y.copy_(y)
@@ -140,16 +137,7 @@ class GraphedLangevin:
         static_bounds = None if bounds is None else tuple(b.clone() for b in bounds)
 
         def run() -> Tensor:
-            return descriptor_langevin(
-                self.energy,
-                static_y,
-                steps=steps,
-                delta=delta,
-                sigma=sigma,
-                noise=noise,
-                noise_fn=lambda i: static_noise[i],
-                bounds=static_bounds,
-            )
+            return self._chain(static_y, static_noise, steps, delta, sigma, noise, static_bounds)
 
         side = torch.cuda.Stream(device=y.device)
         side.wait_stream(torch.cuda.current_stream(y.device))

@@ -249,8 +249,10 @@ class CoopTrainer:
         # balance: when the descriptor's lead grows beyond what L Langevin steps and the generator
         # can close, it would only grow further (the "descriptor wins" collapse: a lead of ~10 per
         # position, saturated stripes); hold it while the generator catches up on a fixed energy
-        self.gap = 0.9 * self.gap + 0.1 * distributed.mean_scalar(stats["f_obs"] - stats["f_syn"], self.device)
-        held = self.cfg.balance > 0 and self.gap > self.cfg.balance
+        held = False
+        if self.cfg.balance > 0:  # off by default: no extra all_reduce per iteration then
+            self.gap = 0.9 * self.gap + 0.1 * distributed.mean_scalar(stats["f_obs"] - stats["f_syn"], self.device)
+            held = self.gap > self.cfg.balance
         stats["held"] = float(held)
         if not held:
             self.opt_d.step()
