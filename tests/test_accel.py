@@ -74,18 +74,15 @@ def _revise(m: CoopModel, seed: int = 3) -> torch.Tensor:
 
 def test_forced_graph_on_cpu_falls_back_with_the_same_result():
     ref = _revise(_model())
-    forced = Accel(graphs=True)
-    m = _model(forced)
-    m.accel.graphs = True
+    m = _model(Accel(graphs=True))
     out = _revise(m)  # CPU tensors never reach the graph path: the eager code runs
     torch.testing.assert_close(out, ref)
+    assert not m._graphs and not m.accel.fallbacks  # no capture was even tried
 
 
 def test_graph_capture_failure_is_recorded_and_eager_result_returned(monkeypatch):
     """Make the graph path believe it is on CUDA: capture then fails on a CPU tensor, the eager
     chain runs instead, and the reason is recorded once."""
-    from coopsynth import accel as accel_mod
-
     ref = _revise(_model())
     m = _model(Accel(graphs=True))
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
@@ -95,7 +92,6 @@ def test_graph_capture_failure_is_recorded_and_eager_result_returned(monkeypatch
     assert len(m.accel.fallbacks) == 1 and "capture failed" in m.accel.fallbacks[0]
     _revise(m)
     assert len(m.accel.fallbacks) == 1  # a broken shape is not retried
-    assert accel_mod.MAX_GRAPHS >= 2
 
 
 def test_channels_last_gives_the_same_chain():
