@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 from collections.abc import Iterator
 
 import torch
@@ -91,8 +90,9 @@ class CoopModel:
         """g(Z) cropped to `size`, standardised, no graph; large outputs go window by window
         (the same result, bounded memory)."""
         time_window = None
-        if self.net.dims == 3:  # long videos: windows over time too, within a voxel budget
-            time_window = max(1, VIDEO_WINDOW_VOXELS // (z.shape[-2] * z.shape[-1] * math.prod(self.net.up)))
+        if self.net.dims == 3:  # long videos: windows over time too, in latent frames
+            up_t, up_h, up_w = self.net.up
+            time_window = max(1, video_window_frames(z.shape[-2] * up_h, z.shape[-1] * up_w) // up_t)
         with torch.no_grad(), self.accel.autocast(self.device):
             y = self.generator.windowed(z, WINDOW, wrap, time_window).float()
         return y[(slice(None), slice(None)) + tuple(slice(0, s) for s in size)]
@@ -246,12 +246,17 @@ class CoopModel:
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else "cpu"))
             window = REFINE_WINDOW
             if self.net.dims == 3:
-                window = (max(1, VIDEO_WINDOW_VOXELS // (y.shape[-2] * y.shape[-1])), None, None)
+                window = (video_window_frames(*y.shape[-2:]), None, None)
             y = self.revise_windowed(y, steps=refine, wrap=wrap, seed=seed, window=window, **langevin)
             if grid != tuple(size):
                 y = periodic_resize(y, size, wrap)
             out.append(self.denormalise(y))
         return torch.cat(out)
+
+
+def video_window_frames(height: int, width: int) -> int:
+    """Frames per time window of a long video of this size: VIDEO_WINDOW_VOXELS of output."""
+    return max(1, VIDEO_WINDOW_VOXELS // (height * width))
 
 
 def periodic_resize(y: Tensor, size: tuple[int, ...], wrap: tuple[bool, ...]) -> Tensor:
