@@ -51,9 +51,9 @@ def test_generator_step_moves_g_of_z_toward_the_revision():
 
 
 def test_step_reports_all_figures():
-    t = CoopTrainer(texture_image(), tiny_cfg(), seed=0)
+    t = CoopTrainer(texture_image(), tiny_cfg(clip=3.0), seed=0)
     stats = t.step()
-    assert set(stats) == {"step", "f_obs", "f_syn", "loss_g", "revision", "delta", "held"}
+    assert set(stats) == {"step", "f_obs", "f_syn", "loss_g", "revision", "delta", "held", "clipped"}
     assert stats["step"] == 1 and t.step_count == 1
 
 
@@ -198,3 +198,40 @@ def test_balance_holds_the_descriptor_while_it_leads():
     assert stats["held"] == 0.0
     assert not all(torch.equal(a, b) for a, b in zip(d0, t.descriptor.parameters(), strict=True))
     assert "gap" in t.state_dict()
+
+
+def _set_grads(net: torch.nn.Module, norm: float) -> None:
+    """Give every parameter a gradient, scaled so that their total norm is `norm`."""
+    grads = [torch.randn_like(p) for p in net.parameters()]
+    total = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+    for p, g in zip(net.parameters(), grads, strict=True):
+        p.grad = g * (norm / total)
+
+
+def _grad_norm(net: torch.nn.Module) -> float:
+    return float(torch.sqrt(sum(p.grad.pow(2).sum() for p in net.parameters())))
+
+
+def test_gradient_spike_is_clipped_to_a_multiple_of_the_running_norm():
+    t = CoopTrainer(texture_image(), tiny_cfg(clip=3.0), seed=0)
+    t.step_count = 100  # past the warm-up
+    t.grad_norms = [2.0, 2.0]
+    _set_grads(t.descriptor, 50.0)  # a spike: 25x the running norm
+    assert t._clip(0, t.descriptor)
+    assert _grad_norm(t.descriptor) == pytest.approx(6.0, rel=1e-5)
+    assert t.grad_norms[0] == pytest.approx(0.95 * 2.0 + 0.05 * 6.0)  # the spike counts only as the cap
+    _set_grads(t.generator, 5.0)  # an ordinary gradient: below 3x, untouched
+    assert not t._clip(1, t.generator)
+    assert _grad_norm(t.generator) == pytest.approx(5.0, rel=1e-5)
+    assert t.grad_norms[1] == pytest.approx(0.95 * 2.0 + 0.05 * 5.0)
+
+
+def test_clipping_off_and_warm_up_leave_gradients_alone():
+    t = CoopTrainer(texture_image(), tiny_cfg(clip=3.0), seed=0)
+    t.grad_norms = [2.0, 2.0]
+    _set_grads(t.descriptor, 50.0)
+    assert not t._clip(0, t.descriptor)  # step 0: still learning what a usual norm is
+    assert _grad_norm(t.descriptor) == pytest.approx(50.0, rel=1e-5)
+    t = CoopTrainer(texture_image(), tiny_cfg(clip=0.0), seed=0)
+    assert "clipped" not in t.step()
+    assert t.grad_norms == [0.0, 0.0] and "grad_norms" in t.state_dict()
