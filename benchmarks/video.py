@@ -6,7 +6,8 @@
 Per clip: scale and trim it as a default `coopsynth video` run does, split it into left and right
 halves over all frames, train on the left, draw k videos of the left half's size and length, and
 score them against the right half: spatial and spatio-temporal SWD ratios, motion ratio, copy
-index. Peer: the authors' spatial-temporal settings (benchmarks/paper_recipe.py) for the same
+index, diversity. coopsynth is scored as `coopsynth video` samples (the preset's refinement) and, from
+the same model and latents, with --refine L. Peer: the authors' spatial-temporal settings (benchmarks/paper_recipe.py) for the same
 minutes. A frame strip (input vs samples) per clip goes to benchmarks/out/video/<clip>.png.
 """
 
@@ -32,16 +33,21 @@ CLIPS = ["tree_foliage_opencv", "flame_rendered_castle"]
 OUT = HERE / "out" / "video"
 
 
-def run_coopsynth(train: torch.Tensor, k: int, seed: int, preset: str, work: Path) -> tuple[list, float, str]:
+def run_coopsynth(train: torch.Tensor, k: int, seed: int, preset: str, work: Path) -> tuple[dict, float, str]:
+    """Train once; samples with the default refinement ("coopsynth") and with the training L."""
     t0 = time.perf_counter()
     job = pipeline.TrainJob(input=work / "train.mp4", output=work, preset=preset, seed=seed, force=True)
     res = pipeline.train(job, data=train)
     tr = res["trainer"]
-    gen = torch.Generator().manual_seed(seed + 1)
-    s = tr.model.sample(
-        k, tuple(train.shape[1:]), refine=tr.cfg.langevin_steps, langevin=tr.cfg.langevin(tr.delta), generator=gen
-    )
-    return list(s), time.perf_counter() - t0, f"{res['steps']} it"
+    secs = time.perf_counter() - t0
+    out = {}
+    for name, refine in (("coopsynth", tr.cfg.refine), (f"coopsynth --refine {tr.cfg.langevin_steps}", tr.cfg.langevin_steps)):
+        if name != "coopsynth" and refine == tr.cfg.refine:
+            continue
+        gen = torch.Generator().manual_seed(seed + 1)  # the same latents for both
+        s = tr.model.sample(k, tuple(train.shape[1:]), refine=refine, langevin=tr.cfg.langevin(tr.delta), generator=gen)
+        out[name] = list(s)
+    return out, secs, f"{res['steps']} it, {res.get('rollbacks', 0)} roll-backs"
 
 
 def run_paper(train: torch.Tensor, k: int, seed: int, seconds: float) -> tuple[list, float, str]:
@@ -85,29 +91,35 @@ def main() -> None:
         coop_secs = None
         for m in methods:
             if m == "coopsynth":
-                s, secs, note = run_coopsynth(train, args.k, args.seed, args.preset, args.out / name)
+                runs, secs, note = run_coopsynth(train, args.k, args.seed, args.preset, args.out / name)
                 coop_secs = secs
             elif m == "paper":
                 s, secs, note = run_paper(train, args.k, args.seed, coop_secs or 300.0)
+                runs = {m: s}
             else:
                 raise SystemExit(f"unknown method {m}")
-            ref_held = held[:, : s[0].shape[1], : s[0].shape[2], : s[0].shape[3]]
-            ref_train = train[:, : s[0].shape[1]]
-            scores = metrics.video_metrics([x.clamp(0, 1) for x in s], ref_held, ref_train, args.seed)
-            scores.update({"minutes": secs / 60, "note": note})
-            r["methods"][m] = scores
-            rows.append((m, [f for f in s[0][:, ::8].unbind(1)]))
-            print(f"  {m}: " + ", ".join(f"{k} {fmt(v) if isinstance(v, float) else v}" for k, v in scores.items()), flush=True)
+            for label, s in runs.items():
+                ref_held = held[:, : s[0].shape[1], : s[0].shape[2], : s[0].shape[3]]
+                ref_train = train[:, : s[0].shape[1]]
+                scores = metrics.video_metrics([x.clamp(0, 1) for x in s], ref_held, ref_train, args.seed)
+                scores.update({"minutes": secs / 60, "note": note})
+                r["methods"][label] = scores
+                rows.append((label, [f for f in s[0][:, ::8].unbind(1)]))
+                print(
+                    f"  {label}: " + ", ".join(f"{k} {fmt(v) if isinstance(v, float) else v}" for k, v in scores.items()),
+                    flush=True,
+                )
         contact_sheet(args.out / f"{name}.png", rows, height=96)
         (args.out / f"{name}.json").write_text(json.dumps(r, indent=1))
         results.append(r)
-    keys = ["spatial_swd_ratio", "st_swd_ratio", "motion_ratio", "copy_index", "minutes"]
+    keys = ["spatial_swd_ratio", "st_swd_ratio", "motion_ratio", "copy_index", "diversity", "minutes"]
     text = header(f"Dynamic textures, preset `{args.preset}`")
     text += "| clip | method | " + " | ".join(keys) + " |\n|---|---|" + "---|" * len(keys) + "\n"
     for r in results:
         for m, s in r["methods"].items():
             text += f"| {r['item']} | {m} | " + " | ".join(fmt(s.get(k)) for k in keys) + " |\n"
-    for m in methods:
+    labels = list(dict.fromkeys(m for r in results for m in r["methods"]))
+    for m in labels:
         vals = [r["methods"][m] for r in results if m in r["methods"]]
         if vals:
             text += (

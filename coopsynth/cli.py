@@ -92,7 +92,8 @@ MaxFrames = Annotated[int | None, typer.Option("--max-frames", help="Videos: kee
 Refine = Annotated[
     int | None,
     typer.Option(
-        "--refine", help="Descriptor Langevin revisions after the generator (default: the training L; 0 = generator only)."
+        "--refine",
+        help="Descriptor Langevin revisions after the generator (default: the training L for textures, 0 for videos; 0 = generator only).",
     ),
 ]
 

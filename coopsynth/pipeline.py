@@ -390,7 +390,7 @@ class SampleJob:
     seed: int = 0
     tile: bool = False  # tileable texture (wrap in space)
     loop: bool = False  # looping video (wrap in time)
-    refine: int | None = None  # Langevin revisions after the generator; None = the training L
+    refine: int | None = None  # Langevin revisions after the generator; None = the model's (L; videos 0)
     fps: float | None = None
     force: bool = False  # overwrite existing sample files
 
@@ -412,7 +412,7 @@ def sample(model: CoopModel, blob: dict, job: SampleJob) -> list[Path]:
         raise CoopsynthError(f"a {kind} model needs a size of {model.net.dims} numbers, got {size}")
     if job.samples <= 0:
         raise CoopsynthError(f"--samples {job.samples}: must be at least 1")
-    refine = cfg.langevin_steps if job.refine is None else job.refine
+    refine = cfg.refine if job.refine is None else job.refine
     if refine < 0:
         raise CoopsynthError(f"--refine {refine}: must be 0 or more")
     out = Path(job.output)

@@ -96,3 +96,16 @@ def test_image_given_to_video_command(tmp_path):
     write_image(tmp_path / "a.png", torch.rand(3, 16, 16))
     r = runner.invoke(app, ["video", str(tmp_path / "a.png")])
     assert r.exit_code == 1 and "looks like an image" in r.output
+
+
+def test_video_samples_default_to_the_generator_alone(clip_dir, tmp_path):
+    """The video preset samples with --refine 0 (refinement adds flicker, RESULTS.md); an explicit
+    --refine still revises."""
+    model = str(clip_dir / "out" / "model.pt")
+    videos = {}
+    for name, extra in [("default", []), ("zero", ["--refine", "0"]), ("two", ["--refine", "2"])]:
+        r = runner.invoke(app, ["sample", model, "-o", str(tmp_path / name), "--samples", "1", "--seed", "3", *extra])
+        assert r.exit_code == 0, r.output
+        videos[name], _ = read_video(tmp_path / name / "sample_000.mp4")
+    assert torch.equal(videos["default"], videos["zero"])
+    assert not torch.equal(videos["default"], videos["two"])
