@@ -42,17 +42,33 @@ OUT = HERE / "out" / "quality"
 # methods: each returns (k samples [(C, h, w)], seconds, note)
 
 
-def run_coopsynth(train: torch.Tensor, k: int, seed: int, preset: str, workdir: Path, overrides: dict) -> tuple[list, float, str]:
+def run_coopsynth(
+    train: torch.Tensor,
+    k: int,
+    seed: int,
+    preset: str,
+    workdir: Path,
+    overrides: dict,
+    device: str = "auto",
+    precision: str = "tf32",
+) -> tuple[list, float, str]:
     t0 = time.perf_counter()
     job = pipeline.TrainJob(
-        input=workdir / "train.png", output=workdir, preset=preset, seed=seed, force=True, overrides=overrides
+        input=workdir / "train.png",
+        output=workdir,
+        preset=preset,
+        seed=seed,
+        force=True,
+        overrides=overrides,
+        device=device,
+        precision=precision,
     )
     res = pipeline.train(job, data=train)
     tr = res["trainer"]
     size = tuple(train.shape[1:])
-    gen = torch.Generator().manual_seed(seed + 1)
-    s = tr.model.sample(k, size, refine=tr.cfg.langevin_steps, langevin=tr.cfg.langevin(tr.delta), generator=gen)
-    return list(s), time.perf_counter() - t0, f"{res['steps']} it"
+    gen = torch.Generator(device=tr.model.device).manual_seed(seed + 1)
+    s = tr.model.sample(k, size, refine=tr.cfg.langevin_steps, langevin=tr.cfg.langevin(tr.delta), generator=gen).cpu()
+    return list(s), time.perf_counter() - t0, f"{res['steps']} it on {tr.model.device.type}"
 
 
 def run_paper(train: torch.Tensor, k: int, seed: int, seconds: float) -> tuple[list, float, str]:
@@ -117,7 +133,19 @@ def peer_available(name: str) -> str | None:
     return None
 
 
-def run_item(path: Path, methods: list[str], k: int, seed: int, preset: str, overrides: dict, out: Path = OUT) -> dict:
+def run_item(
+    path: Path,
+    methods: list[str],
+    k: int,
+    seed: int,
+    preset: str,
+    overrides: dict,
+    out: Path = OUT,
+    device: str = "auto",
+    precisions: tuple[str, ...] = ("tf32",),
+) -> dict:
+    """One texture, every method. With several precisions, coopsynth runs once per precision
+    (columns "coopsynth fp32", ...) on the same data in the same run."""
     img = read_image(path)
     train, held = metrics.split_halves(img)
     item = path.stem
@@ -128,9 +156,10 @@ def run_item(path: Path, methods: list[str], k: int, seed: int, preset: str, ove
     minutes_coop = None
     for m in methods:
         print(f"  {item}: {m} ...", flush=True)
-        if m == "coopsynth":
-            samples, secs, note = run_coopsynth(train, k, seed, preset, work / "coopsynth", overrides)
-            minutes_coop = secs / 60
+        if m.startswith("coopsynth"):
+            precision = m.split()[1] if " " in m else precisions[0]
+            samples, secs, note = run_coopsynth(train, k, seed, preset, work / m.replace(" ", "_"), overrides, device, precision)
+            minutes_coop = minutes_coop or secs / 60
         elif m == "paper":
             budget = (minutes_coop * 60) if minutes_coop else 120.0
             samples, secs, note = run_paper(train, k, seed, budget)
@@ -201,8 +230,14 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
     ap.add_argument("--out", type=Path, default=OUT, help="folder for contact sheets, item JSON and models")
     ap.add_argument("--summarize", action="store_true", help="one table from every item JSON in benchmarks/out/quality")
+    ap.add_argument("--device", default="auto", help="coopsynth's device: auto, cpu or cuda")
+    ap.add_argument("--precisions", default="tf32", help="comma-separated; more than one: a coopsynth column per precision")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
+    precisions = tuple(p for p in args.precisions.split(",") if p)
+    if len(precisions) > 1 and "coopsynth" in methods:
+        i = methods.index("coopsynth")
+        methods[i : i + 1] = [f"coopsynth {p}" for p in precisions]
 
     if args.summarize:
         results = [json.loads(p.read_text()) for p in sorted(args.out.glob("*.json"))]
@@ -228,9 +263,12 @@ def main() -> None:
     t0 = time.perf_counter()
     for p in files:
         print(f"{p.name}", flush=True)
-        results.append(run_item(p, methods, args.k, args.seed, args.preset, overrides, args.out))
-    text = header(f"Texture quality, preset `{args.preset}`, {len(results)} textures") + table(results, methods)
-    text += f"\nContact sheets: `benchmarks/out/quality/<texture>.png` (rows: input, held-out, then each method's samples). Total {(time.perf_counter() - t0) / 60:.0f} min.\n"
+        results.append(run_item(p, methods, args.k, args.seed, args.preset, overrides, args.out, args.device, precisions))
+    title = f"Texture quality, preset `{args.preset}`, {len(results)} textures"
+    if args.device != "auto" or len(precisions) > 1:
+        title += f", device {args.device}, precision {'/'.join(precisions)}"
+    text = header(title) + table(results, methods)
+    text += f"\nContact sheets: `{'benchmarks/out/quality' if args.out == OUT else args.out}/<texture>.png` (rows: input, held-out, then each method's samples). Total {(time.perf_counter() - t0) / 60:.0f} min.\n"
     publish(text, not args.no_write)
 
 

@@ -12,12 +12,13 @@ Everything is measured in this one run, so the ratios compare like with like on 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import header, publish  # noqa: E402
 
+from coopsynth import networks  # noqa: E402
 from coopsynth.accel import Accel  # noqa: E402
 from coopsynth.langevin import descriptor_langevin  # noqa: E402
 from coopsynth.model import CoopModel  # noqa: E402
@@ -38,32 +40,49 @@ def sync(device: torch.device) -> None:
 
 
 def timeit(fn, device: torch.device, repeat: int = 3, min_time: float = 0.3) -> float:
-    """Best mean seconds per call over `repeat` rounds of at least `min_time` each."""
+    """Best mean seconds per call over `repeat` rounds of at least `min_time` each. One
+    synchronisation per round, not per call: on a GPU the calls queue up as they would in a run."""
     fn()
     sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    n = max(1, int(min_time / max(time.perf_counter() - t0, 1e-6)))
     best = float("inf")
     for _ in range(repeat):
-        n, t0 = 0, time.perf_counter()
-        while True:
+        t0 = time.perf_counter()
+        for _ in range(n):
             fn()
-            n += 1
-            sync(device)
-            if time.perf_counter() - t0 >= min_time:
-                break
+        sync(device)
         best = min(best, (time.perf_counter() - t0) / n)
     return best
 
 
-def matmul_peak(device: torch.device, dtype=torch.float32) -> float:
-    """GFLOP/s of a large square matrix product: the arithmetic peak we compare against."""
+def matmul_peaks(device: torch.device) -> dict[str, float]:
+    """GFLOP/s of a large square matrix product in each precision a path can run in: the
+    arithmetic peak each path is compared with (a tf32 path with the tf32 peak, and so on). On a
+    CPU there is one figure (tf32 is fp32 there; bf16 paths are not offered)."""
     n = 2048 if device.type == "cpu" else 8192
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    return 2 * n**3 / timeit(lambda: a @ b, device) / 1e9
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    out = {}
+    try:
+        for name, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True), ("bf16", torch.bfloat16, False)):
+            if device.type == "cpu" and name != "fp32":
+                out[name] = out["fp32"]
+                continue
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            a = torch.randn(n, n, device=device, dtype=dtype)
+            b = torch.randn(n, n, device=device, dtype=dtype)
+            out[name] = 2 * n**3 / timeit(lambda a=a, b=b: a @ b, device) / 1e9
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    return out
 
 
-def conv_flops(module: nn.Module, x: torch.Tensor, fn) -> float:
-    """FLOPs (2 x multiply-adds) of every convolution that `fn(x)` runs, from the layer shapes."""
+def conv_flops(d: Descriptor, x: torch.Tensor) -> float:
+    """FLOPs (2 x multiply-adds) of the descriptor's convolutions on x, from the layer shapes.
+    Counted on the plain formulation, whose layers are module calls (the fast path computes the
+    first layer with F.conv2d, which hooks would miss); the 1x1 read-outs are not counted."""
     total = 0.0
 
     def hook(m, inp, out):
@@ -73,10 +92,10 @@ def conv_flops(module: nn.Module, x: torch.Tensor, fn) -> float:
             k *= s
         total += 2.0 * out.numel() * (m.in_channels // m.groups) * k
 
-    hs = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d | nn.Conv3d)]
+    hs = [m.register_forward_hook(hook) for m in d.layers]
     try:
         with torch.no_grad():
-            fn(x)
+            plain_energy(d, x)
     finally:
         for h in hs:
             h.remove()
@@ -130,41 +149,86 @@ def plain_energy(d: Descriptor, y: torch.Tensor) -> torch.Tensor:
     return e
 
 
-def variants(device: torch.device) -> list[tuple[str, Accel | None]]:
-    """(name, accel) of the Langevin paths compared; accel None = the plain code."""
+@dataclass
+class LangevinPath:
+    name: str
+    accel: Accel | None  # None: the plain code (CPU only)
+    twin: str | None = None  # the eager path with the same precision and memory format
+    strided_first: bool = False  # the first layer as a plain stride-2 conv (no space-to-depth)
+
+
+def variants(device: torch.device) -> list[LangevinPath]:
+    """The Langevin paths compared; the first one of a size is the baseline of the ratio column."""
     if device.type == "cpu":
-        return [("plain code", None), ("coopsynth (default)", Accel()), ("+ channels-last", Accel(channels_last=True))]
-    tf32 = Accel.for_device(device, "tf32")  # also sets the global tf32 switches
+        return [
+            LangevinPath("plain code", None),
+            LangevinPath("coopsynth (default)", Accel()),
+            LangevinPath("+ channels-last", Accel(channels_last=True)),
+        ]
+    e32, e_tf, e_tf_cl, e_bf_cl = "eager fp32", "eager tf32", "eager tf32 channels-last", "eager bf16 channels-last"
     return [
-        ("eager fp32", Accel(precision="fp32")),
-        ("eager tf32", Accel(precision="tf32")),
-        ("eager tf32 channels-last", Accel(precision="tf32", channels_last=True)),
-        ("graph tf32 channels-last (default)", tf32),
-        ("graph tf32", Accel(precision="tf32", graphs=True)),
-        ("graph bf16 channels-last", Accel(precision="bf16", channels_last=True, graphs=True)),
+        LangevinPath(e32, Accel(precision="fp32")),
+        LangevinPath("graph fp32", Accel(precision="fp32", graphs=True), e32),
+        LangevinPath(e_tf, Accel(precision="tf32")),
+        LangevinPath("graph tf32", Accel(precision="tf32", graphs=True), e_tf),
+        LangevinPath(e_tf_cl, Accel(precision="tf32", channels_last=True)),
+        LangevinPath("graph tf32 channels-last (default)", Accel(precision="tf32", channels_last=True, graphs=True), e_tf_cl),
+        LangevinPath(
+            "graph tf32 channels-last, strided first layer",
+            Accel(precision="tf32", channels_last=True, graphs=True),
+            e_tf_cl,
+            True,
+        ),
+        LangevinPath(e_bf_cl, Accel(precision="bf16", channels_last=True)),
+        LangevinPath("graph bf16 channels-last", Accel(precision="bf16", channels_last=True, graphs=True), e_bf_cl),
     ]
 
 
-def langevin_paths(device: torch.device, sizes: list[int], cfg, peak: float) -> list[str]:
-    """Langevin steps/s of each path at the default batch; ratios to the first path of the run."""
+def peak_text(device: torch.device, peaks: dict[str, float]) -> str:
+    if device.type == "cpu":
+        return f"{peaks['fp32']:.0f} GFLOP/s (fp32; tf32 is fp32 on a CPU)"
+    return ", ".join(f"{k} {v / 1e3:.1f} TFLOP/s" for k, v in peaks.items()) + " (fp32: no tensor cores)"
+
+
+@contextlib.contextmanager
+def strided_first_layer(on: bool):
+    """Compute the descriptor's first layer as the plain stride-2 conv instead of space-to-depth."""
+    if not on:
+        yield
+        return
+    saved = networks._strided_conv
+    networks._strided_conv = lambda layer, x: layer(x)
+    try:
+        yield
+    finally:
+        networks._strided_conv = saved
+
+
+def langevin_paths(device: torch.device, sizes: list[int], cfg, peaks: dict[str, float]) -> list[str]:
+    """Langevin steps/s of each path at the default batch; each path's roofline against the
+    matrix-product peak of its own precision; speed-ups against the first path of the size and
+    against the path's eager twin (same precision and memory format), all from this one run."""
     lines = [
-        f"\nLangevin revision paths, batch {cfg.batch}, L = {cfg.langevin_steps} (ratio: to the first row of the same size)\n",
-        "| size | path | Langevin steps/s | achieved GFLOP/s | roofline | ratio |",
-        "|---|---|---|---|---|---|",
+        f"\nLangevin revision paths, batch {cfg.batch}, L = {cfg.langevin_steps}. Roofline: against the matrix-product peak of the path's precision "
+        f"({peak_text(device, peaks)}). "
+        "Ratios: to the first path of the size, and to the path's eager twin.\n",
+        "| size | path | Langevin steps/s | achieved GFLOP/s | roofline | vs first | vs eager twin |",
+        "|---|---|---|---|---|---|---|",
     ]
     lang = cfg.langevin()
     for size in sizes:
         torch.manual_seed(0)
-        base = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device)
+        base = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device, Accel(precision="fp32"))
         y0 = torch.randn(cfg.batch, 3, size, size, device=device)
-        flops = 2 * conv_flops(base.descriptor, y0, base.descriptor)
-        first = None
-        for name, accel in variants(device):
+        flops = 2 * conv_flops(base.descriptor, y0)  # forward + input gradient
+        speed: dict[str, float] = {}
+        for path in variants(device):
+            accel = path.accel
             if accel is None:
                 d = base.descriptor.requires_grad_(False)
                 gen = torch.Generator(device=device).manual_seed(0)
 
-                def fn():
+                def fn(d=d, gen=gen):
                     return descriptor_langevin(lambda y: plain_energy(d, y), y0, steps=cfg.langevin_steps, generator=gen, **lang)
             else:
                 if device.type == "cuda":
@@ -177,17 +241,21 @@ def langevin_paths(device: torch.device, sizes: list[int], cfg, peak: float) -> 
                     return m.revise(y0, steps=cfg.langevin_steps, generator=gen, **lang)
 
             try:
-                t = timeit(fn, device)
+                with strided_first_layer(path.strided_first):
+                    t = timeit(fn, device)
             except Exception as e:  # a path this machine cannot run: say so, go on
-                lines.append(f"| {size} | {name} | failed: {type(e).__name__} | | | |")
+                lines.append(f"| {size} | {path.name} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]} | | | | |")
+                print(lines[-1], flush=True)
                 continue
-            sps = cfg.langevin_steps / t
-            first = first or sps
+            sps = speed[path.name] = cfg.langevin_steps / t
+            first = next(iter(speed.values()))
             note = ""
             if accel is not None and accel.fallbacks:
                 note = " (fell back to eager: " + "; ".join(accel.fallbacks) + ")"
+            peak = peaks[accel.precision if accel is not None else "fp32"]
+            twin = f"{sps / speed[path.twin]:.2f}x" if path.twin in speed else ""
             lines.append(
-                f"| {size} | {name}{note} | {sps:.1f} | {flops * sps / 1e9:.1f} | {flops * sps / 1e9 / peak:.0%} | {sps / first:.2f}x |"
+                f"| {size} | {path.name}{note} | {sps:.1f} | {flops * sps / 1e9:.1f} | {flops * sps / 1e9 / peak:.0%} | {sps / first:.2f}x | {twin} |"
             )
             print(lines[-1], flush=True)
     return lines
@@ -195,9 +263,12 @@ def langevin_paths(device: torch.device, sizes: list[int], cfg, peak: float) -> 
 
 def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: int = 0) -> str:
     cfg = preset(preset_name)
-    peak = matmul_peak(device)
+    peaks = matmul_peaks(device)
+    default = Accel.for_device(device).precision  # the precision of the default path
+    peak = peaks[default]
     lines = [
-        f"### {device.type.upper()}: preset `{preset_name}`, batch {cfg.batch}, L = {cfg.langevin_steps}; matrix-product peak {peak:.0f} GFLOP/s\n",
+        f"### {device.type.upper()}: preset `{preset_name}`, batch {cfg.batch}, L = {cfg.langevin_steps}, default precision {default}; "
+        f"matrix-product peak {peak_text(device, peaks)}; roofline below: against the {default} peak\n",
         "| size | iteration ms | generator pass | Langevin revision | descriptor update | generator update | Langevin steps/s | GFLOP per step | achieved GFLOP/s | roofline | sampling MP/s (no refine) | sampling MP/s (refine L) | peak GPU MiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -229,7 +300,7 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: 
         t_d = timeit(d_update, device)
         t_g = timeit(g_update, device)
         t_iter = timeit(tr.step, device, repeat=2)
-        flops_step = 2 * conv_flops(m.descriptor, y0, m.descriptor)  # forward + input-gradient backward
+        flops_step = 2 * conv_flops(m.descriptor, y0)  # forward + input-gradient backward
         steps_per_s = c.langevin_steps / t_lang
         achieved = flops_step * steps_per_s / 1e9
         mp = crop[0] * crop[1] / 1e6
@@ -255,7 +326,7 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: 
     )
     if big:
         lines.append(big_sample(device, big))
-    lines += langevin_paths(device, sizes, cfg, peak)
+    lines += langevin_paths(device, sizes, cfg, peaks)
     return "\n".join(lines) + "\n"
 
 
