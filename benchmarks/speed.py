@@ -255,10 +255,60 @@ def langevin_paths(device: torch.device, sizes: list[int], cfg, peaks: dict[str,
             peak = peaks[accel.precision if accel is not None else "fp32"]
             twin = f"{sps / speed[path.twin]:.2f}x" if path.twin in speed else ""
             lines.append(
-                f"| {size} | {path.name}{note} | {sps:.1f} | {flops * sps / 1e9:.1f} | {flops * sps / 1e9 / peak:.0%} | {sps / first:.2f}x | {twin} |"
+                f"| {size} | {path.name}{note} | {sps:.1f} | {flops * sps / 1e9:.1f} | {flops * sps / 1e9 / peak:.1%} | {sps / first:.2f}x | {twin} |"
             )
             print(lines[-1], flush=True)
     return lines
+
+
+def ms(t: float) -> str:
+    """Seconds as milliseconds, three significant figures (GPU phases are fractions of one)."""
+    return f"{t * 1e3:.3g}"
+
+
+def phase_row(device: torch.device, cfg, size: int, peak: float) -> str:
+    """One row of the phase table: where an iteration's time goes at one crop size."""
+    data = torch.rand(3, max(size, 64) * 2, max(size, 64) * 2)
+    c = type(cfg)(**{**cfg.__dict__, "crop": size})
+    tr = CoopTrainer(data, c, device=device, seed=0)
+    m = tr.model
+    crop = tr.crop_size
+    z = m.latent(c.batch, crop, tr.gen)
+
+    t_gen = timeit(lambda: m.generator(z), device)
+    y0 = m.generate(z, crop)
+    lang = c.langevin()
+    t_lang = timeit(lambda: m.revise(y0, steps=c.langevin_steps, generator=tr.gen, **lang), device)
+    y = m.revise(y0, steps=c.langevin_steps, generator=tr.gen, **lang)
+    obs, _ = tr.observed_batch()
+
+    def d_update():
+        loss = m.descriptor(y).mean() - m.descriptor(obs).mean()
+        tr.opt_d.zero_grad()
+        loss.backward()
+
+    def g_update():
+        loss = (m.generator(z) - y).pow(2).mean()
+        tr.opt_g.zero_grad()
+        loss.backward()
+
+    t_d = timeit(d_update, device)
+    t_g = timeit(g_update, device)
+    t_iter = timeit(tr.step, device, repeat=2)
+    flops_step = 2 * conv_flops(m.descriptor, y0)  # forward + input-gradient backward
+    steps_per_s = c.langevin_steps / t_lang
+    achieved = flops_step * steps_per_s / 1e9
+    mp = crop[0] * crop[1] / 1e6
+    sm = CoopModel(c.net, m.mean, m.std, device)
+    sm.generator.load_state_dict(m.generator.state_dict())
+    sm.descriptor.load_state_dict(m.descriptor.state_dict())
+    t_s0 = timeit(lambda: sm.sample(1, crop, refine=0, langevin=lang), device, repeat=2)
+    t_sl = timeit(lambda: sm.sample(1, crop, refine=c.langevin_steps, langevin=lang), device, repeat=2)
+    mem = peak_memory(device, tr.step)
+    return (
+        f"| {size} | {ms(t_iter)} | {ms(t_gen)} | {ms(t_lang)} | {ms(t_d)} | {ms(t_g)} | {steps_per_s:.1f} | "
+        f"{flops_step / 1e9:.2f} | {achieved:.1f} | {achieved / peak:.1%} | {mp / t_s0:.2f} | {mp / t_sl:.2f} | {mem} |"
+    )
 
 
 def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: int = 0) -> str:
@@ -273,47 +323,10 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: 
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for size in sizes:
-        data = torch.rand(3, max(size, 64) * 2, max(size, 64) * 2)
-        c = type(cfg)(**{**cfg.__dict__, "crop": size})
-        tr = CoopTrainer(data, c, device=device, seed=0)
-        m = tr.model
-        crop = tr.crop_size
-        z = m.latent(c.batch, crop, tr.gen)
-
-        t_gen = timeit(lambda: m.generator(z), device)
-        y0 = m.generate(z, crop)
-        lang = c.langevin()
-        t_lang = timeit(lambda: m.revise(y0, steps=c.langevin_steps, generator=tr.gen, **lang), device)
-        y = m.revise(y0, steps=c.langevin_steps, generator=tr.gen, **lang)
-        obs, _ = tr.observed_batch()
-
-        def d_update():
-            loss = m.descriptor(y).mean() - m.descriptor(obs).mean()
-            tr.opt_d.zero_grad()
-            loss.backward()
-
-        def g_update():
-            loss = (m.generator(z) - y).pow(2).mean()
-            tr.opt_g.zero_grad()
-            loss.backward()
-
-        t_d = timeit(d_update, device)
-        t_g = timeit(g_update, device)
-        t_iter = timeit(tr.step, device, repeat=2)
-        flops_step = 2 * conv_flops(m.descriptor, y0)  # forward + input-gradient backward
-        steps_per_s = c.langevin_steps / t_lang
-        achieved = flops_step * steps_per_s / 1e9
-        mp = crop[0] * crop[1] / 1e6
-        sm = CoopModel(c.net, m.mean, m.std, device)
-        sm.generator.load_state_dict(m.generator.state_dict())
-        sm.descriptor.load_state_dict(m.descriptor.state_dict())
-        t_s0 = timeit(lambda: sm.sample(1, crop, refine=0, langevin=lang), device, repeat=2)
-        t_sl = timeit(lambda: sm.sample(1, crop, refine=c.langevin_steps, langevin=lang), device, repeat=2)
-        mem = peak_memory(device, tr.step)
-        lines.append(
-            f"| {size} | {t_iter * 1e3:.0f} | {t_gen * 1e3:.0f} | {t_lang * 1e3:.0f} | {t_d * 1e3:.0f} | {t_g * 1e3:.0f} | {steps_per_s:.1f} | "
-            f"{flops_step / 1e9:.2f} | {achieved:.1f} | {achieved / peak:.0%} | {mp / t_s0:.2f} | {mp / t_sl:.2f} | {mem} |"
-        )
+        try:
+            lines.append(phase_row(device, cfg, size, peak))
+        except Exception as e:  # one size this machine cannot run (or a fault): say so, go on
+            lines.append(f"| {size} | failed: {type(e).__name__}: {str(e).splitlines()[0][:100]} |")
         print(lines[-1], flush=True)
     # the headline sampling figure: one 1024x1024 texture inside the process
     m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device)

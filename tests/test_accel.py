@@ -121,27 +121,52 @@ def test_cli_rejects_an_unknown_precision(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def _cuda_pair(precision: str = "fp32") -> tuple[CoopModel, CoopModel]:
+    """A graph-path model (the CUDA defaults) and an eager twin with the same weights."""
+    torch.manual_seed(0)
+    accel = Accel.for_device(torch.device("cuda"), precision)
+    m = CoopModel(tiny_net(), torch.full((3,), 0.5), torch.full((3,), 0.25), "cuda", accel)
+    eager = CoopModel(tiny_net(), m.mean, m.std, "cuda", Accel(precision=precision))
+    eager.descriptor.load_state_dict(m.descriptor.state_dict())
+    return m, eager
+
+
+def _cuda_run(model: CoopModel, seed: int) -> torch.Tensor:
+    y0 = torch.randn(2, 3, 32, 32, device="cuda", generator=torch.Generator(device="cuda").manual_seed(100))
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return model.revise(y0, steps=5, delta=0.5, sigma=10.0, noise=0.3, generator=g)
+
+
+def _churn_allocator() -> None:
+    """Allocate and free small blocks, so that memory nobody holds any more gets reused."""
+    junk = [torch.randn(n, device="cuda") for n in (1, 3, 12, 64, 512, 6144) for _ in range(4)]
+    del junk
+
+
 @cuda
 def test_cuda_graph_matches_eager_and_sees_weight_updates():
-    torch.manual_seed(0)
-    fp32 = Accel.for_device(torch.device("cuda"), "fp32")
-    m = CoopModel(tiny_net(), torch.full((3,), 0.5), torch.full((3,), 0.25), "cuda", fp32)
-    eager = CoopModel(tiny_net(), m.mean, m.std, "cuda", Accel(precision="fp32"))
-    eager.descriptor.load_state_dict(m.descriptor.state_dict())
-    y0 = torch.randn(2, 3, 32, 32, device="cuda")
-
-    def run(model, seed):
-        g = torch.Generator(device="cuda").manual_seed(seed)
-        return model.revise(y0, steps=5, delta=0.5, sigma=10.0, noise=0.3, generator=g)
-
-    for seed in (1, 2):
-        torch.testing.assert_close(run(m, seed), run(eager, seed), rtol=1e-4, atol=1e-4)
+    m, eager = _cuda_pair()
+    for seed in (1, 2, 3, 4):  # later replays too: the allocator has reused freed memory by then
+        torch.testing.assert_close(_cuda_run(m, seed), _cuda_run(eager, seed), rtol=1e-4, atol=1e-4)
+        _churn_allocator()
     assert m._graphs and not m.accel.fallbacks
     with torch.no_grad():  # an optimiser-style in-place update must reach the replay
         for p, q in zip(m.descriptor.parameters(), eager.descriptor.parameters(), strict=True):
             p.mul_(1.5)
             q.mul_(1.5)
-    torch.testing.assert_close(run(m, 3), run(eager, 3), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(_cuda_run(m, 5), _cuda_run(eager, 5), rtol=1e-4, atol=1e-4)
+
+
+@cuda
+def test_cuda_graph_second_replay_is_checked():
+    """A graph reading memory it no longer owns (simulated: its bounds overwritten after the first
+    replay) is caught by the second replay's check, which returns the eager result."""
+    m, eager = _cuda_pair()
+    _cuda_run(m, 1)
+    (entry,) = next(iter(m._graphs.values())).cache.values()
+    entry.static_bounds[0].fill_(3.0)  # what a reused block would hold: the chain clamps to it
+    torch.testing.assert_close(_cuda_run(m, 2), _cuda_run(eager, 2), rtol=1e-4, atol=1e-4)
+    assert m.accel.fallbacks == ["a CUDA graph replay disagreed with eager code"]
 
 
 @cuda
