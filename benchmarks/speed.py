@@ -165,22 +165,17 @@ def variants(device: torch.device) -> list[LangevinPath]:
             LangevinPath("coopsynth (default)", Accel()),
             LangevinPath("+ channels-last", Accel(channels_last=True)),
         ]
-    e32, e_tf, e_tf_cl, e_bf_cl = "eager fp32", "eager tf32", "eager tf32 channels-last", "eager bf16 channels-last"
+    e32, e_tf, e_tf_cl, e_bf = "eager fp32", "eager tf32", "eager tf32 channels-last", "eager bf16"
     return [
         LangevinPath(e32, Accel(precision="fp32")),
         LangevinPath("graph fp32", Accel(precision="fp32", graphs=True), e32),
         LangevinPath(e_tf, Accel(precision="tf32")),
-        LangevinPath("graph tf32", Accel(precision="tf32", graphs=True), e_tf),
+        LangevinPath("graph tf32 (default)", Accel(precision="tf32", graphs=True), e_tf),
+        LangevinPath("graph tf32, strided first layer", Accel(precision="tf32", graphs=True), e_tf, True),
         LangevinPath(e_tf_cl, Accel(precision="tf32", channels_last=True)),
-        LangevinPath("graph tf32 channels-last (default)", Accel(precision="tf32", channels_last=True, graphs=True), e_tf_cl),
-        LangevinPath(
-            "graph tf32 channels-last, strided first layer",
-            Accel(precision="tf32", channels_last=True, graphs=True),
-            e_tf_cl,
-            True,
-        ),
-        LangevinPath(e_bf_cl, Accel(precision="bf16", channels_last=True)),
-        LangevinPath("graph bf16 channels-last", Accel(precision="bf16", channels_last=True, graphs=True), e_bf_cl),
+        LangevinPath("graph tf32 channels-last", Accel(precision="tf32", channels_last=True, graphs=True), e_tf_cl),
+        LangevinPath(e_bf, Accel(precision="bf16")),
+        LangevinPath("graph bf16", Accel(precision="bf16", graphs=True), e_bf),
     ]
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coopsynth.accel import Accel
+from coopsynth.accel import Accel, replay_agrees
 from coopsynth.errors import CoopsynthError
 from coopsynth.model import CoopModel
 from coopsynth.networks import Descriptor, _strided_conv, pad
@@ -92,6 +92,22 @@ def test_graph_capture_failure_is_recorded_and_eager_result_returned(monkeypatch
     assert len(m.accel.fallbacks) == 1 and "capture failed" in m.accel.fallbacks[0]
     _revise(m)
     assert len(m.accel.fallbacks) == 1  # a broken shape is not retried
+
+
+def test_replay_check_tells_rounding_from_a_wrong_result():
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(4, 3, 64, 64, generator=g)
+    ref = start + 0.05 * torch.randn(start.shape, generator=g)  # what a chain moved
+    rounding = ref + 1e-4 * torch.randn(start.shape, generator=g)
+    assert replay_agrees(rounding, ref, start, "fp32")
+    outlier = rounding.clone()
+    outlier[0, 0, 0, 0] += 0.01  # one element past an element-wise tolerance: still rounding
+    assert replay_agrees(outlier, ref, start, "fp32")
+    assert not replay_agrees(start, ref, start, "fp32")  # no revision at all
+    assert not replay_agrees(ref.clamp(-0.5, 0.5), ref, start, "bf16")  # wrong bounds
+    nan = rounding.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    assert not replay_agrees(nan, ref, start, "fp32")
 
 
 def test_channels_last_gives_the_same_chain():
