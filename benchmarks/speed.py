@@ -257,8 +257,9 @@ def langevin_paths(device: torch.device, sizes: list[int], cfg, peaks: dict[str,
 
 
 def ms(t: float) -> str:
-    """Seconds as milliseconds, three significant figures (GPU phases are fractions of one)."""
-    return f"{t * 1e3:.3g}"
+    """Seconds as milliseconds: whole ones from 100 up, else three significant figures (GPU phases
+    are fractions of one)."""
+    return f"{t * 1e3:.0f}" if t >= 0.1 else f"{t * 1e3:.3g}"
 
 
 def phase_row(device: torch.device, cfg, size: int, peak: float) -> str:
@@ -313,7 +314,7 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: 
     peak = peaks[default]
     lines = [
         f"### {device.type.upper()}: preset `{preset_name}`, batch {cfg.batch}, L = {cfg.langevin_steps}, default precision {default}; "
-        f"matrix-product peak {peak_text(device, peaks)}; roofline below: against the {default} peak\n",
+        f"matrix-product peak {peak_text(device, peaks)}; roofline below: against the {default if device.type == 'cuda' else 'fp32'} peak\n",
         "| size | iteration ms | generator pass | Langevin revision | descriptor update | generator update | Langevin steps/s | GFLOP per step | achieved GFLOP/s | roofline | sampling MP/s (no refine) | sampling MP/s (refine L) | peak GPU MiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
