@@ -2,6 +2,7 @@
 
     python benchmarks/video.py                   # tree_foliage_opencv and flame_rendered_castle
     python benchmarks/video.py --only tree_foliage_opencv --methods coopsynth
+    python benchmarks/video.py --methods coopsynth --reuse --refines 0,1,2,3,6   # sampling settings, no training
 
 Per clip: scale and trim it as a default `coopsynth video` run does, split it into left and right
 halves over all frames, train on the left, draw k videos of the left half's size and length, and
@@ -33,21 +34,39 @@ CLIPS = ["tree_foliage_opencv", "flame_rendered_castle"]
 OUT = HERE / "out" / "video"
 
 
-def run_coopsynth(train: torch.Tensor, k: int, seed: int, preset: str, work: Path) -> tuple[dict, float, str]:
-    """Train once; samples with the default refinement ("coopsynth") and with the training L."""
-    t0 = time.perf_counter()
-    job = pipeline.TrainJob(input=work / "train.mp4", output=work, preset=preset, seed=seed, force=True)
-    res = pipeline.train(job, data=train)
-    tr = res["trainer"]
-    secs = time.perf_counter() - t0
+def run_coopsynth(
+    train: torch.Tensor,
+    k: int,
+    seed: int,
+    preset: str,
+    work: Path,
+    refines: list[int] | None,
+    reuse: bool,
+    overrides: dict | None = None,
+) -> tuple[dict, float, str]:
+    """Train once (or, with `reuse`, load the model the last run left in `work`); then samples
+    with each refinement count from the same latents: "coopsynth" is the preset's own count."""
+    ckpt = work / "model.pt"
+    if reuse and ckpt.exists():
+        model, blob = pipeline.load_model(ckpt, "cpu")
+        cfg, delta = blob["config_obj"], float(blob.get("delta", blob["config_obj"].delta))
+        secs, note = float(blob["meta"]["seconds"]), f"{blob['step']} it (reused model)"
+    else:
+        t0 = time.perf_counter()
+        job = pipeline.TrainJob(
+            input=work / "train.mp4", output=work, preset=preset, seed=seed, force=True, overrides=overrides or {}
+        )
+        res = pipeline.train(job, data=train)
+        tr = res["trainer"]
+        model, cfg, delta = tr.model, tr.cfg, tr.delta
+        secs, note = time.perf_counter() - t0, f"{res['steps']} it, {res.get('rollbacks', 0)} roll-backs"
     out = {}
-    for name, refine in (("coopsynth", tr.cfg.refine), (f"coopsynth --refine {tr.cfg.langevin_steps}", tr.cfg.langevin_steps)):
-        if name != "coopsynth" and refine == tr.cfg.refine:
-            continue
-        gen = torch.Generator().manual_seed(seed + 1)  # the same latents for both
-        s = tr.model.sample(k, tuple(train.shape[1:]), refine=refine, langevin=tr.cfg.langevin(tr.delta), generator=gen)
+    for refine in dict.fromkeys(refines if refines is not None else [cfg.refine, cfg.langevin_steps]):
+        name = "coopsynth" if refine == cfg.refine else f"coopsynth --refine {refine}"
+        gen = torch.Generator().manual_seed(seed + 1)  # the same latents for every count
+        s = model.sample(k, tuple(train.shape[1:]), refine=refine, langevin=cfg.langevin(delta), generator=gen)
         out[name] = list(s)
-    return out, secs, f"{res['steps']} it, {res.get('rollbacks', 0)} roll-backs"
+    return out, secs, note
 
 
 def run_paper(train: torch.Tensor, k: int, seed: int, seconds: float) -> tuple[list, float, str]:
@@ -69,8 +88,14 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument(
+        "--refines", default=None, help="comma-separated sampling refinement counts to score (default: the preset's and L)"
+    )
+    ap.add_argument("--reuse", action="store_true", help="score the models the last run left in --out instead of training")
+    ap.add_argument("--set", default="{}", help="JSON of TrainConfig overrides, for experiments")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    refines = [int(r) for r in args.refines.split(",")] if args.refines else None
     if not args.data.is_dir():
         print(f"skipped: no data folder at {args.data} (pass --data)")
         return
@@ -91,7 +116,9 @@ def main() -> None:
         coop_secs = None
         for m in methods:
             if m == "coopsynth":
-                runs, secs, note = run_coopsynth(train, args.k, args.seed, args.preset, args.out / name)
+                runs, secs, note = run_coopsynth(
+                    train, args.k, args.seed, args.preset, args.out / name, refines, args.reuse, json.loads(args.set)
+                )
                 coop_secs = secs
             elif m == "paper":
                 s, secs, note = run_paper(train, args.k, args.seed, coop_secs or 300.0)
