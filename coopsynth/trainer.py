@@ -46,7 +46,7 @@ class TrainConfig:
     beta1: float = 0.5  # Adam beta1 for both networks
     energy_reg: float = 0.1  # penalty on squared mean per-position energies: stops the descriptor running away
     lr_decay: float = 0.1  # learning rates fall to this fraction along a cosine over `steps`
-    balance: float = 0.0  # hold the descriptor while its lead f_obs - f_syn (EMA) exceeds this; 0 = never (videos: 1)
+    balance: float = 0.0  # hold the descriptor while its lead f_obs - f_syn (EMA) exceeds this; 0 = never (measured worse)
     sample_refine: int | None = None  # Langevin steps after the generator when sampling; None = langevin_steps
     clip: float = 0.0  # cap each network's gradient norm at this multiple of its running mean; 0 = off
 
@@ -83,9 +83,7 @@ def preset(name: str, dims: int = 2, channels: int = 3) -> TrainConfig:
         # clip: without it a video run diverged every few hundred iterations (rolled back to ever
         # smaller Langevin steps until the descriptor won and the generator went flat); on textures
         # it was measured no better (--quick: 1.61 / 1.37 / 3.14 -> 1.75 / 1.02 / 3.66), so off there
-        # balance 1: the flame clip's descriptor otherwise won from ~850 iterations (f_obs +5, f_syn -5),
-        # and the samples went to a murky mean colour (benchmarks/RESULTS.md, "Video preset: balance")
-        base = TrainConfig(net=net, crop=48, crop_frames=16, batch=2, steps=1200, clip=3.0, sample_refine=0, balance=1.0)
+        base = TrainConfig(net=net, crop=48, crop_frames=16, batch=2, steps=1200, clip=3.0, sample_refine=0)
     if name == "fast":
         return replace(base, steps=base.steps // 4)
     if name == "default":
