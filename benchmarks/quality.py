@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import HERE, contact_sheet, fmt, header, median, publish  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
+from coopsynth.accel import Accel  # noqa: E402
 from coopsynth.io import read_image, write_image  # noqa: E402
 
 QUICK = ["gimp_brick", "skimage_grass", "efl_rock_01"]
@@ -51,7 +52,10 @@ def run_coopsynth(
     overrides: dict,
     device: str = "auto",
     precision: str = "tf32",
-) -> tuple[list, float, str]:
+    sample_precisions: tuple[str, ...] = (),
+) -> tuple[dict[str, list], float, str]:
+    """Train once; samples from the same latents in the training precision (key "") and in each of
+    `sample_precisions` (key: that precision)."""
     t0 = time.perf_counter()
     job = pipeline.TrainJob(
         input=workdir / "train.png",
@@ -66,9 +70,16 @@ def run_coopsynth(
     res = pipeline.train(job, data=train)
     tr = res["trainer"]
     size = tuple(train.shape[1:])
-    gen = torch.Generator(device=tr.model.device).manual_seed(seed + 1)
-    s = tr.model.sample(k, size, refine=tr.cfg.langevin_steps, langevin=tr.cfg.langevin(tr.delta), generator=gen).cpu()
-    return list(s), time.perf_counter() - t0, f"{res['steps']} it on {tr.model.device.type}"
+    out, secs = {}, 0.0
+    model, trained_accel = tr.model, tr.model.accel
+    for sp in ("", *sample_precisions):
+        model.accel = trained_accel if not sp else Accel(precision=sp, graphs=trained_accel.graphs)
+        gen = torch.Generator(device=model.device).manual_seed(seed + 1)  # the same latents for each
+        s = model.sample(k, size, refine=tr.cfg.langevin_steps, langevin=tr.cfg.langevin(tr.delta), generator=gen).cpu()
+        out[sp] = list(s)
+        secs = secs or time.perf_counter() - t0  # training and the first sampling, as a user runs it
+    model.accel = trained_accel
+    return out, secs, f"{res['steps']} it on {model.device.type}"
 
 
 def run_paper(train: torch.Tensor, k: int, seed: int, seconds: float) -> tuple[list, float, str]:
@@ -143,6 +154,7 @@ def run_item(
     out: Path = OUT,
     device: str = "auto",
     precisions: tuple[str, ...] = ("tf32",),
+    sample_precisions: tuple[str, ...] = (),
 ) -> dict:
     """One texture, every method. With several precisions, coopsynth runs once per precision
     (columns "coopsynth fp32", ...) on the same data in the same run."""
@@ -158,27 +170,34 @@ def run_item(
         print(f"  {item}: {m} ...", flush=True)
         if m.startswith("coopsynth"):
             precision = m.split()[1] if " " in m else precisions[0]
-            samples, secs, note = run_coopsynth(train, k, seed, preset, work / m.replace(" ", "_"), overrides, device, precision)
+            runs, secs, note = run_coopsynth(
+                train, k, seed, preset, work / m.replace(" ", "_"), overrides, device, precision, sample_precisions
+            )
             minutes_coop = minutes_coop or secs / 60
+            outputs = [(m if not sp else f"{m}, {sp} sampling", samples) for sp, samples in runs.items()]
         elif m == "paper":
             budget = (minutes_coop * 60) if minutes_coop else 120.0
             samples, secs, note = run_paper(train, k, seed, budget)
+            outputs = [(m, samples)]
         elif m == "gmic":
             samples, secs, note = run_gmic(train, k, seed)
+            outputs = [(m, samples)]
         elif m == "resynth":
             samples, secs, note = run_resynth(train, k, seed)
+            outputs = [(m, samples)]
         else:
             raise SystemExit(f"unknown method {m}")
-        finite = all(torch.isfinite(s).all() for s in samples)
-        scores = metrics.texture_metrics([s.clamp(0, 1) for s in samples], held, train, seed) if finite else {}
-        scores.update({"minutes": secs / 60, "note": note, "finite": finite})
-        result["methods"][m] = scores
-        rows.append((m, samples))
-        print(
-            f"    {m}: swd_ratio {fmt(scores.get('swd_ratio'))} copy {fmt(scores.get('copy_index'))} "
-            f"div {fmt(scores.get('diversity'))} {secs / 60:.1f} min {note}",
-            flush=True,
-        )
+        for label, samples in outputs:
+            finite = all(torch.isfinite(s).all() for s in samples)
+            scores = metrics.texture_metrics([s.clamp(0, 1) for s in samples], held, train, seed) if finite else {}
+            scores.update({"minutes": secs / 60, "note": note, "finite": finite})
+            result["methods"][label] = scores
+            rows.append((label, samples))
+            print(
+                f"    {label}: swd_ratio {fmt(scores.get('swd_ratio'))} copy {fmt(scores.get('copy_index'))} "
+                f"div {fmt(scores.get('diversity'))} {secs / 60:.1f} min {note}",
+                flush=True,
+            )
     contact_sheet(out / f"{item}.png", rows)
     (out / f"{item}.json").write_text(json.dumps(result, indent=1))
     return result
@@ -232,9 +251,11 @@ def main() -> None:
     ap.add_argument("--summarize", action="store_true", help="one table from every item JSON in benchmarks/out/quality")
     ap.add_argument("--device", default="auto", help="coopsynth's device: auto, cpu or cuda")
     ap.add_argument("--precisions", default="tf32", help="comma-separated; more than one: a coopsynth column per precision")
+    ap.add_argument("--sample-precisions", default="", help="also sample each trained model in these precisions (a column each)")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     precisions = tuple(p for p in args.precisions.split(",") if p)
+    sample_precisions = tuple(p for p in args.sample_precisions.split(",") if p)
     if len(precisions) > 1 and "coopsynth" in methods:
         i = methods.index("coopsynth")
         methods[i : i + 1] = [f"coopsynth {p}" for p in precisions]
@@ -263,11 +284,14 @@ def main() -> None:
     t0 = time.perf_counter()
     for p in files:
         print(f"{p.name}", flush=True)
-        results.append(run_item(p, methods, args.k, args.seed, args.preset, overrides, args.out, args.device, precisions))
+        results.append(
+            run_item(p, methods, args.k, args.seed, args.preset, overrides, args.out, args.device, precisions, sample_precisions)
+        )
     title = f"Texture quality, preset `{args.preset}`, {len(results)} textures"
     if args.device != "auto" or len(precisions) > 1:
         title += f", device {args.device}, precision {'/'.join(precisions)}"
-    text = header(title) + table(results, methods)
+    columns = list(dict.fromkeys(label for r in results for label in r["methods"]))
+    text = header(title) + table(results, columns)
     text += f"\nContact sheets: `{'benchmarks/out/quality' if args.out == OUT else args.out}/<texture>.png` (rows: input, held-out, then each method's samples). Total {(time.perf_counter() - t0) / 60:.0f} min.\n"
     publish(text, not args.no_write)
 

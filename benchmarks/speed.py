@@ -324,15 +324,19 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: 
         except Exception as e:  # one size this machine cannot run (or a fault): say so, go on
             lines.append(f"| {size} | failed: {type(e).__name__}: {str(e).splitlines()[0][:100]} |")
         print(lines[-1], flush=True)
-    # the headline sampling figure: one 1024x1024 texture inside the process
-    m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device)
-    t1024 = timeit(lambda: m.sample(1, (1024, 1024), refine=0, langevin=cfg.langevin()), device, repeat=2, min_time=0.0)
-    t1024r = timeit(
-        lambda: m.sample(1, (1024, 1024), refine=cfg.langevin_steps, langevin=cfg.langevin()), device, repeat=1, min_time=0.0
-    )
-    lines.append(
-        f"\n1024x1024 sample: {t1024:.2f} s generator only (`--refine 0`), {t1024r:.2f} s with the default {cfg.langevin_steps} Langevin refinements.\n"
-    )
+    # the headline sampling figure: one 1024x1024 texture inside the process, in each precision
+    # (`--precision`); bf16 on a CPU needs AVX512-BF16 or AMX to pay off
+    lines.append("")
+    for precision in ("tf32", "bf16") if device.type == "cuda" else ("fp32", "bf16"):
+        m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device, Accel.for_device(device, precision))
+        t1024 = timeit(lambda: m.sample(1, (1024, 1024), refine=0, langevin=cfg.langevin()), device, repeat=2, min_time=0.0)
+        t1024r = timeit(
+            lambda: m.sample(1, (1024, 1024), refine=cfg.langevin_steps, langevin=cfg.langevin()), device, repeat=2, min_time=0.0
+        )
+        lines.append(
+            f"1024x1024 sample, `--precision {precision}`: {t1024:.2f} s generator only (`--refine 0`), "
+            f"{t1024r:.2f} s with the default {cfg.langevin_steps} Langevin refinements.\n"
+        )
     if big:
         lines.append(big_sample(device, big))
     lines += langevin_paths(device, sizes, cfg, peaks)
