@@ -2,9 +2,12 @@
 
 `Accel` is chosen once per run (`Accel.for_device`) and held by the CoopModel:
 
-    precision     fp32 | tf32 | bf16. tf32 (the default) lets CUDA matrix units round inputs to
-                  10-bit mantissas; on a CPU it is plain fp32. bf16 runs the networks under
-                  autocast (the Langevin state, the losses and the optimiser stay fp32).
+    precision     fp32 | tf32 | bf16, or auto (the default). tf32 lets CUDA matrix units round
+                  inputs to 10-bit mantissas; on a CPU it is plain fp32. bf16 runs the networks
+                  under autocast (the Langevin state, the losses and the optimiser stay fp32).
+                  auto: tf32, and for sampling textures on a CPU with bf16 units (AVX512-BF16,
+                  AMX) bf16, which measured the same SWD as fp32 sampling from the same model and
+                  latents, 1.7x faster (benchmarks/RESULTS.md); see `Accel.for_sampling`.
     channels_last NHWC / NDHWC tensors for both networks. Off by default: slower with these small
                   networks on an H200 (graph tf32 Langevin 0.80-0.93x of contiguous at 64-512 px)
                   and no consistent gain on a CPU (benchmarks/RESULTS.md, Speed).
@@ -22,7 +25,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -30,8 +34,23 @@ from .errors import CoopsynthError
 from .langevin import descriptor_langevin
 
 Tensor = torch.Tensor
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 MAX_GRAPHS = 8  # captured shapes kept per model (training uses one; previews another)
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Does this CPU have bfloat16 arithmetic units (x86 AVX512-BF16 or AMX)? Read from the Linux
+    CPU flags; anywhere they cannot be read, no (bf16 emulated in software is slower than fp32)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return False
 
 
 @dataclass
@@ -40,17 +59,28 @@ class Accel:
     channels_last: bool = False  # NHWC memory format for both networks
     graphs: bool = False  # CUDA graph capture of the Langevin revision
     fallbacks: list[str] = field(default_factory=list)  # why a graph was not used, once per reason
+    auto: bool = False  # the precision was left to coopsynth (`--precision auto`): see for_sampling
 
     @classmethod
-    def for_device(cls, device: torch.device, precision: str = "tf32", graphs: bool | None = None) -> Accel:
+    def for_device(cls, device: torch.device, precision: str = "auto", graphs: bool | None = None) -> Accel:
         """The defaults for a device: on CUDA the graphs on; channels-last off everywhere (measured)."""
         if precision not in PRECISIONS:
             raise CoopsynthError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
+        auto = precision == "auto"
+        precision = "tf32" if auto else precision
         cuda = device.type == "cuda"
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = precision != "fp32"
             torch.backends.cudnn.allow_tf32 = precision != "fp32"
-        return cls(precision=precision, channels_last=False, graphs=cuda if graphs is None else graphs)
+        return cls(precision=precision, channels_last=False, graphs=cuda if graphs is None else graphs, auto=auto)
+
+    def for_sampling(self, device: torch.device, dims: int) -> Accel:
+        """The settings to sample with: the same, except that an automatic precision samples
+        textures in bf16 on a CPU with bf16 units (measured: the same SWD ratios as fp32 from the
+        same model and latents, 1.7x faster). Videos keep fp32: bf16 is not measured there."""
+        if self.auto and device.type == "cpu" and dims == 2 and cpu_has_bf16():
+            return replace(self, precision="bf16", fallbacks=self.fallbacks)
+        return self
 
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         """Around network forwards: bf16 autocast when asked for, else nothing. The weight cache

@@ -73,7 +73,10 @@ Seed = Annotated[int, typer.Option("--seed", help="Random seed: same seed, machi
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda (auto picks CUDA when present).")]
 Precision = Annotated[
     str,
-    typer.Option("--precision", help="fp32 | tf32 | bf16: arithmetic on a GPU (tf32 default; a CPU computes tf32 as fp32)."),
+    typer.Option(
+        "--precision",
+        help="auto | fp32 | tf32 | bf16. auto (default): tf32 on a GPU; fp32 on a CPU, except bf16 for sampling textures on a CPU with bf16 units (AVX512-BF16, AMX). A CPU computes tf32 as fp32.",
+    ),
 ]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from model.pt in the output folder.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing model in the output folder.")]
@@ -200,7 +203,7 @@ def texture(
     samples: Samples = 4,
     seed: Seed = 0,
     device: Device = "auto",
-    precision: Precision = "tf32",
+    precision: Precision = "auto",
     tile: Tile = False,
     preset: Preset = "default",
     langevin_steps: LangevinSteps = None,
@@ -278,7 +281,7 @@ def video(
     samples: Samples = 2,
     seed: Seed = 0,
     device: Device = "auto",
-    precision: Precision = "tf32",
+    precision: Precision = "auto",
     preset: Preset = "default",
     langevin_steps: LangevinSteps = None,
     refine: Refine = None,
@@ -337,7 +340,7 @@ def train(
     steps: Steps = None,
     seed: Seed = 0,
     device: Device = "auto",
-    precision: Precision = "tf32",
+    precision: Precision = "auto",
     preset: Preset = "default",
     langevin_steps: LangevinSteps = None,
     minutes: Minutes = None,
@@ -381,7 +384,7 @@ def sample(
     loop: Loop = False,
     fps: Fps = None,
     device: Device = "auto",
-    precision: Precision = "tf32",
+    precision: Precision = "auto",
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing sample files in the output folder.")] = False,
 ) -> None:
     """Sample from a trained model without retraining: a generator pass, then --refine Langevin steps."""
@@ -424,7 +427,7 @@ def complete(
     ] = None,
     seed: Seed = 0,
     device: Device = "auto",
-    precision: Precision = "tf32",
+    precision: Precision = "auto",
     force: Force = False,
 ) -> None:
     """Fill the missing pixels of an image or video by learning from its visible pixels."""

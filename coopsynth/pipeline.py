@@ -130,7 +130,7 @@ class TrainJob:
     langevin_steps: int | None = None
     seed: int = 0
     device: str = "auto"
-    precision: str = "tf32"  # fp32 | tf32 | bf16 (coopsynth.accel; tf32 is fp32 on a CPU)
+    precision: str = "auto"  # auto | fp32 | tf32 | bf16 (coopsynth.accel; tf32 is fp32 on a CPU)
     resume: bool = False
     force: bool = False
     max_size: int | None = None  # videos: scale down so the longer side is at most this
@@ -395,7 +395,7 @@ class SampleJob:
     force: bool = False  # overwrite existing sample files
 
 
-def load_model(path: str | Path, device: str = "auto", precision: str = "tf32") -> tuple[CoopModel, dict]:
+def load_model(path: str | Path, device: str = "auto", precision: str = "auto") -> tuple[CoopModel, dict]:
     blob = load_checkpoint(path)
     dev = resolve_device(device)
     model = model_from_checkpoint(blob, dev, path, Accel.for_device(dev, precision))
@@ -426,16 +426,25 @@ def sample(model: CoopModel, blob: dict, job: SampleJob) -> list[Path]:
     gen = torch.Generator(device=model.device).manual_seed(job.seed)
     langevin = cfg.langevin(float(blob.get("delta", cfg.delta)))
     paths = []
-    for i in range(job.samples):
-        y = model.sample(1, tuple(size), refine=refine, langevin=langevin, wrap=wrap, generator=gen)[0]
-        if kind == "texture":
-            paths.append(write_image(out / f"sample_{i:03d}.png", y))
-        else:
-            fps = job.fps or float(meta.get("fps", 25.0))
-            paths.append(write_video(out / f"sample_{i:03d}.mp4", y, fps))
-            if i == 0:
-                write_video(out / "sample_000.gif", y, fps)
+    trained, model.accel = model.accel, model.accel.for_sampling(model.device, model.net.dims)
+    try:
+        for i in range(job.samples):
+            paths.append(_write_sample(model, kind, out, i, size, refine, langevin, wrap, gen, job.fps or meta.get("fps")))
+    finally:
+        model.accel = trained
     return paths
+
+
+def _write_sample(model: CoopModel, kind: str, out: Path, i: int, size, refine, langevin, wrap, gen, fps) -> Path:
+    """Draw sample i and write it (videos: also a GIF preview of the first)."""
+    y = model.sample(1, tuple(size), refine=refine, langevin=langevin, wrap=wrap, generator=gen)[0]
+    if kind == "texture":
+        return write_image(out / f"sample_{i:03d}.png", y)
+    fps = float(fps or 25.0)
+    path = write_video(out / f"sample_{i:03d}.mp4", y, fps)
+    if i == 0:
+        write_video(out / "sample_000.gif", y, fps)
+    return path
 
 
 def expand_inputs(inputs: list[Path], kind: str) -> list[Path]:
@@ -501,7 +510,7 @@ class CompleteJob:
     samples: int = 1
     seed: int = 0
     device: str = "auto"
-    precision: str = "tf32"
+    precision: str = "auto"
     preset: str = "default"
     steps: int | None = None
     minutes: float | None = None

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coopsynth.accel import Accel, replay_agrees
+from coopsynth import accel as accel_module
+from coopsynth.accel import Accel, cpu_has_bf16, replay_agrees
 from coopsynth.errors import CoopsynthError
 from coopsynth.model import CoopModel
 from coopsynth.networks import Descriptor, _strided_conv, pad
@@ -92,6 +93,44 @@ def test_graph_capture_failure_is_recorded_and_eager_result_returned(monkeypatch
     assert len(m.accel.fallbacks) == 1 and "capture failed" in m.accel.fallbacks[0]
     _revise(m)
     assert len(m.accel.fallbacks) == 1  # a broken shape is not retried
+
+
+def test_cpu_bf16_units_are_read_from_the_flags():
+    assert cpu_has_bf16("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_has_bf16("flags : sse2 amx_bf16 amx_tile\n")
+    assert not cpu_has_bf16("flags : sse2 avx2 avx512f avx512_vnni\n")
+    assert not cpu_has_bf16("model name : some CPU\n")  # no flags line: no
+
+
+def test_auto_precision_samples_textures_in_bf16_where_the_cpu_has_it(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(accel_module, "cpu_has_bf16", lambda cpuinfo=None: True)
+    auto = Accel.for_device(cpu)
+    assert auto.auto and auto.precision == "tf32"  # training: fp32 arithmetic on a CPU
+    assert auto.for_sampling(cpu, 2).precision == "bf16"
+    assert auto.for_sampling(cpu, 3) is auto  # videos: bf16 sampling not measured, so not used
+    assert Accel.for_device(cpu, "fp32").for_sampling(cpu, 2).precision == "fp32"  # a chosen precision stands
+    monkeypatch.setattr(accel_module, "cpu_has_bf16", lambda cpuinfo=None: False)
+    assert auto.for_sampling(cpu, 2) is auto
+
+
+def test_sampling_runs_in_the_sampling_precision_and_restores_the_model(tmp_path, monkeypatch):
+    from coopsynth import pipeline
+    from coopsynth.io import read_image
+    from coopsynth.trainer import TrainConfig
+
+    model = _model(Accel.for_device(torch.device("cpu")))
+    trained = model.accel
+    blob = {"config_obj": TrainConfig(net=tiny_net()), "kind": "texture", "meta": {"size": [24, 24]}, "delta": 1.0}
+    images = {}
+    for has in (False, True):
+        monkeypatch.setattr(accel_module, "cpu_has_bf16", lambda cpuinfo=None, has=has: has)
+        (path,) = pipeline.sample(model, blob, pipeline.SampleJob(tmp_path / str(has), samples=1, seed=3))
+        images[has] = read_image(path)
+        assert model.accel is trained
+    assert images[True].shape == images[False].shape
+    assert not torch.equal(images[True], images[False])  # bf16 really ran
+    assert (images[True] - images[False]).abs().mean() < 0.05  # and drew the same texture
 
 
 def test_replay_check_tells_rounding_from_a_wrong_result():
