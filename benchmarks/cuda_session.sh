@@ -29,4 +29,4 @@ echo "== 4. CLI, default preset, on CUDA"
 start=$SECONDS
 $PY -m coopsynth texture examples/cork.png -o /tmp/cuda_cli --device cuda --force 2>&1 | tail -25 | tee "$OUT/cli.log"
 echo "wall $((SECONDS - start)) s" | tee -a "$OUT/cli.log"
-ls /tmp/cuda_cli/cork >> "$OUT/cli.log" 2>&1
+ls /tmp/cuda_cli >> "$OUT/cli.log" 2>&1
