@@ -20,6 +20,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import HERE, contact_sheet, fmt, header, median, publish  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
-from coopsynth.accel import Accel  # noqa: E402
 from coopsynth.io import read_image, write_image  # noqa: E402
 
 QUICK = ["gimp_brick", "skimage_grass", "efl_rock_01"]
@@ -51,7 +51,7 @@ def run_coopsynth(
     workdir: Path,
     overrides: dict,
     device: str = "auto",
-    precision: str = "tf32",
+    precision: str = "auto",
     sample_precisions: tuple[str, ...] = (),
 ) -> tuple[dict[str, list], float, str]:
     """Train once; samples from the same latents in the training precision (key "") and in each of
@@ -71,14 +71,15 @@ def run_coopsynth(
     tr = res["trainer"]
     size = tuple(train.shape[1:])
     out, secs = {}, 0.0
-    model, trained_accel = tr.model, tr.model.accel
+    model, trained = tr.model, tr.model.accel
     for sp in ("", *sample_precisions):
-        model.accel = trained_accel if not sp else Accel(precision=sp, graphs=trained_accel.graphs)
+        # "": what `coopsynth texture` samples with (Accel.for_sampling), else the precision named
+        accel = trained.for_sampling(model.device, model.net.dims) if not sp else replace(trained, precision=sp)
         gen = torch.Generator(device=model.device).manual_seed(seed + 1)  # the same latents for each
-        s = model.sample(k, size, refine=tr.cfg.langevin_steps, langevin=tr.cfg.langevin(tr.delta), generator=gen).cpu()
+        with model.using(accel):
+            s = model.sample(k, size, refine=tr.cfg.langevin_steps, langevin=tr.cfg.langevin(tr.delta), generator=gen).cpu()
         out[sp] = list(s)
         secs = secs or time.perf_counter() - t0  # training and the first sampling, as a user runs it
-    model.accel = trained_accel
     return out, secs, f"{res['steps']} it on {model.device.type}"
 
 
@@ -153,7 +154,7 @@ def run_item(
     overrides: dict,
     out: Path = OUT,
     device: str = "auto",
-    precisions: tuple[str, ...] = ("tf32",),
+    precisions: tuple[str, ...] = ("auto",),
     sample_precisions: tuple[str, ...] = (),
 ) -> dict:
     """One texture, every method. With several precisions, coopsynth runs once per precision
@@ -246,11 +247,13 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", default="{}", help="JSON of TrainConfig overrides, for experiments")
-    ap.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
+    ap.add_argument(
+        "--no-write", action="store_true", help="do not append to RESULTS.md (contact sheets and item JSON still go to --out)"
+    )
     ap.add_argument("--out", type=Path, default=OUT, help="folder for contact sheets, item JSON and models")
     ap.add_argument("--summarize", action="store_true", help="one table from every item JSON in benchmarks/out/quality")
     ap.add_argument("--device", default="auto", help="coopsynth's device: auto, cpu or cuda")
-    ap.add_argument("--precisions", default="tf32", help="comma-separated; more than one: a coopsynth column per precision")
+    ap.add_argument("--precisions", default="auto", help="comma-separated; more than one: a coopsynth column per precision")
     ap.add_argument("--sample-precisions", default="", help="also sample each trained model in these precisions (a column each)")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]

@@ -61,7 +61,7 @@ def timeit(fn, device: torch.device, repeat: int = 3, min_time: float = 0.3) -> 
 def matmul_peaks(device: torch.device) -> dict[str, float]:
     """GFLOP/s of a large square matrix product in each precision a path can run in: the
     arithmetic peak each path is compared with (a tf32 path with the tf32 peak, and so on). On a
-    CPU there is one figure (tf32 is fp32 there; bf16 paths are not offered)."""
+    CPU there is one figure: tf32 is fp32 there, and no bf16 path is given a roofline."""
     n = 2048 if device.type == "cpu" else 8192
     flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     out = {}

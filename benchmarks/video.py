@@ -63,7 +63,7 @@ def run_coopsynth(
     out = {}
     for refine in dict.fromkeys(refines if refines is not None else [cfg.refine, cfg.langevin_steps]):
         name = "coopsynth" if refine == cfg.refine else f"coopsynth --refine {refine}"
-        gen = torch.Generator().manual_seed(seed + 1)  # the same latents for every count
+        gen = torch.Generator(device=model.device).manual_seed(seed + 1)  # the same latents for every count
         s = model.sample(k, tuple(train.shape[1:]), refine=refine, langevin=cfg.langevin(delta), generator=gen)
         out[name] = list(s)
     return out, secs, note
@@ -93,7 +93,9 @@ def main() -> None:
     )
     ap.add_argument("--reuse", action="store_true", help="score the models the last run left in --out instead of training")
     ap.add_argument("--set", default="{}", help="JSON of TrainConfig overrides, for experiments")
-    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument(
+        "--no-write", action="store_true", help="do not append to RESULTS.md (frame strips and item JSON still go to --out)"
+    )
     args = ap.parse_args()
     refines = [int(r) for r in args.refines.split(",")] if args.refines else None
     if not args.data.is_dir():

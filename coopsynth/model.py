@@ -49,6 +49,15 @@ class CoopModel:
         self.std = std.detach().float().cpu()  # (C,)
         self._graphs: dict[tuple, GraphedLangevin] = {}  # per wrap setting, CUDA only
 
+    @contextlib.contextmanager
+    def using(self, accel: Accel) -> Iterator[CoopModel]:
+        """Run with other speed settings (a sampling precision, say); the model's own come back after."""
+        saved, self.accel = self.accel, accel
+        try:
+            yield self
+        finally:
+            self.accel = saved
+
     # ---- the networks under the run's precision --------------------------------------------------
 
     def energy(self, y: Tensor, wrap: tuple[bool, ...] | None = None) -> Tensor:

@@ -426,12 +426,9 @@ def sample(model: CoopModel, blob: dict, job: SampleJob) -> list[Path]:
     gen = torch.Generator(device=model.device).manual_seed(job.seed)
     langevin = cfg.langevin(float(blob.get("delta", cfg.delta)))
     paths = []
-    trained, model.accel = model.accel, model.accel.for_sampling(model.device, model.net.dims)
-    try:
+    with model.using(model.accel.for_sampling(model.device, model.net.dims)):
         for i in range(job.samples):
             paths.append(_write_sample(model, kind, out, i, size, refine, langevin, wrap, gen, job.fps or meta.get("fps")))
-    finally:
-        model.accel = trained
     return paths
 
 

@@ -133,6 +133,15 @@ def test_sampling_runs_in_the_sampling_precision_and_restores_the_model(tmp_path
     assert (images[True] - images[False]).abs().mean() < 0.05  # and drew the same texture
 
 
+def test_using_restores_the_settings_after_an_error():
+    m = _model()
+    own, other = m.accel, Accel(precision="bf16")
+    with pytest.raises(RuntimeError), m.using(other):
+        assert m.accel is other
+        raise RuntimeError("a failed sample")
+    assert m.accel is own
+
+
 def test_replay_check_tells_rounding_from_a_wrong_result():
     g = torch.Generator().manual_seed(0)
     start = torch.randn(4, 3, 64, 64, generator=g)
