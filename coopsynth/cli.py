@@ -418,6 +418,14 @@ def complete(
         Path | None, typer.Option("--model", help="Complete with this trained model.pt instead of training on the input.")
     ] = None,
     samples: Annotated[int, typer.Option("--samples", help="Alternative completions to write.")] = 1,
+    average: Annotated[
+        int,
+        typer.Option(
+            "--average",
+            help="Write the mean of N completions: the least error (restoration), smooth where the model is unsure. "
+            "1 = one plausible completion (synthesis).",
+        ),
+    ] = 1,
     steps: Steps = None,
     minutes: Minutes = None,
     preset: Preset = "default",
@@ -448,6 +456,7 @@ def complete(
         steps=steps,
         minutes=minutes,
         refine=refine,
+        average=average,
         force=force,
     )
     bar = None

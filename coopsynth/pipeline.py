@@ -25,7 +25,7 @@ from .errors import CoopsynthError
 from .io import check_writable, read_image, read_video, write_image, write_video
 from .model import CoopModel
 from .networks import NetConfig
-from .trainer import CoopTrainer, DivergenceError, TrainConfig, preset, with_overrides
+from .trainer import CollapseError, CoopTrainer, DivergenceError, TrainConfig, preset, with_overrides
 
 Tensor = torch.Tensor
 ProgressFn = Callable[[dict], None] | None
@@ -303,22 +303,21 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
             try:
                 stats = trainer.step()
             except DivergenceError as e:
-                # roll back to the last good state, lower the Langevin step, continue
+                # roll back to the last good state and continue more carefully: after a collapse
+                # (the descriptor ran away) with halved learning rates, after a divergence (a
+                # non-finite or runaway revision) with a smaller Langevin step
                 rollbacks += 1
                 trainer.load_state_dict(good)
-                trainer.delta *= 0.7
-                good["delta"] = trainer.delta
-                log.write(
-                    json.dumps(
-                        {
-                            "event": "divergence",
-                            "at_step": e.stats.get("step"),
-                            "rolled_back_to": good_step,
-                            "new_delta": round(trainer.delta, 6),
-                        }
-                    )
-                    + "\n"
-                )
+                collapse = isinstance(e, CollapseError)
+                if collapse:
+                    trainer.lr_scale *= 0.5
+                    good["lr_scale"] = trainer.lr_scale
+                else:
+                    trainer.delta *= 0.7
+                    good["delta"] = trainer.delta
+                event = {"event": "collapse" if collapse else "divergence", "at_step": e.stats.get("step")}
+                event.update(rolled_back_to=good_step, new_delta=round(trainer.delta, 6), lr_scale=trainer.lr_scale)
+                log.write(json.dumps(event) + "\n")
                 log.flush()
                 if rollbacks > 20:
                     raise CoopsynthError(
@@ -326,7 +325,7 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                     ) from None
                 continue
             step = trainer.step_count
-            if step % 50 == 0:
+            if step % 50 == 0 and not (cfg.watchdog > 0 and trainer.gap > cfg.watchdog / 2):  # balanced states only
                 good = copy.deepcopy(trainer.state_dict())
                 good_step = step
             secs = elapsed()
@@ -512,6 +511,7 @@ class CompleteJob:
     steps: int | None = None
     minutes: float | None = None
     refine: int | None = None  # descriptor Langevin steps with the visible pixels fixed
+    average: int = 1  # write the mean of this many completions (least error) instead of one (plausible)
     force: bool = False
 
 
@@ -554,6 +554,8 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
     kind, data, missing, meta = load_completion_input(job)
     if job.samples <= 0:
         raise CoopsynthError(f"--samples {job.samples}: must be at least 1")
+    if job.average <= 0:
+        raise CoopsynthError(f"--average {job.average}: must be at least 1")
     out = Path(job.output)
     result: dict = {"kind": kind}
     if job.model is not None:
@@ -592,7 +594,7 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
     gen = torch.Generator(device=model.device).manual_seed(job.seed)
     paths = []
     for i in range(job.samples):
-        done = recover(model, data, missing, langevin=cfg.langevin(delta), refine=refine, generator=gen)
+        done = recover(model, data, missing, langevin=cfg.langevin(delta), refine=refine, average=job.average, generator=gen)
         name = "completed" if i == 0 else f"completed_{i:03d}"
         if kind == "texture":
             paths.append(write_image(out / f"{name}.png", done))

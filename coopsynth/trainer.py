@@ -47,6 +47,7 @@ class TrainConfig:
     energy_reg: float = 0.1  # penalty on squared mean per-position energies: stops the descriptor running away
     lr_decay: float = 0.1  # learning rates fall to this fraction along a cosine over `steps`
     balance: float = 0.0  # hold the descriptor while its lead f_obs - f_syn (EMA) exceeds this; 0 = never (measured worse)
+    watchdog: float = 1.0  # a lead f_obs - f_syn (EMA) above this is a collapse: back to a balanced state, lr halved; 0 = off
     sample_refine: int | None = None  # Langevin steps after the generator when sampling; None = langevin_steps
     clip: float = 0.0  # cap each network's gradient norm at this multiple of its running mean; 0 = off
 
@@ -146,12 +147,14 @@ class CoopTrainer:
         if self.mask is not None:
             self.data = self.data * self.mask  # hidden pixels never reach a network
         self.crop_size = self._crop_size()
+        self.starts = self._crop_starts()
         betas = (cfg.beta1, 0.999)
         self.opt_d = torch.optim.Adam(self.model.descriptor.parameters(), lr=cfg.lr_d, betas=betas)
         self.opt_g = torch.optim.Adam(self.model.generator.parameters(), lr=cfg.lr_g, betas=betas)
         self.step_count = 0
         self.delta = cfg.delta  # current step size; lowered after a divergence
         self.gap = 0.0  # moving average of f_obs - f_syn per position: the descriptor's lead
+        self.lr_scale = 1.0  # halved at each collapse the watchdog catches
         self.grad_norms = [0.0, 0.0]  # running mean gradient norm of the descriptor, the generator
         self.progress: Callable[[], float] | None = None  # fraction of the run done, if not by steps
 
@@ -178,6 +181,35 @@ class CoopTrainer:
             out.append(c)
         return tuple(out)
 
+    def _crop_starts(self) -> Tensor | None:
+        """Masked data: the flat indices of the crop positions to draw from, those that see the most
+        visible pixels: every wholly visible one where they are at least 1% of the positions, else
+        the best-covered tenth; None = every position, uniformly.
+
+        Crops that straddle a large hole teach the descriptor the hole's flat edge and the generator
+        too little texture: trained on any crop of a 25%-hole image, the grass model's own samples
+        were blobs (RESULTS.md); on its fully visible crops it sees what an unmasked model sees."""
+        if self.mask is None:
+            return None
+        pool = torch.nn.functional.avg_pool2d if self.mask.dim() == 3 else torch.nn.functional.avg_pool3d
+        frac = pool(self.mask[None], self.crop_size, stride=1)[0, 0].flatten()  # visible fraction per position
+        whole = torch.nonzero(frac >= 1.0 - 1e-4).flatten()
+        if len(whole) >= 0.01 * frac.numel():
+            return whole
+        cut = float(torch.quantile(frac.float().cpu()[:: max(1, frac.numel() // 100_000)], 0.9))
+        return torch.nonzero(frac >= cut).flatten()
+
+    def _crop_offsets(self, gen: torch.Generator) -> list[int]:
+        spans = [have - c + 1 for c, have in zip(self.crop_size, self.data.shape[1:], strict=True)]
+        if self.starts is None:
+            return [int(torch.randint(0, n, (1,), generator=gen, device=self.device)) for n in spans]
+        flat = int(self.starts[int(torch.randint(0, len(self.starts), (1,), generator=gen, device=self.device))])
+        offsets = []
+        for n in reversed(spans):
+            flat, o = divmod(flat, n)
+            offsets.append(o)
+        return offsets[::-1]
+
     def observed_batch(self) -> tuple[Tensor, Tensor | None]:
         """cfg.batch random crops of the data (B, C, [T,] H, W), and of the mask (B, 1, ...) or None."""
         crops, masks = [], []
@@ -185,8 +217,7 @@ class CoopTrainer:
         for gen in self.gens:
             for _ in range(per):
                 idx = [slice(None)]
-                for c, have in zip(self.crop_size, self.data.shape[1:], strict=True):
-                    o = int(torch.randint(0, have - c + 1, (1,), generator=gen, device=self.device))
+                for c, o in zip(self.crop_size, self._crop_offsets(gen), strict=True):
                     idx.append(slice(o, o + c))
                 crops.append(self.data[tuple(idx)])
                 if self.mask is not None:
@@ -220,7 +251,7 @@ class CoopTrainer:
         cfg, model = self.cfg, self.model
         for opt, lr in ((self.opt_d, cfg.lr_d), (self.opt_g, cfg.lr_g)):
             for group in opt.param_groups:
-                group["lr"] = lr * self.lr_factor()
+                group["lr"] = lr * self.lr_factor() * self.lr_scale
         obs, m = self.observed_batch()  # (B, C, [T,] H, W), (B, 1, ...) | None
         z = self._latents()  # (B, zc, [t,] h, w)
         y0 = model.propose(z)  # (B, C, [T,] H, W), graph kept for the generator update
@@ -262,13 +293,18 @@ class CoopTrainer:
         distributed.average_gradients(self.generator.parameters())
         if cfg.clip > 0:
             stats["clipped"] = float(sum(self._clip(i, net) for i, net in enumerate((self.descriptor, self.generator))))
-        # balance: when the descriptor's lead grows beyond what L Langevin steps and the generator
-        # can close, it would only grow further (the "descriptor wins" collapse: a lead of ~10 per
-        # position, saturated stripes); hold it while the generator catches up on a fixed energy
+        # when the descriptor's lead grows beyond what L Langevin steps and the generator can close,
+        # it only grows further (the "descriptor wins" collapse: a lead of ~10 per position against
+        # ~0.1 in a healthy run; flat murky or saturated samples from then on). The watchdog stops
+        # the run here: the caller returns to the last balanced state with smaller learning rates.
+        # (balance, off by default, instead holds the descriptor while the generator catches up)
         held = False
-        if self.cfg.balance > 0:  # off by default: no extra all_reduce per iteration then
+        if self.cfg.balance > 0 or self.cfg.watchdog > 0:
             self.gap = 0.9 * self.gap + 0.1 * distributed.mean_scalar(stats["f_obs"] - stats["f_syn"], self.device)
-            held = self.gap > self.cfg.balance
+            stats["gap"] = self.gap
+            if self.cfg.watchdog > 0 and self.gap > self.cfg.watchdog:
+                raise CollapseError(stats)
+            held = self.cfg.balance > 0 and self.gap > self.cfg.balance
         stats["held"] = float(held)
         if not held:
             self.opt_d.step()
@@ -309,6 +345,7 @@ class CoopTrainer:
             "step": self.step_count,
             "delta": self.delta,
             "gap": self.gap,
+            "lr_scale": self.lr_scale,
             "grad_norms": list(self.grad_norms),
             "mean": self.model.mean.clone(),
             "std": self.model.std.clone(),
@@ -325,6 +362,7 @@ class CoopTrainer:
         self.step_count = int(state["step"])
         self.delta = float(state["delta"])
         self.gap = float(state.get("gap", 0.0))
+        self.lr_scale = float(state.get("lr_scale", 1.0))
         self.grad_norms = [float(x) for x in state.get("grad_norms", [0.0, 0.0])]
         shard_states = state.get("rng_shards") or [state["rng"]]
         if len(shard_states) == len(self.gens):
@@ -344,4 +382,13 @@ class DivergenceError(RuntimeError):
 
     def __init__(self, stats: dict):
         super().__init__(f"non-finite values at step {stats.get('step')}: {stats}")
+        self.stats = stats
+
+
+class CollapseError(DivergenceError):
+    """The descriptor's lead passed cfg.watchdog; the weights were not updated."""
+
+    def __init__(self, stats: dict):
+        msg = f"the descriptor ran away at step {stats.get('step')}: lead {stats.get('gap'):.2f} per position"
+        RuntimeError.__init__(self, msg)
         self.stats = stats

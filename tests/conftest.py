@@ -46,3 +46,9 @@ def texture_image(h: int = 48, w: int = 40, channels: int = 3, seed: int = 0) ->
     noise = torch.rand(channels, h, w, generator=g)
     noise = torch.nn.functional.avg_pool2d(noise[None], 3, 1, 1)[0]
     return (0.6 * base + 0.4 * noise).clamp(0, 1)
+
+
+def video_clip(t: int = 8, h: int = 48, w: int = 40, channels: int = 3) -> torch.Tensor:
+    """A small procedural dynamic texture (C, T, H, W) in [0, 1]: the texture drifting one pixel a frame."""
+    img = texture_image(h, w + t, channels)
+    return torch.stack([img[:, :, i : i + w] for i in range(t)], dim=1)

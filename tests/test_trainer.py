@@ -7,8 +7,8 @@ from coopsynth import pipeline
 from coopsynth.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from coopsynth.errors import CoopsynthError
 from coopsynth.io import write_image
-from coopsynth.trainer import CoopTrainer, DivergenceError, TrainConfig
-from tests.conftest import texture_image, tiny_net
+from coopsynth.trainer import CollapseError, CoopTrainer, DivergenceError, TrainConfig
+from tests.conftest import texture_image, tiny_net, video_clip
 
 
 def tiny_cfg(**kw) -> TrainConfig:
@@ -53,7 +53,7 @@ def test_generator_step_moves_g_of_z_toward_the_revision():
 def test_step_reports_all_figures():
     t = CoopTrainer(texture_image(), tiny_cfg(clip=3.0), seed=0)
     stats = t.step()
-    assert set(stats) == {"step", "f_obs", "f_syn", "loss_g", "revision", "delta", "held", "clipped"}
+    assert set(stats) == {"step", "f_obs", "f_syn", "loss_g", "revision", "delta", "held", "clipped", "gap"}
     assert stats["step"] == 1 and t.step_count == 1
 
 
@@ -139,6 +139,57 @@ def test_divergence_is_detected_rolled_back_and_logged(tmp_path, monkeypatch):
         assert torch.isfinite(p).all()
 
 
+def test_watchdog_raises_on_a_runaway_descriptor_before_updating():
+    """A lead above cfg.watchdog stops the iteration with neither network updated; below it, both learn."""
+    t = CoopTrainer(texture_image(), tiny_cfg(watchdog=1.0), seed=0)
+    d0 = [p.clone() for p in t.descriptor.parameters()]
+    g0 = [p.clone() for p in t.generator.parameters()]
+    t.gap = 10.0  # as if the descriptor had run away: one more iteration keeps the EMA above 1
+    with pytest.raises(CollapseError, match="ran away at step 1"):
+        t.step()
+    assert all(torch.equal(a, b) for a, b in zip(d0, t.descriptor.parameters(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(g0, t.generator.parameters(), strict=True))
+    assert t.step_count == 0
+    t.gap = 0.0
+    t.step()
+    assert not all(torch.equal(a, b) for a, b in zip(d0, t.descriptor.parameters(), strict=True))
+    off = CoopTrainer(texture_image(), tiny_cfg(watchdog=0.0), seed=0)
+    off.gap = 10.0
+    off.step()  # off: never raises (and the EMA is not even kept)
+    assert off.gap == 10.0
+
+
+def test_collapse_rolls_back_to_a_balanced_state_with_halved_learning_rates(tmp_path, monkeypatch):
+    """A collapse in the middle of a run: back to the last balanced state, lr halved, logged, finished;
+    the halved rate is what the optimisers then use and what the checkpoint records."""
+    write_image(tmp_path / "in.png", texture_image())
+    calls = {"n": 0}
+    real_step = CoopTrainer.step
+
+    def collapsing(self):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            self.gap = 50.0
+        return real_step(self)
+
+    monkeypatch.setattr(CoopTrainer, "step", collapsing)
+    job = pipeline.TrainJob(
+        tmp_path / "in.png", tmp_path / "out", steps=5, overrides=dict(net=tiny_net(), crop=16, batch=2, langevin_steps=2)
+    )
+    res = pipeline.train(job)
+    tr = res["trainer"]
+    assert res["rollbacks"] == 1 and res["steps"] == 5
+    assert tr.lr_scale == 0.5 and tr.delta == TrainConfig().delta
+    events = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    collapse = [e for e in events if e.get("event") == "collapse"]
+    assert collapse and collapse[0]["at_step"] == 4 and collapse[0]["rolled_back_to"] == 0
+    assert collapse[0]["lr_scale"] == 0.5
+    tr.step_count -= 1  # the schedule's factor for the last iteration run
+    assert tr.opt_d.param_groups[0]["lr"] == pytest.approx(tr.cfg.lr_d * tr.lr_factor() * 0.5)
+    assert tr.opt_g.param_groups[0]["lr"] == pytest.approx(tr.cfg.lr_g * tr.lr_factor() * 0.5)
+    assert load_checkpoint(tmp_path / "out" / "model.pt")["lr_scale"] == 0.5
+
+
 def test_nan_step_raises_before_updating():
     t = CoopTrainer(texture_image(), tiny_cfg(), seed=0)
     t.descriptor.heads[0].bias.data.fill_(float("nan"))
@@ -168,7 +219,9 @@ def test_masked_training_chains_hold_hidden_pixels_at_zero():
     crops with their hidden pixels at 0; visible pixels are revised."""
     torch.manual_seed(0)
     mask = torch.ones(1, 48, 40, dtype=torch.bool)
-    mask[:, 10:30, 8:24] = False  # a hidden rectangle
+    for i in range(0, 48, 8):
+        for j in range(0, 40, 8):
+            mask[:, i : i + 4, j : j + 4] = False  # hidden 4x4 blocks: every 16x16 crop has some
     t = CoopTrainer(texture_image(), tiny_cfg(), seed=1, mask=mask)
     seen = {}
     real_revise, real_batch = t.model.revise, t.observed_batch
@@ -182,10 +235,36 @@ def test_masked_training_chains_hold_hidden_pixels_at_zero():
     assert not torch.allclose(y[m == 1], y0[m == 1])
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_masked_training_draws_the_most_visible_crops(dims):
+    """Wholly visible crops where there are any (a hole in the middle: only its frame is drawn,
+    at every side of it); otherwise the best-covered tenth of the positions."""
+    data = texture_image() if dims == 2 else video_clip()
+    size = data.shape[1:]  # ([T,] H, W)
+    mask = torch.ones(1, *size, dtype=torch.bool)
+    mask[..., 16:32, 12:28] = False  # a hole in the middle of the 48x40 frame
+    cfg = tiny_cfg(net=tiny_net(dims=dims), crop_frames=4)
+    t = CoopTrainer(data, cfg, seed=0, mask=mask)
+    seen = set()
+    for _ in range(60):
+        obs, m = t.observed_batch()
+        assert torch.all(m == 1)
+        seen.add(tuple(int(v) for v in t._crop_offsets(t.gen)))
+    hs = {o[-2] for o in seen}
+    ws = {o[-1] for o in seen}
+    assert min(hs) == 0 and max(hs) == size[-2] - 16 and min(ws) == 0 and max(ws) == size[-1] - 16  # every side
+    holes = torch.ones(1, *size, dtype=torch.bool)
+    holes[..., ::3, ::3] = False  # no crop is wholly visible
+    t = CoopTrainer(data, cfg, seed=0, mask=holes)
+    frac = [float(t.observed_batch()[1].float().mean()) for _ in range(20)]
+    pooled = torch.nn.functional.avg_pool2d(holes[..., 0, :, :].float() if dims == 3 else holes.float(), 16, stride=1)
+    assert min(frac) >= float(pooled.quantile(0.9)) - 1e-6
+
+
 def test_balance_holds_the_descriptor_while_it_leads():
     """With the descriptor's lead above `balance`, its weights stay put and the generator learns;
     below it, both learn."""
-    t = CoopTrainer(texture_image(), tiny_cfg(balance=0.5), seed=0)
+    t = CoopTrainer(texture_image(), tiny_cfg(balance=0.5, watchdog=0.0), seed=0)
     t.gap = 10.0  # as if the descriptor had run away
     d0 = [p.clone() for p in t.descriptor.parameters()]
     g0 = [p.clone() for p in t.generator.parameters()]
