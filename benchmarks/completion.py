@@ -144,7 +144,15 @@ def run_coopsynth(
 
 
 def run_item(
-    path: Path, methods: list[str], preset: str, seed: int, max_side: int, overrides: dict, out: Path, average: int
+    path: Path,
+    methods: list[str],
+    preset: str,
+    seed: int,
+    max_side: int,
+    overrides: dict,
+    out: Path,
+    average: int,
+    masks: tuple[str, ...] = ("centre", "blocks"),
 ) -> dict:
     full = read_image(path)
     _, held = metrics.split_halves(full)
@@ -154,7 +162,9 @@ def run_item(
     img = (img * 255).round() / 255
     result = {"item": path.stem, "size": [hh, ww], "masks": {}}
     rows = []
-    for mname, missing in (("centre", centre_mask(hh, ww)), ("blocks", block_mask(hh, ww, seed=seed))):
+    all_masks = {"centre": lambda: centre_mask(hh, ww), "blocks": lambda: block_mask(hh, ww, seed=seed)}
+    for mname in masks:
+        missing = all_masks[mname]()
         shown = img.clone()
         shown[:, missing] = 0.0
         row = [shown]
@@ -185,9 +195,11 @@ def run_item(
 
 
 def table(results: list[dict]) -> str:
-    methods = list(results[0]["masks"]["centre"])  # in the order they ran, coopsynth's variants included
     text = ""
     for mname, title in (("centre", "centre square hole, 25% of the area"), ("blocks", "random 8x8 blocks, 30% of the pixels")):
+        if mname not in results[0]["masks"]:
+            continue
+        methods = list(results[0]["masks"][mname])  # in the order they ran, coopsynth's variants included
         text += f"\n**{title}**: recovery error (0-255, lower is better) / hole SWD ratio (1 = like the truth) / minutes\n\n"
         text += "| texture | " + " | ".join(methods) + " |\n|---|" + "---|" * len(methods) + "\n"
         for r in results:
@@ -221,6 +233,7 @@ def main() -> None:
     ap.add_argument("--set", default="{}", help="JSON of TrainConfig overrides, for experiments")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--masks", default="centre,blocks", help="which masks: centre, blocks or both")
     ap.add_argument("--average", type=int, default=8, help="also score `--average N` from the same model (0 = skip)")
     args = ap.parse_args()
     if not args.data.is_dir():
@@ -239,7 +252,12 @@ def main() -> None:
         files = [p for p in files if p.stem in names]
     args.out.mkdir(parents=True, exist_ok=True)
     overrides = json.loads(args.set)
-    results = [run_item(p, methods, args.preset, args.seed, args.max_side, overrides, args.out, args.average) for p in files]
+    masks = tuple(args.masks.split(","))
+    if not set(masks) <= {"centre", "blocks"}:
+        ap.error(f"--masks {args.masks}: use centre, blocks or both")
+    results = [
+        run_item(p, methods, args.preset, args.seed, args.max_side, overrides, args.out, args.average, masks) for p in files
+    ]
     text = header(
         f"Completion, preset `{args.preset}`, {len(results)} textures (held-out halves, at most {args.max_side} px a side)"
     )

@@ -61,7 +61,7 @@ def run_coopsynth(
         model, cfg, delta = tr.model, tr.cfg, tr.delta
         secs, note = time.perf_counter() - t0, f"{res['steps']} it, {res.get('rollbacks', 0)} roll-backs"
     out = {}
-    for refine in dict.fromkeys(refines if refines is not None else [cfg.refine, cfg.langevin_steps]):
+    for refine in dict.fromkeys([cfg.refine, *(refines if refines is not None else [cfg.langevin_steps])]):
         name = "coopsynth" if refine == cfg.refine else f"coopsynth --refine {refine}"
         gen = torch.Generator(device=model.device).manual_seed(seed + 1)  # the same latents for every count
         s = model.sample(k, tuple(train.shape[1:]), refine=refine, langevin=cfg.langevin(delta), generator=gen)

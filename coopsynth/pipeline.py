@@ -25,7 +25,7 @@ from .errors import CoopsynthError
 from .io import check_writable, read_image, read_video, write_image, write_video
 from .model import CoopModel
 from .networks import NetConfig
-from .trainer import CollapseError, CoopTrainer, DivergenceError, TrainConfig, preset, with_overrides
+from .trainer import WATCHDOG_FLOOR, CollapseError, CoopTrainer, DivergenceError, TrainConfig, preset, with_overrides
 
 Tensor = torch.Tensor
 ProgressFn = Callable[[dict], None] | None
@@ -317,6 +317,8 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                     good["delta"] = trainer.delta
                 event = {"event": "collapse" if collapse else "divergence", "at_step": e.stats.get("step")}
                 event.update(rolled_back_to=good_step, new_delta=round(trainer.delta, 6), lr_scale=trainer.lr_scale)
+                if collapse and trainer.lr_scale <= WATCHDOG_FLOOR:
+                    event["watchdog"] = "stands down: no more roll-backs for collapses in this run"
                 log.write(json.dumps(event) + "\n")
                 log.flush()
                 if rollbacks > 20:
@@ -361,6 +363,18 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
             )
             + "\n"
         )
+    if kind == "video" and cfg.match_motion > 0 and trainer.mask is None:
+        from .video import motion_matched_refine
+
+        clip = trainer.model.denormalise(trainer.data[None])[0]  # (C, T, H, W) in [0, 1]
+        steps, ratios = motion_matched_refine(
+            trainer.model, clip, max_steps=cfg.match_motion, langevin=cfg.langevin(trainer.delta), seed=job.seed
+        )
+        trainer.cfg = cfg = with_overrides(cfg, sample_refine=steps)
+        if lead:
+            with open(log_path, "a") as log:
+                event = {"event": "sample_refine", "steps": steps, "motion_ratios": ratios}
+                log.write(json.dumps(event) + "\n")
     if not snaps or trainer.step_count % max(snap_every or 1, 1) != 0:
         snapshot()
     path = save(stop_reason)

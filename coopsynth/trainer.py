@@ -27,6 +27,8 @@ from .networks import NetConfig
 
 Tensor = torch.Tensor
 RUNAWAY = 50.0  # a Langevin revision this large (RMS, standardised pixels) means a chain ran away
+WATCHDOG_WARMUP = 100  # iterations before the watchdog looks: early energies swing (leads of 0.5) while the nets find their feet
+WATCHDOG_FLOOR = 1 / 16  # the watchdog stands down once collapses have cut the learning rates to this (4 halvings)
 
 
 @dataclass
@@ -47,8 +49,10 @@ class TrainConfig:
     energy_reg: float = 0.1  # penalty on squared mean per-position energies: stops the descriptor running away
     lr_decay: float = 0.1  # learning rates fall to this fraction along a cosine over `steps`
     balance: float = 0.0  # hold the descriptor while its lead f_obs - f_syn (EMA) exceeds this; 0 = never (measured worse)
-    watchdog: float = 1.0  # a lead f_obs - f_syn (EMA) above this is a collapse: back to a balanced state, lr halved; 0 = off
+    watchdog: float = 2.0  # a lead f_obs - f_syn (EMA) above this is a collapse: back to a balanced state, lr halved; 0 = off
+    crop_pick: str = "visible"  # masked data: "visible" draws the most visible crop positions, "any" every position
     sample_refine: int | None = None  # Langevin steps after the generator when sampling; None = langevin_steps
+    match_motion: int = 0  # videos: at the end, set sample_refine to the count in 0..N whose samples move like the input
     clip: float = 0.0  # cap each network's gradient norm at this multiple of its running mean; 0 = off
 
     def to_dict(self) -> dict:
@@ -84,7 +88,9 @@ def preset(name: str, dims: int = 2, channels: int = 3) -> TrainConfig:
         # clip: without it a video run diverged every few hundred iterations (rolled back to ever
         # smaller Langevin steps until the descriptor won and the generator went flat); on textures
         # it was measured no better (--quick: 1.61 / 1.37 / 3.14 -> 1.75 / 1.02 / 3.66), so off there
-        base = TrainConfig(net=net, crop=48, crop_frames=16, batch=2, steps=1200, clip=3.0, sample_refine=0)
+        # match_motion: the generator's own videos move too little on some clips (foliage 0.50) and
+        # too much on others (the flame); refinement only adds motion, so the run picks its count
+        base = TrainConfig(net=net, crop=48, crop_frames=16, batch=2, steps=1200, clip=3.0, sample_refine=0, match_motion=6)
     if name == "fast":
         return replace(base, steps=base.steps // 4)
     if name == "default":
@@ -189,8 +195,10 @@ class CoopTrainer:
         Crops that straddle a large hole teach the descriptor the hole's flat edge and the generator
         too little texture: trained on any crop of a 25%-hole image, the grass model's own samples
         were blobs (RESULTS.md); on its fully visible crops it sees what an unmasked model sees."""
-        if self.mask is None:
+        if self.mask is None or self.cfg.crop_pick == "any":
             return None
+        if self.cfg.crop_pick != "visible":
+            raise CoopsynthError(f"crop_pick '{self.cfg.crop_pick}': use visible or any")
         pool = torch.nn.functional.avg_pool2d if self.mask.dim() == 3 else torch.nn.functional.avg_pool3d
         frac = pool(self.mask[None], self.crop_size, stride=1)[0, 0].flatten()  # visible fraction per position
         whole = torch.nonzero(frac >= 1.0 - 1e-4).flatten()
@@ -302,7 +310,7 @@ class CoopTrainer:
         if self.cfg.balance > 0 or self.cfg.watchdog > 0:
             self.gap = 0.9 * self.gap + 0.1 * distributed.mean_scalar(stats["f_obs"] - stats["f_syn"], self.device)
             stats["gap"] = self.gap
-            if self.cfg.watchdog > 0 and self.gap > self.cfg.watchdog:
+            if self.watching and self.gap > self.cfg.watchdog:
                 raise CollapseError(stats)
             held = self.cfg.balance > 0 and self.gap > self.cfg.balance
         stats["held"] = float(held)
@@ -311,6 +319,11 @@ class CoopTrainer:
         self.opt_g.step()
         self.step_count += 1
         return stats
+
+    @property
+    def watching(self) -> bool:
+        """Whether a lead above cfg.watchdog stops the iteration now."""
+        return self.cfg.watchdog > 0 and self.step_count >= WATCHDOG_WARMUP and self.lr_scale > WATCHDOG_FLOOR
 
     def _clip(self, i: int, net: torch.nn.Module) -> bool:
         """Scale the gradient of `net` down to cfg.clip x its running mean norm; True if it was.

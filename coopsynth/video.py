@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -40,3 +41,34 @@ def prepare_video(
         video = frames.movedim(0, 1).contiguous()
         notes.append(f"scaled {w}x{h} to {nw}x{nh} (--max-size)")
     return video, fps, notes
+
+
+def motion(video: Tensor) -> Tensor:
+    """Mean |frame t+1 - frame t| per video of (B, C, T, H, W) in [0, 1]: (B,)."""
+    return (video[:, :, 1:] - video[:, :, :-1]).abs().flatten(1).mean(1)
+
+
+def motion_matched_refine(
+    model, data: Tensor, *, max_steps: int, langevin: dict, samples: int = 2, seed: int = 0
+) -> tuple[int, list[float]]:
+    """The sampling refinement (0..max_steps descriptor Langevin steps after the generator) whose
+    samples move most like the input clip: mean |frame t+1 - frame t| closest to the clip's own,
+    as a ratio. Each refinement step adds frame-to-frame change, so a generator whose videos move
+    too little gets steps and one whose videos already move enough gets none.
+
+    model: a CoopModel; data: the training clip (C, T, H, W) in [0, 1]. Returns the step count and
+    the motion ratio (samples over input) after 0, 1, ..., max_steps steps."""
+    target = float(motion(data[None]))
+    if target <= 0:
+        return 0, []
+    size = tuple(data.shape[1:])
+    gen = torch.Generator(device=model.device).manual_seed(seed)
+    y = model.generate(model.latent(samples, size, gen), size)  # (S, C, T, H, W) standardised
+
+    def ratio(x: Tensor) -> float:
+        return float(motion(model.denormalise(x).clamp(0, 1)).mean()) / target
+
+    ratios = [ratio(y)]
+    model.revise(y, steps=max_steps, generator=gen, callback=lambda info: ratios.append(ratio(info["x"])), **langevin)
+    best = min(range(len(ratios)), key=lambda r: abs(math.log(max(ratios[r], 1e-6))))
+    return best, ratios

@@ -7,7 +7,7 @@ from coopsynth import pipeline
 from coopsynth.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from coopsynth.errors import CoopsynthError
 from coopsynth.io import write_image
-from coopsynth.trainer import CollapseError, CoopTrainer, DivergenceError, TrainConfig
+from coopsynth.trainer import WATCHDOG_FLOOR, WATCHDOG_WARMUP, CollapseError, CoopTrainer, DivergenceError, TrainConfig
 from tests.conftest import texture_image, tiny_net, video_clip
 
 
@@ -142,19 +142,24 @@ def test_divergence_is_detected_rolled_back_and_logged(tmp_path, monkeypatch):
 def test_watchdog_raises_on_a_runaway_descriptor_before_updating():
     """A lead above cfg.watchdog stops the iteration with neither network updated; below it, both learn."""
     t = CoopTrainer(texture_image(), tiny_cfg(watchdog=1.0), seed=0)
+    t.gap = 10.0  # as if the descriptor had run away: one more iteration keeps the EMA above 1
+    t.step()  # ... but in the warm-up the watchdog does not look
+    t.step_count = WATCHDOG_WARMUP
+    t.gap = 10.0
     d0 = [p.clone() for p in t.descriptor.parameters()]
     g0 = [p.clone() for p in t.generator.parameters()]
-    t.gap = 10.0  # as if the descriptor had run away: one more iteration keeps the EMA above 1
-    with pytest.raises(CollapseError, match="ran away at step 1"):
+    with pytest.raises(CollapseError, match=f"ran away at step {WATCHDOG_WARMUP + 1}"):
         t.step()
     assert all(torch.equal(a, b) for a, b in zip(d0, t.descriptor.parameters(), strict=True))
     assert all(torch.equal(a, b) for a, b in zip(g0, t.generator.parameters(), strict=True))
-    assert t.step_count == 0
+    assert t.step_count == WATCHDOG_WARMUP
     t.gap = 0.0
     t.step()
     assert not all(torch.equal(a, b) for a, b in zip(d0, t.descriptor.parameters(), strict=True))
+    t.gap, t.lr_scale = 10.0, WATCHDOG_FLOOR
+    t.step()  # at the floor it stands down
     off = CoopTrainer(texture_image(), tiny_cfg(watchdog=0.0), seed=0)
-    off.gap = 10.0
+    off.step_count, off.gap = WATCHDOG_WARMUP, 10.0
     off.step()  # off: never raises (and the EMA is not even kept)
     assert off.gap == 10.0
 
@@ -162,6 +167,7 @@ def test_watchdog_raises_on_a_runaway_descriptor_before_updating():
 def test_collapse_rolls_back_to_a_balanced_state_with_halved_learning_rates(tmp_path, monkeypatch):
     """A collapse in the middle of a run: back to the last balanced state, lr halved, logged, finished;
     the halved rate is what the optimisers then use and what the checkpoint records."""
+    monkeypatch.setattr("coopsynth.trainer.WATCHDOG_WARMUP", 0)
     write_image(tmp_path / "in.png", texture_image())
     calls = {"n": 0}
     real_step = CoopTrainer.step
@@ -183,7 +189,7 @@ def test_collapse_rolls_back_to_a_balanced_state_with_halved_learning_rates(tmp_
     events = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
     collapse = [e for e in events if e.get("event") == "collapse"]
     assert collapse and collapse[0]["at_step"] == 4 and collapse[0]["rolled_back_to"] == 0
-    assert collapse[0]["lr_scale"] == 0.5
+    assert collapse[0]["lr_scale"] == 0.5 and "watchdog" not in collapse[0]
     tr.step_count -= 1  # the schedule's factor for the last iteration run
     assert tr.opt_d.param_groups[0]["lr"] == pytest.approx(tr.cfg.lr_d * tr.lr_factor() * 0.5)
     assert tr.opt_g.param_groups[0]["lr"] == pytest.approx(tr.cfg.lr_g * tr.lr_factor() * 0.5)

@@ -1,11 +1,17 @@
+import json
+import math
+
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from coopsynth.checkpoint import load_checkpoint
 from coopsynth.cli import app
 from coopsynth.io import read_video, write_video
+from coopsynth.model import CoopModel
 from coopsynth.networks import Descriptor, Generator
-from coopsynth.video import prepare_video
+from coopsynth.trainer import TrainConfig
+from coopsynth.video import motion, motion_matched_refine, prepare_video
 from tests.conftest import tiny_net
 
 runner = CliRunner()
@@ -98,14 +104,44 @@ def test_image_given_to_video_command(tmp_path):
     assert r.exit_code == 1 and "looks like an image" in r.output
 
 
-def test_video_samples_default_to_the_generator_alone(clip_dir, tmp_path):
-    """The video preset samples with --refine 0 (refinement adds flicker, RESULTS.md); an explicit
-    --refine still revises."""
-    model = str(clip_dir / "out" / "model.pt")
+def test_video_samples_default_to_the_motion_matched_refinement(clip_dir, tmp_path):
+    """A video run ends by picking the sampling refinement (0..6 steps) whose samples move most like
+    the input, logs it and stores it in the checkpoint; `sample` uses it by default, and an explicit
+    --refine overrides it."""
+    events = [json.loads(line) for line in (clip_dir / "out" / "log.jsonl").read_text().splitlines()]
+    picked = [e for e in events if e.get("event") == "sample_refine"]
+    assert len(picked) == 1 and len(picked[0]["motion_ratios"]) == 7
+    steps, ratios = picked[0]["steps"], picked[0]["motion_ratios"]
+    assert steps == min(range(7), key=lambda i: abs(math.log(max(ratios[i], 1e-6))))
+    model = clip_dir / "out" / "model.pt"
+    assert load_checkpoint(model)["config_obj"].sample_refine == steps
     videos = {}
-    for name, extra in [("default", []), ("zero", ["--refine", "0"]), ("two", ["--refine", "2"])]:
-        r = runner.invoke(app, ["sample", model, "-o", str(tmp_path / name), "--samples", "1", "--seed", "3", *extra])
+    other = 0 if steps else 2
+    for name, extra in [("default", []), ("same", ["--refine", str(steps)]), ("other", ["--refine", str(other)])]:
+        r = runner.invoke(app, ["sample", str(model), "-o", str(tmp_path / name), "--samples", "1", "--seed", "3", *extra])
         assert r.exit_code == 0, r.output
         videos[name], _ = read_video(tmp_path / name / "sample_000.mp4")
-    assert torch.equal(videos["default"], videos["zero"])
-    assert not torch.equal(videos["default"], videos["two"])
+    assert torch.equal(videos["default"], videos["same"])
+    assert not torch.equal(videos["default"], videos["other"])
+
+
+def test_motion_matching_measures_against_the_clip():
+    """The ratios are the samples' motion over the clip's: the same samples against a clip that moves
+    twice as much give half the ratios; the first is the generator's own videos; a still clip asks
+    for no refinement."""
+    torch.manual_seed(0)
+    clip = moving_clip(t=8, h=16, w=16)
+    model = CoopModel(tiny_net(dims=3), clip.flatten(1).mean(1), clip.flatten(1).std(1))
+    lv = TrainConfig().langevin()
+    steps, ratios = motion_matched_refine(model, clip, max_steps=3, langevin=lv, seed=1)
+    assert len(ratios) == 4 and steps == min(range(4), key=lambda i: abs(math.log(max(ratios[i], 1e-6))))
+    fast = clip.clone()
+    fast[:, 1::2] = 1 - fast[:, 1::2]  # flickers: more motion, same size
+    _, fast_ratios = motion_matched_refine(model, fast, max_steps=3, langevin=lv, seed=1)
+    scale = float(motion(clip[None])) / float(motion(fast[None]))
+    assert fast_ratios == pytest.approx([r * scale for r in ratios], rel=1e-4)
+    gen = torch.Generator().manual_seed(1)
+    y = model.denormalise(model.generate(model.latent(2, (8, 16, 16), gen), (8, 16, 16))).clamp(0, 1)
+    assert ratios[0] == pytest.approx(float(motion(y).mean()) / float(motion(clip[None])), rel=1e-5)
+    still = clip[:, :1].expand_as(clip).contiguous()
+    assert motion_matched_refine(model, still, max_steps=3, langevin=lv) == (0, [])
