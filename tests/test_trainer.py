@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -7,7 +8,15 @@ from coopsynth import pipeline
 from coopsynth.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from coopsynth.errors import CoopsynthError
 from coopsynth.io import write_image
-from coopsynth.trainer import WATCHDOG_FLOOR, WATCHDOG_WARMUP, CollapseError, CoopTrainer, DivergenceError, TrainConfig
+from coopsynth.trainer import (
+    MIN_CROP_POSITIONS,
+    WATCHDOG_FLOOR,
+    WATCHDOG_WARMUP,
+    CollapseError,
+    CoopTrainer,
+    DivergenceError,
+    TrainConfig,
+)
 from tests.conftest import texture_image, tiny_net, video_clip
 
 
@@ -243,28 +252,39 @@ def test_masked_training_chains_hold_hidden_pixels_at_zero():
 
 @pytest.mark.parametrize("dims", [2, 3])
 def test_masked_training_draws_the_most_visible_crops(dims):
-    """Wholly visible crops where there are any (a hole in the middle: only its frame is drawn,
-    at every side of it); otherwise the best-covered tenth of the positions."""
-    data = texture_image() if dims == 2 else video_clip()
+    """Wholly visible crops where there are enough (a hole in the middle: only its frame is drawn, at
+    every side of it); otherwise the best-covered positions, at least MIN_CROP_POSITIONS of them or
+    all of a small input's."""
+    frames = 6 if dims == 3 else None
+    data = texture_image(96, 96) if dims == 2 else video_clip(frames, 96, 96)
     size = data.shape[1:]  # ([T,] H, W)
+    cfg = tiny_cfg(net=tiny_net(dims=dims), crop_frames=4, crop_pick="visible")
     mask = torch.ones(1, *size, dtype=torch.bool)
-    mask[..., 16:32, 12:28] = False  # a hole in the middle of the 48x40 frame
-    cfg = tiny_cfg(net=tiny_net(dims=dims), crop_frames=4)
+    mask[..., 32:64, 32:64] = False  # a hole in the middle
     t = CoopTrainer(data, cfg, seed=0, mask=mask)
     seen = set()
-    for _ in range(60):
+    for _ in range(100):
         obs, m = t.observed_batch()
         assert torch.all(m == 1)
         seen.add(tuple(int(v) for v in t._crop_offsets(t.gen)))
-    hs = {o[-2] for o in seen}
-    ws = {o[-1] for o in seen}
-    assert min(hs) == 0 and max(hs) == size[-2] - 16 and min(ws) == 0 and max(ws) == size[-1] - 16  # every side
+    hs, ws = {o[-2] for o in seen}, {o[-1] for o in seen}
+    assert min(hs) == 0 and max(hs) == 96 - 16 and min(ws) == 0 and max(ws) == 96 - 16  # every side
+
+    def coverage(mask: torch.Tensor) -> torch.Tensor:  # visible fraction of every crop position
+        pool = torch.nn.functional.avg_pool2d if dims == 2 else torch.nn.functional.avg_pool3d
+        return pool(mask[None].float(), t.crop_size, stride=1).flatten()
+
     holes = torch.ones(1, *size, dtype=torch.bool)
     holes[..., ::3, ::3] = False  # no crop is wholly visible
     t = CoopTrainer(data, cfg, seed=0, mask=holes)
-    frac = [float(t.observed_batch()[1].float().mean()) for _ in range(20)]
-    pooled = torch.nn.functional.avg_pool2d(holes[..., 0, :, :].float() if dims == 3 else holes.float(), 16, stride=1)
-    assert min(frac) >= float(pooled.quantile(0.9)) - 1e-6
+    frac = coverage(holes)
+    k = max(math.ceil(0.1 * frac.numel()), MIN_CROP_POSITIONS)
+    best = frac.sort(descending=True).values[k - 1]
+    assert torch.equal(t.starts, torch.nonzero(frac >= best).flatten()) and len(t.starts) >= k
+    assert all(float(t.observed_batch()[1].float().mean()) >= float(best) - 1e-6 for _ in range(10))
+    small = data[..., :24, :24].contiguous()  # 9 x 9 positions (x 3 in time): fewer than the minimum
+    t = CoopTrainer(small, cfg, seed=0, mask=holes[..., :24, :24].contiguous())
+    assert len(t.starts) == coverage(holes[..., :24, :24]).numel()
 
 
 def test_balance_holds_the_descriptor_while_it_leads():
