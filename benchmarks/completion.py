@@ -121,26 +121,29 @@ def peer_missing(name: str) -> str | None:
     return None
 
 
-def run_coopsynth(
-    img: torch.Tensor, missing: torch.Tensor, preset: str, seed: int, work: Path, overrides: dict, average: int
-) -> dict[str, tuple[torch.Tensor, float]]:
-    """Train once on the visible pixels; complete as `coopsynth complete` does (one completion) and,
-    from the same model, with `--average N`. Each result with its seconds (training included)."""
-    t0 = time.perf_counter()
-    job = pipeline.TrainJob(input=work / "masked.png", output=work, preset=preset, seed=seed, force=True, overrides=overrides)
-    res = pipeline.train(job, mask=~missing[None], data=img)
-    tr = res["trainer"]
-    trained = time.perf_counter() - t0
+def completions(trainer, data: torch.Tensor, missing: torch.Tensor, seed: int, average: int, trained: float) -> dict:
+    """One completion (what `coopsynth complete` writes by default) and, from the same model, the
+    mean of `average` (`--average N`; skipped when below 2): {name: (completed, seconds with training)}."""
     out = {}
     for name, k in (("coopsynth", 1), (f"coopsynth --average {average}", average)):
         if k < 1 or (k == 1 and name != "coopsynth"):
             continue
         t1 = time.perf_counter()
         gen = torch.Generator().manual_seed(seed)
-        lv = tr.cfg.langevin(tr.delta)
-        done = complete(tr.model, img, missing, langevin=lv, refine=tr.cfg.langevin_steps, average=k, generator=gen)
+        lv = trainer.cfg.langevin(trainer.delta)
+        done = complete(trainer.model, data, missing, langevin=lv, refine=trainer.cfg.langevin_steps, average=k, generator=gen)
         out[name] = (done, trained + time.perf_counter() - t1)
     return out
+
+
+def run_coopsynth(
+    img: torch.Tensor, missing: torch.Tensor, preset: str, seed: int, work: Path, overrides: dict, average: int
+) -> dict[str, tuple[torch.Tensor, float]]:
+    """Train once on the visible pixels, then `completions`."""
+    t0 = time.perf_counter()
+    job = pipeline.TrainJob(input=work / "masked.png", output=work, preset=preset, seed=seed, force=True, overrides=overrides)
+    res = pipeline.train(job, mask=~missing[None], data=img)
+    return completions(res["trainer"], img, missing, seed, average, time.perf_counter() - t0)
 
 
 def run_item(

@@ -29,10 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import HERE, contact_sheet, fmt, header, median, publish  # noqa: E402
-from completion import block_mask, peer, peer_missing  # noqa: E402
+from completion import block_mask, completions, peer, peer_missing  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
-from coopsynth.completion import complete  # noqa: E402
 from coopsynth.video import prepare_video  # noqa: E402
 
 CLIPS = ["tree_foliage_opencv", "flame_rendered_castle"]
@@ -72,24 +71,14 @@ def temporal_fill(video: torch.Tensor, missing: torch.Tensor, how: str) -> torch
 def run_coopsynth(
     clip: torch.Tensor, missing: torch.Tensor, preset: str, seed: int, work: Path, steps: int | None, average: int
 ) -> dict[str, tuple[torch.Tensor, float, str]]:
-    """Train once on the visible pixels; one completion and, from the same model, the mean of
-    `average` (`coopsynth complete --average N`); each with its seconds (training included)."""
+    """Train once on the visible pixels, then one completion and the mean of `average`
+    (completion.completions); each with its seconds (training included) and a note."""
     t0 = time.perf_counter()
     job = pipeline.TrainJob(input=work / "masked.mp4", output=work, preset=preset, seed=seed, force=True, steps=steps)
     res = pipeline.train(job, mask=~missing[None], data=clip)
-    tr = res["trainer"]
-    trained = time.perf_counter() - t0
     note = f"{res['steps']} it, {res.get('rollbacks', 0)} roll-backs"
-    out = {}
-    for name, k in (("coopsynth", 1), (f"coopsynth --average {average}", average)):
-        if k < 1 or (k == 1 and name != "coopsynth"):
-            continue
-        t1 = time.perf_counter()
-        gen = torch.Generator().manual_seed(seed)
-        lv = tr.cfg.langevin(tr.delta)
-        done = complete(tr.model, clip, missing, langevin=lv, refine=tr.cfg.langevin_steps, average=k, generator=gen)
-        out[name] = (done, trained + time.perf_counter() - t1, note)
-    return out
+    done = completions(res["trainer"], clip, missing, seed, average, time.perf_counter() - t0)
+    return {name: (v, secs, note) for name, (v, secs) in done.items()}
 
 
 def run_item(

@@ -96,7 +96,8 @@ Refine = Annotated[
     int | None,
     typer.Option(
         "--refine",
-        help="Descriptor Langevin revisions after the generator (default: the training L for textures, 0 for videos; 0 = generator only).",
+        help="Descriptor Langevin revisions after the generator (default: the training L for textures; for videos the "
+        "count picked at the end of training so that samples move like the input; 0 = generator only).",
     ),
 ]
 
