@@ -118,6 +118,23 @@ def test_average_is_the_mean_of_a_batch_of_completions():
         complete(model, img, missing, langevin=lv, average=0)
 
 
+def test_average_completes_videos_too():
+    """--average on a video (C, T, H, W): missing frames are the mean of the batch, the rest exact."""
+    torch.manual_seed(0)
+    clip = quantised(0.3 + 0.4 * torch.rand(3, 8, 16, 16))
+    missing = torch.zeros(8, 16, 16, dtype=torch.bool)
+    missing[3:5] = True
+    model = CoopModel(tiny_net(dims=3), clip.flatten(1).mean(1), clip.flatten(1).std(1))
+    lv = TrainConfig().langevin()
+    out = complete(
+        model, clip, missing, langevin=lv, infer_steps=0, refine=0, average=2, generator=torch.Generator().manual_seed(3)
+    )
+    z = model.latent(2, (8, 16, 16), torch.Generator().manual_seed(3))
+    want = model.denormalise(model.generate(z, (8, 16, 16))).clamp(0, 1).mean(0)  # (C, T, H, W)
+    assert torch.allclose(out[:, 3:5], want[:, 3:5], atol=1e-6)
+    assert torch.equal(out[:, :3], clip[:, :3]) and torch.equal(out[:, 5:], clip[:, 5:])
+
+
 def test_video_missing_frames_filled_rest_unchanged(tmp_path):
     g = torch.Generator().manual_seed(0)
     v = quantised(0.3 + 0.4 * torch.rand(3, 8, 16, 24, generator=g))
