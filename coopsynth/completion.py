@@ -21,6 +21,7 @@ from .langevin import generator_posterior_langevin
 from .model import CoopModel, frozen
 
 Tensor = torch.Tensor
+INFER_MAX_DRIFT = 0.5  # latent inference: the largest gradient move of one element of Z per step (Z ~ N(0, 1))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,10 +151,20 @@ def complete(
     target = x.expand(average, *x.shape[1:])
     with frozen(model.generator):
         z = generator_posterior_langevin(
-            g, z, target=target, steps=infer_steps, delta=infer_delta, s=infer_s, mask=visible, generator=generator
+            g,
+            z,
+            target=target,
+            steps=infer_steps,
+            delta=infer_delta,
+            s=infer_s,
+            mask=visible,
+            max_drift=INFER_MAX_DRIFT,
+            generator=generator,
         )
     y0 = model.generate(z, size)  # (A, C, [T,] H, W)
     known = visible.bool().expand_as(y0)
     y = model.revise(y0, steps=refine, known=target, known_mask=known, generator=generator, **langevin)
+    if not torch.isfinite(y).all():
+        raise CoopsynthError("the completion came out non-finite: the model is unusable (its training collapsed); retrain it")
     out = model.denormalise(y).clamp(0, 1).mean(0).to(image.device)  # (C, [T,] H, W)
     return torch.where(missing[None].to(image.device), out, image)  # visible pixels exactly as given

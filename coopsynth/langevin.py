@@ -114,6 +114,7 @@ def generator_posterior_langevin(
     s: float,
     noise: float = 1.0,
     mask: Tensor | None = None,
+    max_drift: float | None = None,
     generator: torch.Generator | None = None,
     callback: Callback = None,
 ) -> Tensor:
@@ -122,6 +123,8 @@ def generator_posterior_langevin(
         z <- z + (delta^2 / 2) d/dz log p(Z | Y) + noise * delta * N(0, I)
 
     `mask` (broadcastable to target, 1 = observed) restricts the likelihood to visible pixels.
+    `max_drift` caps each element's gradient move per step: a generator with a steep Jacobian (a
+    collapsed model) otherwise throws Z to 1e8 in ten steps and then to NaN.
     """
     half = 0.5 * delta * delta
     z = z.detach()
@@ -133,7 +136,10 @@ def generator_posterior_langevin(
         logp = -(r * r).flatten(1).sum(1) / (2 * s * s) - 0.5 * (z * z).flatten(1).sum(1)  # (B,)
         (grad,) = torch.autograd.grad(logp.sum(), z)
         with torch.no_grad():
-            z = z + half * grad
+            drift = half * grad
+            if max_drift is not None:
+                drift = drift.clamp(-max_drift, max_drift)
+            z = z + drift
             if noise:
                 z = z + (noise * delta) * _noise(z, generator)
         if callback is not None:

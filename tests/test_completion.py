@@ -135,6 +135,25 @@ def test_average_completes_videos_too():
     assert torch.equal(out[:, :3], clip[:, :3]) and torch.equal(out[:, 5:], clip[:, 5:])
 
 
+def test_a_steep_generator_cannot_throw_the_latent_to_nan(monkeypatch):
+    """A collapsed model's generator can have a huge Jacobian: uncapped, the latent inference runs
+    to NaN within steps (seen in a video completion run); the per-step drift cap keeps it finite.
+    Without the cap the result is refused with one clear error, never written as NaN."""
+    torch.manual_seed(0)
+    img = quantised(texture_image(32, 40))
+    missing = torch.rand(32, 40) < 0.3
+    model = CoopModel(tiny_net(), img.flatten(1).mean(1), img.flatten(1).std(1))
+    with torch.no_grad():
+        for p in model.generator.parameters():
+            p.mul_(40.0)
+    lv = TrainConfig().langevin()
+    out = complete(model, img, missing, langevin=lv, infer_steps=30, refine=2, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out).all() and torch.equal(out[:, ~missing], img[:, ~missing])
+    monkeypatch.setattr("coopsynth.completion.INFER_MAX_DRIFT", None)
+    with pytest.raises(CoopsynthError, match="non-finite"):
+        complete(model, img, missing, langevin=lv, infer_steps=30, refine=2, generator=torch.Generator().manual_seed(0))
+
+
 def test_video_missing_frames_filled_rest_unchanged(tmp_path):
     g = torch.Generator().manual_seed(0)
     v = quantised(0.3 + 0.4 * torch.rand(3, 8, 16, 24, generator=g))
