@@ -327,7 +327,7 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                     ) from None
                 continue
             step = trainer.step_count
-            if step % 50 == 0 and not (cfg.watchdog > 0 and trainer.gap > cfg.watchdog / 2):  # balanced states only
+            if step % 50 == 0 and trainer.balanced:
                 good = copy.deepcopy(trainer.state_dict())
                 good_step = step
             secs = elapsed()

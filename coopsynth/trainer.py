@@ -328,6 +328,12 @@ class CoopTrainer:
         return stats
 
     @property
+    def balanced(self) -> bool:
+        """Whether the descriptor's lead is below half the watchdog's threshold: a state worth
+        rolling back to (always, with the watchdog off)."""
+        return not (self.cfg.watchdog > 0 and self.gap > self.cfg.watchdog / 2)
+
+    @property
     def watching(self) -> bool:
         """Whether a lead above cfg.watchdog stops the iteration now."""
         return self.cfg.watchdog > 0 and self.step_count >= WATCHDOG_WARMUP and self.lr_scale > WATCHDOG_FLOOR
@@ -400,8 +406,8 @@ class CoopTrainer:
 class DivergenceError(RuntimeError):
     """A non-finite energy or loss in an iteration; the weights were not updated."""
 
-    def __init__(self, stats: dict):
-        super().__init__(f"non-finite values at step {stats.get('step')}: {stats}")
+    def __init__(self, stats: dict, message: str | None = None):
+        super().__init__(message or f"non-finite values at step {stats.get('step')}: {stats}")
         self.stats = stats
 
 
@@ -409,6 +415,4 @@ class CollapseError(DivergenceError):
     """The descriptor's lead passed cfg.watchdog; the weights were not updated."""
 
     def __init__(self, stats: dict):
-        msg = f"the descriptor ran away at step {stats.get('step')}: lead {stats.get('gap'):.2f} per position"
-        RuntimeError.__init__(self, msg)
-        self.stats = stats
+        super().__init__(stats, f"the descriptor ran away at step {stats.get('step')}: lead {stats.get('gap'):.2f} per position")

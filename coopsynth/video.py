@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from .errors import CoopsynthError
 from .io import read_video
+from .metrics import mean_motion
 
 Tensor = torch.Tensor
 
@@ -43,11 +44,6 @@ def prepare_video(
     return video, fps, notes
 
 
-def motion(video: Tensor) -> Tensor:
-    """Mean |frame t+1 - frame t| per video of (B, C, T, H, W) in [0, 1]: (B,)."""
-    return (video[:, :, 1:] - video[:, :, :-1]).abs().flatten(1).mean(1)
-
-
 def motion_matched_refine(
     model, data: Tensor, *, max_steps: int, langevin: dict, samples: int = 2, seed: int = 0
 ) -> tuple[int, list[float]]:
@@ -58,7 +54,7 @@ def motion_matched_refine(
 
     model: a CoopModel; data: the training clip (C, T, H, W) in [0, 1]. Returns the step count and
     the motion ratio (samples over input) after 0, 1, ..., max_steps steps."""
-    target = float(motion(data[None]))
+    target = mean_motion(data)
     if target <= 0:
         return 0, []
     size = tuple(data.shape[1:])
@@ -66,7 +62,7 @@ def motion_matched_refine(
     y = model.generate(model.latent(samples, size, gen), size)  # (S, C, T, H, W) standardised
 
     def ratio(x: Tensor) -> float:
-        return float(motion(model.denormalise(x).clamp(0, 1)).mean()) / target
+        return mean_motion(model.denormalise(x).clamp(0, 1).flatten(0, 1)) / target  # (S*C, T, H, W): all samples
 
     ratios = [ratio(y)]
     model.revise(y, steps=max_steps, generator=gen, callback=lambda info: ratios.append(ratio(info["x"])), **langevin)
