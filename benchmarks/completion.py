@@ -121,6 +121,15 @@ def peer_missing(name: str) -> str | None:
     return None
 
 
+def held_out_crop(path: Path, max_side: int) -> torch.Tensor:
+    """The texture's held-out half, centre-cropped to at most max_side a side, on the 8-bit grid."""
+    _, held = metrics.split_halves(read_image(path))
+    h, w = held.shape[1:]
+    hh, ww = min(h, max_side), min(w, max_side)
+    img = held[:, (h - hh) // 2 : (h - hh) // 2 + hh, (w - ww) // 2 : (w - ww) // 2 + ww].contiguous()
+    return (img * 255).round() / 255
+
+
 def completions(trainer, data: torch.Tensor, missing: torch.Tensor, seed: int, average: int, trained: float) -> dict:
     """One completion (what `coopsynth complete` writes by default) and, from the same model, the
     mean of `average` (`--average N`; skipped when below 2): {name: (completed, seconds with training)}."""
@@ -157,12 +166,8 @@ def run_item(
     average: int,
     masks: tuple[str, ...] = ("centre", "blocks"),
 ) -> dict:
-    full = read_image(path)
-    _, held = metrics.split_halves(full)
-    h, w = held.shape[1:]
-    hh, ww = min(h, max_side), min(w, max_side)
-    img = held[:, (h - hh) // 2 : (h - hh) // 2 + hh, (w - ww) // 2 : (w - ww) // 2 + ww].contiguous()
-    img = (img * 255).round() / 255
+    img = held_out_crop(path, max_side)
+    hh, ww = img.shape[1:]
     result = {"item": path.stem, "size": [hh, ww], "masks": {}}
     rows = []
     all_masks = {"centre": lambda: centre_mask(hh, ww), "blocks": lambda: block_mask(hh, ww, seed=seed)}

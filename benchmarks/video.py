@@ -154,7 +154,8 @@ def main() -> None:
             text += (
                 f"| **median** | {m} | " + " | ".join(fmt(median([v.get(k, float("nan")) for v in vals])) for k in keys) + " |\n"
             )
-    text += "\nFrame strips (every 8th frame; input, then the first sample of each method): `benchmarks/out/video/<clip>.png`.\n"
+    where = "benchmarks/out/video" if args.out == OUT else args.out
+    text += f"\nFrame strips (every 8th frame; input, then the first sample of each method): `{where}/<clip>.png`.\n"
     publish(text, not args.no_write)
 
 

@@ -308,6 +308,7 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                 # non-finite or runaway revision) with a smaller Langevin step
                 rollbacks += 1
                 trainer.load_state_dict(good)
+                trainer.reseed(rollbacks)  # not a replay of the draws that failed
                 collapse = isinstance(e, CollapseError)
                 if collapse:
                     trainer.lr_scale *= 0.5

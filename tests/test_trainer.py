@@ -205,6 +205,35 @@ def test_collapse_rolls_back_to_a_balanced_state_with_halved_learning_rates(tmp_
     assert load_checkpoint(tmp_path / "out" / "model.pt")["lr_scale"] == 0.5
 
 
+def test_a_state_mid_collapse_is_not_balanced():
+    """The lead's moving average lags: a state whose last iteration ran far ahead is no roll-back
+    target even while the average is still low; with the watchdog off every state is one."""
+    t = CoopTrainer(texture_image(), tiny_cfg(watchdog=2.0), seed=0)
+    t.step()
+    assert t.lead != 0.0 and t.gap == pytest.approx(0.1 * t.lead)  # both kept from the first iteration on
+    t.gap, t.lead = 0.8, 0.1
+    assert t.balanced
+    t.gap, t.lead = 0.8, 4.5
+    assert not t.balanced
+    t.gap, t.lead = 1.5, 0.1
+    assert not t.balanced
+    off = CoopTrainer(texture_image(), tiny_cfg(watchdog=0.0), seed=0)
+    off.gap, off.lead = 9.0, 9.0
+    assert off.balanced
+
+
+def test_reseed_draws_other_but_reproducible_data():
+    """After a roll-back the retry draws new crops and latents, the same ones in every rerun."""
+    a, b, c = (CoopTrainer(texture_image(), tiny_cfg(), seed=0) for _ in range(3))
+    b.reseed(1)
+    c.reseed(1)
+    za, zb, zc = (t.model.latent(2, (16, 16), t.gen) for t in (a, b, c))
+    assert not torch.equal(za, zb)
+    assert torch.equal(zb, zc)
+    a.reseed(2)
+    assert not torch.equal(a.model.latent(2, (16, 16), a.gen), c.model.latent(2, (16, 16), c.gen))
+
+
 def test_nan_step_raises_before_updating():
     t = CoopTrainer(texture_image(), tiny_cfg(), seed=0)
     t.descriptor.heads[0].bias.data.fill_(float("nan"))

@@ -1,0 +1,116 @@
+"""Completion settings from one trained model: how much of the benchmark's spread is the draw.
+
+    python benchmarks/completion_settings.py --quick                       # 3 textures, centre hole
+    python benchmarks/completion_settings.py --quick --masks blocks --average 8
+    python benchmarks/completion_settings.py --quick --reuse --refines 0,2,4,6,8,12
+
+Per texture and mask (as in benchmarks/completion.py): train once on the visible pixels (or take the
+model a previous run left in --out with --reuse), then complete with each sampling refinement count
+(--refines) and latent inference length (--infer), each with --seeds different seeds, and score the
+recovery error and hole SWD ratio. The table gives each setting's median and range over the seeds:
+what one `coopsynth complete` run can land on, from the same model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import HERE, fmt, header, median, publish  # noqa: E402
+from completion import QUICK, block_mask, centre_mask, held_out_crop  # noqa: E402
+
+from coopsynth import metrics, pipeline  # noqa: E402
+from coopsynth.completion import complete  # noqa: E402
+
+OUT = HERE / "out" / "completion_settings"
+
+
+def model_for(img: torch.Tensor, missing: torch.Tensor, work: Path, preset: str, seed: int, reuse: bool):
+    """A model trained on the visible pixels (or the one already in `work` with reuse) and its delta."""
+    if not (reuse and (work / "model.pt").exists()):
+        job = pipeline.TrainJob(input=work / "masked.png", output=work, preset=preset, seed=seed, force=True)
+        pipeline.train(job, mask=~missing[None], data=img)
+    model, blob = pipeline.load_model(work / "model.pt", "cpu")
+    return model, blob["config_obj"].langevin(float(blob.get("delta", blob["config_obj"].delta)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "textures")
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--only", default=None)
+    ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    ap.add_argument("--masks", default="centre", help="centre, blocks or both")
+    ap.add_argument("--max-side", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (and the block mask's)")
+    ap.add_argument("--seeds", type=int, default=4, help="completion seeds per setting")
+    ap.add_argument("--refines", default="0,6", help="sampling refinement counts to score")
+    ap.add_argument("--infer", default="60", help="latent inference step counts to score")
+    ap.add_argument("--average", type=int, default=1, help="score the mean of this many completions")
+    ap.add_argument("--reuse", action="store_true", help="score the models a previous run left in --out")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    if not args.data.is_dir():
+        print(f"skipped: no data folder at {args.data} (pass --data)")
+        return
+    files = sorted(p for p in args.data.iterdir() if p.suffix.lower() in {".png", ".jpg"})
+    names = QUICK if args.quick else (args.only.split(",") if args.only else None)
+    if names:
+        files = [p for p in files if p.stem in names]
+    refines = [int(v) for v in args.refines.split(",")]
+    infers = [int(v) for v in args.infer.split(",")]
+    rows = []  # (texture, mask, refine, infer, [(error, ratio)] over seeds)
+    for path in files:
+        img = held_out_crop(path, args.max_side)
+        h, w = img.shape[1:]
+        for mname in args.masks.split(","):
+            missing = {"centre": centre_mask, "blocks": lambda a, b: block_mask(a, b, seed=args.seed)}[mname](h, w)
+            model, lv = model_for(img, missing, args.out / path.stem / mname, args.preset, args.seed, args.reuse)
+            for infer in infers:
+                for refine in refines:
+                    scores = []
+                    for s in range(args.seeds):
+                        gen = torch.Generator().manual_seed(s)
+                        done = complete(
+                            model,
+                            img,
+                            missing,
+                            langevin=lv,
+                            refine=refine,
+                            infer_steps=infer,
+                            average=args.average,
+                            generator=gen,
+                        )
+                        m = metrics.completion_metrics(done, img, missing, args.seed)
+                        scores.append((m["recovery_error"], m["hole_swd_ratio"]))
+                    rows.append((path.stem, mname, refine, infer, scores))
+                    cells = " ".join(f"{e:.1f}/{r:.2f}" for e, r in scores)
+                    print(f"  {path.stem} {mname} refine {refine} infer {infer}: {cells}", flush=True)
+    (args.out / "settings.json").write_text(json.dumps(rows))
+    text = header(f"Completion settings from one model, preset `{args.preset}`, {args.seeds} completion seeds")
+    text += f"average of {args.average} completion(s) per score; error (0-255) and hole SWD ratio: median [min-max] over the seeds\n\n"
+    text += "| texture | mask | refine | infer | error | hole SWD ratio |\n|---|---|---|---|---|---|\n"
+    for name, mname, refine, infer, scores in rows:
+        es, rs = [e for e, _ in scores], [r for _, r in scores]
+        text += (
+            f"| {name} | {mname} | {refine} | {infer} | {fmt(median(es), 1)} [{fmt(min(es), 1)}-{fmt(max(es), 1)}] "
+            f"| {fmt(median(rs))} [{fmt(min(rs))}-{fmt(max(rs))}] |\n"
+        )
+    for mname in dict.fromkeys(r[1] for r in rows):
+        for infer in infers:
+            for refine in refines:
+                meds = [median([r for _, r in sc]) for n, mm, rf, inf, sc in rows if (mm, rf, inf) == (mname, refine, infer)]
+                text += f"\nmedian over textures of the per-texture median ratio, {mname}, refine {refine}, infer {infer}: **{fmt(median(meds))}**"
+    publish(text + "\n", not args.no_write)
+
+
+if __name__ == "__main__":
+    main()
