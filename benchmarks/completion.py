@@ -61,6 +61,11 @@ def block_mask(h: int, w: int, frac: float = 0.3, block: int = 8, seed: int = 0)
     return m
 
 
+def benchmark_mask(name: str, h: int, w: int, seed: int) -> torch.Tensor:
+    """The protocol's mask by name: "centre" (one square, 25%) or "blocks" (8x8 blocks, 30%)."""
+    return centre_mask(h, w) if name == "centre" else block_mask(h, w, seed=seed)
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -170,9 +175,8 @@ def run_item(
     hh, ww = img.shape[1:]
     result = {"item": path.stem, "size": [hh, ww], "masks": {}}
     rows = []
-    all_masks = {"centre": lambda: centre_mask(hh, ww), "blocks": lambda: block_mask(hh, ww, seed=seed)}
     for mname in masks:
-        missing = all_masks[mname]()
+        missing = benchmark_mask(mname, hh, ww, seed)
         shown = img.clone()
         shown[:, missing] = 0.0
         row = [shown]

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import HERE, fmt, header, median, publish  # noqa: E402
-from completion import QUICK, block_mask, centre_mask, held_out_crop  # noqa: E402
+from completion import QUICK, benchmark_mask, held_out_crop  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
 from coopsynth.completion import complete  # noqa: E402
@@ -65,6 +65,8 @@ def main() -> None:
     names = QUICK if args.quick else (args.only.split(",") if args.only else None)
     if names:
         files = [p for p in files if p.stem in names]
+    if not set(args.masks.split(",")) <= {"centre", "blocks"}:
+        ap.error(f"--masks {args.masks}: use centre, blocks or both")
     refines = [int(v) for v in args.refines.split(",")]
     infers = [int(v) for v in args.infer.split(",")]
     rows = []  # (texture, mask, refine, infer, [(error, ratio)] over seeds)
@@ -72,7 +74,7 @@ def main() -> None:
         img = held_out_crop(path, args.max_side)
         h, w = img.shape[1:]
         for mname in args.masks.split(","):
-            missing = {"centre": centre_mask, "blocks": lambda a, b: block_mask(a, b, seed=args.seed)}[mname](h, w)
+            missing = benchmark_mask(mname, h, w, args.seed)
             model, lv = model_for(img, missing, args.out / path.stem / mname, args.preset, args.seed, args.reuse)
             for infer in infers:
                 for refine in refines:
@@ -94,7 +96,7 @@ def main() -> None:
                     rows.append((path.stem, mname, refine, infer, scores))
                     cells = " ".join(f"{e:.1f}/{r:.2f}" for e, r in scores)
                     print(f"  {path.stem} {mname} refine {refine} infer {infer}: {cells}", flush=True)
-    (args.out / "settings.json").write_text(json.dumps(rows))
+    (args.out / f"settings-{args.masks.replace(',', '-')}-average{args.average}.json").write_text(json.dumps(rows))
     text = header(f"Completion settings from one model, preset `{args.preset}`, {args.seeds} completion seeds")
     text += f"average of {args.average} completion(s) per score; error (0-255) and hole SWD ratio: median [min-max] over the seeds\n\n"
     text += "| texture | mask | refine | infer | error | hole SWD ratio |\n|---|---|---|---|---|---|\n"
