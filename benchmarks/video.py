@@ -64,7 +64,8 @@ def run_coopsynth(
     for refine in dict.fromkeys([cfg.refine, *(refines if refines is not None else [cfg.langevin_steps])]):
         name = "coopsynth" if refine == cfg.refine else f"coopsynth --refine {refine}"
         gen = torch.Generator(device=model.device).manual_seed(seed + 1)  # the same latents for every count
-        s = model.sample(k, tuple(train.shape[1:]), refine=refine, langevin=cfg.langevin(delta), generator=gen)
+        smooth = cfg.sample_smooth if refine == cfg.refine else 0.0  # --refine L rows: the plain latents, as before
+        s = model.sample(k, tuple(train.shape[1:]), refine=refine, langevin=cfg.langevin(delta), generator=gen, smooth=smooth)
         out[name] = list(s)
     return out, secs, note
 

@@ -100,6 +100,14 @@ Refine = Annotated[
         "count picked at the end of training so that samples move like the input; 0 = generator only).",
     ),
 ]
+Smooth = Annotated[
+    float | None,
+    typer.Option(
+        "--smooth",
+        help="Videos: correlate the latents over time, a Gaussian of this many latent frames: slower motion (default: "
+        "the width picked at the end of training when the generator's videos move more than the input; 0 = none).",
+    ),
+]
 
 
 class _Bar:
@@ -286,6 +294,7 @@ def video(
     preset: Preset = "default",
     langevin_steps: LangevinSteps = None,
     refine: Refine = None,
+    smooth: Smooth = None,
     minutes: Minutes = None,
     resume: Resume = False,
     force: Force = False,
@@ -295,6 +304,7 @@ def video(
     """Train on one video of a dynamic texture, then write new videos (MP4 + a GIF preview).
     A folder of video files trains one model per clip (a folder of image frames is one video)."""
     hw = pipeline.parse_size(size)
+    pipeline.check_smooth(smooth)
     opts = dict(
         preset=preset,
         steps=steps,
@@ -319,7 +329,7 @@ def video(
         trainer = result["trainer"]
         blob = {"config_obj": trainer.cfg, "kind": "video", "meta": result["meta"], "delta": trainer.delta}
         full = pipeline.sample_size(blob, hw, frames)
-        sj = pipeline.SampleJob(job.output, samples, full, seed, loop=loop, refine=refine, fps=fps, force=True)
+        sj = pipeline.SampleJob(job.output, samples, full, seed, loop=loop, refine=refine, smooth=smooth, fps=fps, force=True)
         return result, pipeline.sample(trainer.model, blob, sj)
 
     from .io import VIDEO_SUFFIXES
@@ -381,6 +391,7 @@ def sample(
     seed: Seed = 0,
     tile: Tile = False,
     refine: Refine = None,
+    smooth: Smooth = None,
     frames: Frames = None,
     loop: Loop = False,
     fps: Fps = None,
@@ -393,7 +404,7 @@ def sample(
     hw = pipeline.parse_size(size)
     m, blob = pipeline.load_model(model, device, precision)
     full = pipeline.sample_size(blob, hw, frames)
-    sj = pipeline.SampleJob(output, samples, full, seed, tile=tile, loop=loop, refine=refine, fps=fps, force=force)
+    sj = pipeline.SampleJob(output, samples, full, seed, tile=tile, loop=loop, refine=refine, smooth=smooth, fps=fps, force=force)
     written = pipeline.sample(m, blob, sj)
     console.print(f"[green]wrote[/] {len(written)} samples to {output}/ in {time.perf_counter() - t0:.1f} s")
 

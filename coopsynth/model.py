@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 from collections.abc import Iterator
 
 import torch
@@ -90,10 +91,23 @@ class CoopModel:
 
     # ---- synthesis -----------------------------------------------------------------------------
 
-    def latent(self, batch: int, size: tuple[int, ...], generator: torch.Generator | None = None) -> Tensor:
-        """Z ~ N(0, I) of shape (B, zc, [t,] h, w) covering `size` ([T,] H, W)."""
+    def latent(
+        self,
+        batch: int,
+        size: tuple[int, ...],
+        generator: torch.Generator | None = None,
+        smooth: float = 0.0,
+        loop: bool = False,
+    ) -> Tensor:
+        """Z ~ N(0, I) of shape (B, zc, [t,] h, w) covering `size` ([T,] H, W).
+
+        Videos: `smooth` > 0 correlates Z over latent time (a Gaussian of that width, in latent
+        frames; every element stays N(0, 1)), which slows the generator's motion; `loop` makes
+        the correlation circular, for a looping video. 0 draws exactly the plain Z."""
         shape = (batch, *self.generator.latent_shape(size))
-        return torch.randn(shape, generator=generator, device=self.device)
+        if smooth <= 0 or self.net.dims != 3:
+            return torch.randn(shape, generator=generator, device=self.device)
+        return time_smoothed_noise(shape, smooth, loop, generator, self.device)
 
     def generate(self, z: Tensor, size: tuple[int, ...], wrap: tuple[bool, ...] | None = None) -> Tensor:
         """g(Z) cropped to `size`, standardised, no graph; large outputs go window by window
@@ -237,8 +251,10 @@ class CoopModel:
         langevin: dict,
         wrap: tuple[bool, ...] | None = None,
         generator: torch.Generator | None = None,
+        smooth: float = 0.0,
     ) -> Tensor:
-        """n samples (n, C, [T,] H, W) in [0, 1] of any `size`.
+        """n samples (n, C, [T,] H, W) in [0, 1] of any `size`. Videos: `smooth` correlates the
+        latents over time (see `latent`): slower motion.
 
         With `wrap` set on an axis the result is periodic along it (tileable texture, looping
         video): the generator and descriptor pad circularly on a latent grid, and a size that is
@@ -249,7 +265,7 @@ class CoopModel:
         grid = tuple(-(-s // u) * u if w else s for s, u, w in zip(size, self.net.up, wrap, strict=True))
         out = []
         for _ in range(n):
-            z = self.latent(1, grid, generator)
+            z = self.latent(1, grid, generator, smooth, loop=wrap[0] and self.net.dims == 3)
             y = self.generate(z, grid, wrap)  # (1, C, [T,] H', W')
             # windowed (images: space; videos: time), so any size fits in memory; same result as one pass
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else "cpu"))
@@ -261,6 +277,26 @@ class CoopModel:
                 y = periodic_resize(y, size, wrap)
             out.append(self.denormalise(y))
         return torch.cat(out)
+
+
+def time_smoothed_noise(
+    shape: tuple[int, ...], width: float, loop: bool, generator: torch.Generator | None, device: torch.device | str
+) -> Tensor:
+    """N(0, 1) noise of `shape` (B, C, t, h, w) correlated over axis 2 by a Gaussian of `width`
+    frames: white noise convolved with a unit-norm kernel, so each element keeps variance 1 and
+    neighbouring frames share most of their draws. `loop`: circular over t (the last frame
+    correlates with the first as with its other neighbour); else t + 2r frames are drawn and the
+    valid part kept, so no frame sees an edge."""
+    t, r = shape[2], max(1, math.ceil(3 * width))
+    taps = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / width) ** 2)  # (2r+1,)
+    if loop:  # fold the kernel onto t taps (a short loop wraps it more than once), then circular
+        folded = torch.zeros(t, dtype=torch.float64).index_add_(0, torch.arange(-r, r + 1) % t, taps)
+        folded = (folded / folded.norm()).float()
+        white = torch.randn(shape, generator=generator, device=device)
+        return sum(folded[k] * white.roll(-k, dims=2) for k in range(t))  # z_i = sum_k w_k n_(i+k)
+    taps = (taps / taps.norm()).float()
+    white = torch.randn((*shape[:2], t + 2 * r, *shape[3:]), generator=generator, device=device)
+    return sum(taps[k] * white[:, :, k : k + t] for k in range(2 * r + 1))
 
 
 def video_window_frames(height: int, width: int) -> int:

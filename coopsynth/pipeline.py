@@ -365,16 +365,22 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
             + "\n"
         )
     if kind == "video" and cfg.match_motion > 0 and trainer.mask is None:
-        from .video import motion_matched_refine
+        from .video import motion_matched_sampling
 
         clip = trainer.model.denormalise(trainer.data[None])[0]  # (C, T, H, W) in [0, 1]
-        steps, ratios = motion_matched_refine(
+        steps, smooth, ratios = motion_matched_sampling(
             trainer.model, clip, max_steps=cfg.match_motion, langevin=cfg.langevin(trainer.delta), seed=job.seed
         )
-        trainer.cfg = cfg = with_overrides(cfg, sample_refine=steps)
+        trainer.cfg = cfg = with_overrides(cfg, sample_refine=steps, sample_smooth=smooth)
         if lead:
             with open(log_path, "a") as log:
-                event = {"event": "sample_refine", "steps": steps, "motion_ratios": ratios}
+                event = {
+                    "event": "sample_refine",
+                    "steps": steps,
+                    "smooth": smooth,
+                    "motion_ratios": ratios["refine"],
+                    "smooth_ratios": {str(w): r for w, r in ratios["smooth"].items()},
+                }
                 log.write(json.dumps(event) + "\n")
     if not snaps or trainer.step_count % max(snap_every or 1, 1) != 0:
         snapshot()
@@ -405,6 +411,7 @@ class SampleJob:
     tile: bool = False  # tileable texture (wrap in space)
     loop: bool = False  # looping video (wrap in time)
     refine: int | None = None  # Langevin revisions after the generator; None = the model's (L; videos 0)
+    smooth: float | None = None  # videos: latent correlation over time (slower motion); None = the model's
     fps: float | None = None
     force: bool = False  # overwrite existing sample files
 
@@ -429,6 +436,9 @@ def sample(model: CoopModel, blob: dict, job: SampleJob) -> list[Path]:
     refine = cfg.refine if job.refine is None else job.refine
     if refine < 0:
         raise CoopsynthError(f"--refine {refine}: must be 0 or more")
+    if job.smooth is not None and kind != "video":
+        raise CoopsynthError("--smooth: only video models have motion to slow")
+    smooth = check_smooth(cfg.sample_smooth if job.smooth is None else job.smooth)
     out = Path(job.output)
     ext = "png" if kind == "texture" else "mp4"
     names = [out / f"sample_{i:03d}.{ext}" for i in range(job.samples)]
@@ -442,13 +452,21 @@ def sample(model: CoopModel, blob: dict, job: SampleJob) -> list[Path]:
     paths = []
     with model.using(model.accel.for_sampling(model.device, model.net.dims)):
         for i in range(job.samples):
-            paths.append(_write_sample(model, kind, out, i, size, refine, langevin, wrap, gen, job.fps or meta.get("fps")))
+            fps = job.fps or meta.get("fps")
+            paths.append(_write_sample(model, kind, out, i, size, refine, smooth, langevin, wrap, gen, fps))
     return paths
 
 
-def _write_sample(model: CoopModel, kind: str, out: Path, i: int, size, refine, langevin, wrap, gen, fps) -> Path:
+def check_smooth(smooth: float | None) -> float | None:
+    """A `--smooth` value, or an error saying why not (checked before a run, not after it)."""
+    if smooth is not None and not 0 <= smooth <= 100:
+        raise CoopsynthError(f"--smooth {smooth}: must be between 0 and 100 latent frames")
+    return smooth
+
+
+def _write_sample(model: CoopModel, kind: str, out: Path, i: int, size, refine, smooth, langevin, wrap, gen, fps) -> Path:
     """Draw sample i and write it (videos: also a GIF preview of the first)."""
-    y = model.sample(1, tuple(size), refine=refine, langevin=langevin, wrap=wrap, generator=gen)[0]
+    y = model.sample(1, tuple(size), refine=refine, langevin=langevin, wrap=wrap, generator=gen, smooth=smooth)[0]
     if kind == "texture":
         return write_image(out / f"sample_{i:03d}.png", y)
     fps = float(fps or 25.0)

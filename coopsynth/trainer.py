@@ -53,7 +53,8 @@ class TrainConfig:
     watchdog: float = 2.0  # a lead f_obs - f_syn (EMA) above this is a collapse: back to a balanced state, lr halved; 0 = off
     crop_pick: str = "any"  # masked data: "any" crop position, or the most "visible" ones (measured no steadier)
     sample_refine: int | None = None  # Langevin steps after the generator when sampling; None = langevin_steps
-    match_motion: int = 0  # videos: at the end, set sample_refine to the count in 0..N whose samples move like the input
+    sample_smooth: float = 0.0  # videos: latent correlation over time when sampling (Gaussian width, latent frames); slows motion
+    match_motion: int = 0  # videos: at the end, set sample_refine (0..N) or sample_smooth so that samples move like the input
     clip: float = 0.0  # cap each network's gradient norm at this multiple of its running mean; 0 = off
 
     def to_dict(self) -> dict:
@@ -90,7 +91,8 @@ def preset(name: str, dims: int = 2, channels: int = 3) -> TrainConfig:
         # smaller Langevin steps until the descriptor won and the generator went flat); on textures
         # it was measured no better (--quick: 1.61 / 1.37 / 3.14 -> 1.75 / 1.02 / 3.66), so off there
         # match_motion: the generator's own videos move too little on some clips (foliage 0.50) and
-        # too much on others (the flame); refinement only adds motion, so the run picks its count
+        # too much on others (the flame, 1.6); refinement adds motion and a latent correlation over
+        # time removes it, so the run picks one of them (benchmarks/RESULTS.md)
         base = TrainConfig(net=net, crop=48, crop_frames=16, batch=2, steps=1200, clip=3.0, sample_refine=0, match_motion=6)
     if name == "fast":
         return replace(base, steps=base.steps // 4)

@@ -44,19 +44,31 @@ def prepare_video(
     return video, fps, notes
 
 
-def motion_matched_refine(
-    model, data: Tensor, *, max_steps: int, langevin: dict, samples: int = 2, seed: int = 0
-) -> tuple[int, list[float]]:
-    """The sampling refinement (0..max_steps descriptor Langevin steps after the generator) whose
-    samples move most like the input clip: mean |frame t+1 - frame t| closest to the clip's own,
-    as a ratio. Each refinement step adds frame-to-frame change, so a generator whose videos move
-    too little gets steps and one whose videos already move enough gets none.
+SMOOTH_WIDTHS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # latent-time correlations tried when the generator moves too much
 
-    model: a CoopModel; data: the training clip (C, T, H, W) in [0, 1]. Returns the step count and
-    the motion ratio (samples over input) after 0, 1, ..., max_steps steps."""
+
+def motion_matched_sampling(
+    model,
+    data: Tensor,
+    *,
+    max_steps: int,
+    langevin: dict,
+    samples: int = 2,
+    seed: int = 0,
+    widths: tuple[float, ...] = SMOOTH_WIDTHS,
+) -> tuple[int, float, dict]:
+    """The sampling settings whose videos move most like the input clip (mean |frame t+1 - frame t|
+    closest to the clip's own, as a ratio): a refinement of 0..max_steps descriptor Langevin steps
+    after the generator, each of which adds frame-to-frame change, or, when the generator's own
+    videos already move more than the clip, a latent correlation over time (`CoopModel.latent`'s
+    `smooth`, one of `widths`), which slows them.
+
+    model: a CoopModel; data: the training clip (C, T, H, W) in [0, 1]. Returns the refinement, the
+    smoothing width (0 = none) and the measured ratios: {"refine": [after 0, 1, ..., max_steps
+    steps], "smooth": {width: ratio}} (smoothing is tried only when the first refine ratio is above 1)."""
     target = mean_motion(data)
     if target <= 0:
-        return 0, []
+        return 0, 0.0, {"refine": [], "smooth": {}}
     size = tuple(data.shape[1:])
     gen = torch.Generator(device=model.device).manual_seed(seed)
     y = model.generate(model.latent(samples, size, gen), size)  # (S, C, T, H, W) standardised
@@ -64,7 +76,14 @@ def motion_matched_refine(
     def ratio(x: Tensor) -> float:
         return mean_motion(model.denormalise(x).clamp(0, 1).flatten(0, 1)) / target  # (S*C, T, H, W): all samples
 
-    ratios = [ratio(y)]
-    model.revise(y, steps=max_steps, generator=gen, callback=lambda info: ratios.append(ratio(info["x"])), **langevin)
-    best = min(range(len(ratios)), key=lambda r: abs(math.log(max(ratios[r], 1e-6))))
-    return best, ratios
+    refine = [ratio(y)]
+    model.revise(y, steps=max_steps, generator=gen, callback=lambda info: refine.append(ratio(info["x"])), **langevin)
+    smooth = {}
+    if refine[0] > 1:
+        for w in widths:
+            g = torch.Generator(device=model.device).manual_seed(seed)
+            smooth[w] = ratio(model.generate(model.latent(samples, size, g, smooth=w), size))
+    options = [(abs(math.log(max(r, 1e-6))), k, 0.0) for k, r in enumerate(refine)]
+    options += [(abs(math.log(max(r, 1e-6))), 0, w) for w, r in smooth.items()]
+    _, steps, width = min(options)
+    return steps, width, {"refine": refine, "smooth": smooth}

@@ -200,3 +200,9 @@ def test_several_inputs_one_model_each_skip_finished_and_report_failures(tmp_pat
     assert r.exit_code == 0, r.output
     assert "skipped" in r.output
     assert (out / "a" / "model.pt").stat().st_mtime_ns == before
+
+
+def test_smooth_is_refused_for_a_texture_model(trained, tmp_path):
+    r = runner.invoke(app, ["sample", str(trained / "out" / "model.pt"), "-o", str(tmp_path), "--smooth", "1"])
+    assert r.exit_code == 1 and "--smooth: only video models" in r.output and "Traceback" not in r.output
+    assert not list(tmp_path.iterdir())

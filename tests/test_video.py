@@ -9,10 +9,10 @@ from coopsynth.checkpoint import load_checkpoint
 from coopsynth.cli import app
 from coopsynth.io import read_video, write_video
 from coopsynth.metrics import mean_motion
-from coopsynth.model import CoopModel
+from coopsynth.model import CoopModel, time_smoothed_noise
 from coopsynth.networks import Descriptor, Generator
 from coopsynth.trainer import TrainConfig
-from coopsynth.video import motion_matched_refine, prepare_video
+from coopsynth.video import SMOOTH_WIDTHS, motion_matched_sampling, prepare_video
 from tests.conftest import tiny_net
 
 runner = CliRunner()
@@ -105,44 +105,111 @@ def test_image_given_to_video_command(tmp_path):
     assert r.exit_code == 1 and "looks like an image" in r.output
 
 
-def test_video_samples_default_to_the_motion_matched_refinement(clip_dir, tmp_path):
-    """A video run ends by picking the sampling refinement (0..6 steps) whose samples move most like
-    the input, logs it and stores it in the checkpoint; `sample` uses it by default, and an explicit
-    --refine overrides it."""
+def test_video_samples_default_to_the_motion_matched_settings(clip_dir, tmp_path):
+    """A video run ends by picking the sampling settings (0..6 refinement steps, or a latent
+    smoothing when the generator alone moves too much) whose samples move most like the input, logs
+    them and stores them in the checkpoint; `sample` uses them by default, and explicit --refine and
+    --smooth override them."""
     events = [json.loads(line) for line in (clip_dir / "out" / "log.jsonl").read_text().splitlines()]
     picked = [e for e in events if e.get("event") == "sample_refine"]
     assert len(picked) == 1 and len(picked[0]["motion_ratios"]) == 7
-    steps, ratios = picked[0]["steps"], picked[0]["motion_ratios"]
-    assert steps == min(range(7), key=lambda i: abs(math.log(max(ratios[i], 1e-6))))
+    ratios, smooth_ratios = picked[0]["motion_ratios"], picked[0]["smooth_ratios"]
+    assert len(smooth_ratios) == (len(SMOOTH_WIDTHS) if ratios[0] > 1 else 0)
+    options = [(abs(math.log(max(r, 1e-6))), i, 0.0) for i, r in enumerate(ratios)]
+    options += [(abs(math.log(max(r, 1e-6))), 0, float(w)) for w, r in smooth_ratios.items()]
+    _, steps, smooth = min(options)
+    assert (picked[0]["steps"], picked[0]["smooth"]) == (steps, smooth)
+    cfg = load_checkpoint(clip_dir / "out" / "model.pt")["config_obj"]
+    assert (cfg.sample_refine, cfg.sample_smooth) == (steps, smooth)
     model = clip_dir / "out" / "model.pt"
-    assert load_checkpoint(model)["config_obj"].sample_refine == steps
     videos = {}
-    other = 0 if steps else 2
-    for name, extra in [("default", []), ("same", ["--refine", str(steps)]), ("other", ["--refine", str(other)])]:
+    other_refine = ["--refine", str(0 if steps else 2), "--smooth", str(smooth)]
+    other_smooth = ["--refine", str(steps), "--smooth", str(0.0 if smooth else 1.5)]
+    cases = [("default", []), ("same", ["--refine", str(steps), "--smooth", str(smooth)])]
+    for name, extra in [*cases, ("other_refine", other_refine), ("other_smooth", other_smooth)]:
         r = runner.invoke(app, ["sample", str(model), "-o", str(tmp_path / name), "--samples", "1", "--seed", "3", *extra])
         assert r.exit_code == 0, r.output
         videos[name], _ = read_video(tmp_path / name / "sample_000.mp4")
     assert torch.equal(videos["default"], videos["same"])
-    assert not torch.equal(videos["default"], videos["other"])
+    assert not torch.equal(videos["default"], videos["other_refine"])
+    assert not torch.equal(videos["default"], videos["other_smooth"])
 
 
 def test_motion_matching_measures_against_the_clip():
     """The ratios are the samples' motion over the clip's: the same samples against a clip that moves
     twice as much give half the ratios; the first is the generator's own videos; a still clip asks
-    for no refinement."""
+    for nothing."""
     torch.manual_seed(0)
     clip = moving_clip(t=8, h=16, w=16)
     model = CoopModel(tiny_net(dims=3), clip.flatten(1).mean(1), clip.flatten(1).std(1))
     lv = TrainConfig().langevin()
-    steps, ratios = motion_matched_refine(model, clip, max_steps=3, langevin=lv, seed=1)
-    assert len(ratios) == 4 and steps == min(range(4), key=lambda i: abs(math.log(max(ratios[i], 1e-6))))
+    steps, _, ratios = motion_matched_sampling(model, clip, max_steps=3, langevin=lv, seed=1)
+    ratios = ratios["refine"]
+    assert len(ratios) == 4
     fast = clip.clone()
     fast[:, 1::2] = 1 - fast[:, 1::2]  # flickers: more motion, same size
-    _, fast_ratios = motion_matched_refine(model, fast, max_steps=3, langevin=lv, seed=1)
+    _, _, fast_ratios = motion_matched_sampling(model, fast, max_steps=3, langevin=lv, seed=1)
     scale = mean_motion(clip) / mean_motion(fast)
-    assert fast_ratios == pytest.approx([r * scale for r in ratios], rel=1e-4)
+    assert fast_ratios["refine"] == pytest.approx([r * scale for r in ratios], rel=1e-4)
     gen = torch.Generator().manual_seed(1)
     y = model.denormalise(model.generate(model.latent(2, (8, 16, 16), gen), (8, 16, 16))).clamp(0, 1)
     assert ratios[0] == pytest.approx((mean_motion(y[0]) + mean_motion(y[1])) / 2 / mean_motion(clip), rel=1e-5)
     still = clip[:, :1].expand_as(clip).contiguous()
-    assert motion_matched_refine(model, still, max_steps=3, langevin=lv) == (0, [])
+    assert motion_matched_sampling(model, still, max_steps=3, langevin=lv) == (0, 0.0, {"refine": [], "smooth": {}})
+
+
+def test_motion_matching_slows_a_generator_that_moves_too_much():
+    """Against a clip that hardly moves, the generator's own videos move far too much: refinement
+    only adds motion, so the pick is a latent smoothing, and wider smoothing moves less."""
+    torch.manual_seed(0)
+    clip = moving_clip(t=16, h=16, w=16)
+    calm = clip[:, :1] + 0.02 * (clip - clip[:, :1])  # the same pattern, 2% of its motion
+    model = CoopModel(tiny_net(dims=3), clip.flatten(1).mean(1), clip.flatten(1).std(1))
+    steps, smooth, ratios = motion_matched_sampling(model, calm, max_steps=3, langevin=TrainConfig().langevin(), seed=1)
+    assert ratios["refine"][0] > 1 and list(ratios["smooth"]) == list(SMOOTH_WIDTHS)
+    by_width = [ratios["smooth"][w] for w in sorted(SMOOTH_WIDTHS)]
+    assert by_width == sorted(by_width, reverse=True) and by_width[0] < ratios["refine"][0]  # wider, slower
+    assert steps == 0 and smooth == min(SMOOTH_WIDTHS, key=lambda w: abs(math.log(ratios["smooth"][w]))) > 0
+
+
+@pytest.mark.parametrize("loop, t", [(False, 12), (True, 12), (True, 3)])
+def test_time_smoothed_latents_stay_unit_gaussian_and_correlate_over_time(loop, t):
+    """Every element keeps variance 1; neighbouring frames correlate as the unit-norm Gaussian kernel
+    says (a short loop folds the kernel, still variance 1); a loop correlates its last frame with
+    its first like any two neighbours."""
+    g = torch.Generator().manual_seed(0)
+    z = time_smoothed_noise((512, 4, t, 8, 8), 1.5, loop, g, "cpu")  # (B, C, t, h, w)
+    assert z.shape == (512, 4, t, 8, 8)
+    assert z.var().item() == pytest.approx(1.0, abs=0.02)
+    corr = (z[:, :, :-1] * z[:, :, 1:]).mean().item()
+    if t > 3:
+        taps = torch.exp(-0.5 * (torch.arange(-5, 6, dtype=torch.float64) / 1.5) ** 2)
+        taps = taps / taps.norm()
+        assert corr == pytest.approx((taps[:-1] * taps[1:]).sum().item(), abs=0.02)  # 0.80
+    else:
+        assert corr > 0.9  # three frames sharing one folded kernel: nearly the same draw
+    seam = (z[:, :, -1] * z[:, :, 0]).mean().item()
+    if loop:
+        assert seam == pytest.approx(corr, abs=0.02)
+    else:
+        assert abs(seam) < 0.2 and seam < corr - 0.5  # twelve frames apart: nearly independent
+
+
+def test_unsmoothed_latents_are_the_plain_draws():
+    """smooth 0 (and any smoothing of an image model) draws exactly the Z of before."""
+    model3 = CoopModel(tiny_net(dims=3), torch.zeros(3), torch.ones(3))
+    plain = torch.randn((2, *model3.generator.latent_shape((8, 16, 16))), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(model3.latent(2, (8, 16, 16), torch.Generator().manual_seed(4), smooth=0.0), plain)
+    smoothed = model3.latent(2, (8, 16, 16), torch.Generator().manual_seed(4), smooth=1.0)
+    assert smoothed.shape == plain.shape and not torch.equal(smoothed, plain)
+    model2 = CoopModel(tiny_net(dims=2), torch.zeros(3), torch.ones(3))
+    a = model2.latent(2, (16, 16), torch.Generator().manual_seed(4), smooth=2.0)
+    assert torch.equal(a, model2.latent(2, (16, 16), torch.Generator().manual_seed(4)))
+
+
+def test_smooth_option_errors(clip_dir, tmp_path):
+    model = clip_dir / "out" / "model.pt"
+    r = runner.invoke(app, ["sample", str(model), "-o", str(tmp_path / "a"), "--smooth", "-1"])
+    assert r.exit_code == 1 and "--smooth -1.0: must be between 0 and 100" in r.output
+    r = runner.invoke(app, ["video", str(clip_dir / "clip.mp4"), "-o", str(tmp_path / "b"), "--smooth", "-1"])
+    assert r.exit_code == 1 and "--smooth" in r.output and not (tmp_path / "b").exists()  # refused before training
