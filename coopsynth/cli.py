@@ -182,6 +182,11 @@ def _summary(result: dict, written: list[Path], t0: float) -> None:
     console.print(
         f"[green]done[/] in {time.perf_counter() - t0:.0f} s: {result['steps']} iterations"
         + (f" (stopped by the {result['stopped']} budget)" if result["stopped"] == "minutes" else "")
+        + (
+            " (ended at the last balanced state: the descriptor kept winning; see log.jsonl)"
+            if result["stopped"] == "collapse"
+            else ""
+        )
         + (f", {result['rollbacks']} divergence roll-backs" if result["rollbacks"] else "")
     )
     console.print(f"model: {result['checkpoint']}")

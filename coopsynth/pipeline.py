@@ -308,8 +308,17 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                 # non-finite or runaway revision) with a smaller Langevin step
                 rollbacks += 1
                 trainer.load_state_dict(good)
-                trainer.reseed(rollbacks)  # not a replay of the draws that failed
                 collapse = isinstance(e, CollapseError)
+                if collapse and trainer.lr_scale <= WATCHDOG_FLOOR:
+                    # out of halvings: carrying on lets the descriptor win for good (a flame run's lead
+                    # went to 10 and its samples to yellow-green mush), so the run ends at the last
+                    # balanced state, the model it keeps
+                    event = {"event": "collapse", "at_step": e.stats.get("step"), "rolled_back_to": good_step}
+                    event["watchdog"] = "out of halvings: the run ends at the last balanced state"
+                    log.write(json.dumps(event) + "\n")
+                    stop_reason = "collapse"
+                    break
+                trainer.reseed(rollbacks)  # not a replay of the draws that failed
                 if collapse:
                     trainer.lr_scale *= 0.5
                     good["lr_scale"] = trainer.lr_scale
@@ -319,7 +328,7 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                 event = {"event": "collapse" if collapse else "divergence", "at_step": e.stats.get("step")}
                 event.update(rolled_back_to=good_step, new_delta=round(trainer.delta, 6), lr_scale=trainer.lr_scale)
                 if collapse and trainer.lr_scale <= WATCHDOG_FLOOR:
-                    event["watchdog"] = "stands down: no more roll-backs for collapses in this run"
+                    event["watchdog"] = "last halving: another collapse ends the run at the last balanced state"
                 log.write(json.dumps(event) + "\n")
                 log.flush()
                 if rollbacks > 20:
@@ -503,7 +512,7 @@ def run_state(ckpt: Path) -> str:
         stopped = blob.get("meta", {}).get("stopped")
     except Exception:  # a foreign or broken file: let the normal checks report it
         return "unfinished"
-    return "finished" if stopped in ("steps", "minutes") else "unfinished"
+    return "finished" if stopped in ("steps", "minutes", "collapse") else "unfinished"
 
 
 def default_output(input_path: Path) -> Path:

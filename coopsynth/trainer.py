@@ -29,7 +29,7 @@ Tensor = torch.Tensor
 RUNAWAY = 50.0  # a Langevin revision this large (RMS, standardised pixels) means a chain ran away
 MIN_CROP_POSITIONS = 256  # masked data: the fewest crop positions training draws from (see _crop_starts)
 WATCHDOG_WARMUP = 100  # iterations before the watchdog looks: early energies swing (leads of 0.5) while the nets find their feet
-WATCHDOG_FLOOR = 1 / 16  # the watchdog stands down once collapses have cut the learning rates to this (4 halvings)
+WATCHDOG_FLOOR = 1 / 16  # once collapses have cut the learning rates to this (4 halvings), the next one ends the run
 
 
 @dataclass
@@ -348,7 +348,7 @@ class CoopTrainer:
     @property
     def watching(self) -> bool:
         """Whether a lead above cfg.watchdog stops the iteration now."""
-        return self.cfg.watchdog > 0 and self.step_count >= WATCHDOG_WARMUP and self.lr_scale > WATCHDOG_FLOOR
+        return self.cfg.watchdog > 0 and self.step_count >= WATCHDOG_WARMUP
 
     def _clip(self, i: int, net: torch.nn.Module) -> bool:
         """Scale the gradient of `net` down to cfg.clip x its running mean norm; True if it was.

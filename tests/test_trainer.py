@@ -166,7 +166,8 @@ def test_watchdog_raises_on_a_runaway_descriptor_before_updating():
     t.step()
     assert not all(torch.equal(a, b) for a, b in zip(d0, t.descriptor.parameters(), strict=True))
     t.gap, t.lr_scale = 10.0, WATCHDOG_FLOOR
-    t.step()  # at the floor it stands down
+    with pytest.raises(CollapseError):
+        t.step()  # at the floor it still looks: the caller then ends the run
     off = CoopTrainer(texture_image(), tiny_cfg(watchdog=0.0), seed=0)
     off.step_count, off.gap = WATCHDOG_WARMUP, 10.0
     off.step()  # off: never raises (and the EMA is not even kept)
@@ -203,6 +204,40 @@ def test_collapse_rolls_back_to_a_balanced_state_with_halved_learning_rates(tmp_
     assert tr.opt_d.param_groups[0]["lr"] == pytest.approx(tr.cfg.lr_d * tr.lr_factor() * 0.5)
     assert tr.opt_g.param_groups[0]["lr"] == pytest.approx(tr.cfg.lr_g * tr.lr_factor() * 0.5)
     assert load_checkpoint(tmp_path / "out" / "model.pt")["lr_scale"] == 0.5
+
+
+def test_a_collapse_past_the_last_halving_ends_the_run_at_the_balanced_state(tmp_path, monkeypatch):
+    """Four collapses halve the learning rates down to the floor; the fifth ends the run at the
+    last balanced state (saved every 50 iterations): that state's weights are the model, the
+    checkpoint and the log say why, and the run counts as finished."""
+    monkeypatch.setattr("coopsynth.trainer.WATCHDOG_WARMUP", 0)
+    write_image(tmp_path / "in.png", texture_image())
+    saved = {}
+    real_step = CoopTrainer.step
+
+    def collapsing(self):
+        if self.step_count == 50:
+            saved.setdefault("generator", {k: v.clone() for k, v in self.generator.state_dict().items()})
+        if self.step_count >= 52:
+            self.gap = 50.0
+        return real_step(self)
+
+    monkeypatch.setattr(CoopTrainer, "step", collapsing)
+    job = pipeline.TrainJob(
+        tmp_path / "in.png", tmp_path / "out", steps=80, overrides=dict(net=tiny_net(), crop=16, batch=2, langevin_steps=1)
+    )
+    res = pipeline.train(job)
+    assert res["stopped"] == "collapse" and res["steps"] == 50 and res["rollbacks"] == 5
+    events = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    collapses = [e for e in events if e.get("event") == "collapse"]
+    assert [e.get("lr_scale") for e in collapses] == [0.5, 0.25, 0.125, WATCHDOG_FLOOR, None]
+    assert "last halving" in collapses[3]["watchdog"] and "ends at the last balanced state" in collapses[4]["watchdog"]
+    assert events[-1] == {**events[-1], "event": "stopped", "reason": "collapse", "step": 50}
+    blob = load_checkpoint(tmp_path / "out" / "model.pt")
+    assert blob["step"] == 50 and blob["meta"]["stopped"] == "collapse"
+    for k, v in saved["generator"].items():
+        assert torch.equal(res["trainer"].generator.state_dict()[k], v), k
+    assert pipeline.run_state(tmp_path / "out" / "model.pt") == "finished"
 
 
 def test_a_state_mid_collapse_is_not_balanced():
