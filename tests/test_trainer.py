@@ -174,9 +174,10 @@ def test_watchdog_raises_on_a_runaway_descriptor_before_updating():
     assert off.gap == 10.0
 
 
-def test_collapse_rolls_back_to_a_balanced_state_with_halved_learning_rates(tmp_path, monkeypatch):
-    """A collapse in the middle of a run: back to the last balanced state, lr halved, logged, finished;
-    the halved rate is what the optimisers then use and what the checkpoint records."""
+def train_with_collapses(tmp_path, monkeypatch, steps: int, collapse_at, before=None) -> tuple[dict, list[dict]]:
+    """A tiny texture run whose descriptor "runs away" (lead 50) on the iterations where
+    collapse_at(trainer, call) is true; `before(trainer)` sees every iteration first. Returns the
+    run's summary and its log events."""
     monkeypatch.setattr("coopsynth.trainer.WATCHDOG_WARMUP", 0)
     write_image(tmp_path / "in.png", texture_image())
     calls = {"n": 0}
@@ -184,19 +185,28 @@ def test_collapse_rolls_back_to_a_balanced_state_with_halved_learning_rates(tmp_
 
     def collapsing(self):
         calls["n"] += 1
-        if calls["n"] == 4:
+        if before is not None:
+            before(self)
+        if collapse_at(self, calls["n"]):
             self.gap = 50.0
         return real_step(self)
 
     monkeypatch.setattr(CoopTrainer, "step", collapsing)
     job = pipeline.TrainJob(
-        tmp_path / "in.png", tmp_path / "out", steps=5, overrides=dict(net=tiny_net(), crop=16, batch=2, langevin_steps=2)
+        tmp_path / "in.png", tmp_path / "out", steps=steps, overrides=dict(net=tiny_net(), crop=16, batch=2, langevin_steps=1)
     )
     res = pipeline.train(job)
+    events = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    return res, events
+
+
+def test_collapse_rolls_back_to_a_balanced_state_with_halved_learning_rates(tmp_path, monkeypatch):
+    """A collapse in the middle of a run: back to the last balanced state, lr halved, logged, finished;
+    the halved rate is what the optimisers then use and what the checkpoint records."""
+    res, events = train_with_collapses(tmp_path, monkeypatch, 5, lambda t, call: call == 4)
     tr = res["trainer"]
     assert res["rollbacks"] == 1 and res["steps"] == 5
     assert tr.lr_scale == 0.5 and tr.delta == TrainConfig().delta
-    events = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
     collapse = [e for e in events if e.get("event") == "collapse"]
     assert collapse and collapse[0]["at_step"] == 4 and collapse[0]["rolled_back_to"] == 0
     assert collapse[0]["lr_scale"] == 0.5 and "watchdog" not in collapse[0]
@@ -210,25 +220,14 @@ def test_a_collapse_past_the_last_halving_ends_the_run_at_the_balanced_state(tmp
     """Four collapses halve the learning rates down to the floor; the fifth ends the run at the
     last balanced state (saved every 50 iterations): that state's weights are the model, the
     checkpoint and the log say why, and the run counts as finished."""
-    monkeypatch.setattr("coopsynth.trainer.WATCHDOG_WARMUP", 0)
-    write_image(tmp_path / "in.png", texture_image())
     saved = {}
-    real_step = CoopTrainer.step
 
-    def collapsing(self):
-        if self.step_count == 50:
-            saved.setdefault("generator", {k: v.clone() for k, v in self.generator.state_dict().items()})
-        if self.step_count >= 52:
-            self.gap = 50.0
-        return real_step(self)
+    def keep_step_50(t):
+        if t.step_count == 50:
+            saved.setdefault("generator", {k: v.clone() for k, v in t.generator.state_dict().items()})
 
-    monkeypatch.setattr(CoopTrainer, "step", collapsing)
-    job = pipeline.TrainJob(
-        tmp_path / "in.png", tmp_path / "out", steps=80, overrides=dict(net=tiny_net(), crop=16, batch=2, langevin_steps=1)
-    )
-    res = pipeline.train(job)
+    res, events = train_with_collapses(tmp_path, monkeypatch, 80, lambda t, call: t.step_count >= 52, keep_step_50)
     assert res["stopped"] == "collapse" and res["steps"] == 50 and res["rollbacks"] == 5
-    events = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
     collapses = [e for e in events if e.get("event") == "collapse"]
     assert [e.get("lr_scale") for e in collapses] == [0.5, 0.25, 0.125, WATCHDOG_FLOOR, None]
     assert "last halving" in collapses[3]["watchdog"] and "ends at the last balanced state" in collapses[4]["watchdog"]
