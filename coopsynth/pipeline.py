@@ -309,11 +309,12 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                 rollbacks += 1
                 trainer.load_state_dict(good)
                 collapse = isinstance(e, CollapseError)
+                event = {"event": "collapse" if collapse else "divergence", "at_step": e.stats.get("step")}
+                event["rolled_back_to"] = good_step
                 if collapse and trainer.lr_scale <= WATCHDOG_FLOOR:
                     # out of halvings: carrying on lets the descriptor win for good (a flame run's lead
                     # went to 10 and its samples to yellow-green mush), so the run ends at the last
                     # balanced state, the model it keeps
-                    event = {"event": "collapse", "at_step": e.stats.get("step"), "rolled_back_to": good_step}
                     event["watchdog"] = "out of halvings: the run ends at the last balanced state"
                     log.write(json.dumps(event) + "\n")
                     stop_reason = "collapse"
@@ -325,8 +326,7 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                 else:
                     trainer.delta *= 0.7
                     good["delta"] = trainer.delta
-                event = {"event": "collapse" if collapse else "divergence", "at_step": e.stats.get("step")}
-                event.update(rolled_back_to=good_step, new_delta=round(trainer.delta, 6), lr_scale=trainer.lr_scale)
+                event.update(new_delta=round(trainer.delta, 6), lr_scale=trainer.lr_scale)
                 if collapse and trainer.lr_scale <= WATCHDOG_FLOOR:
                     event["watchdog"] = "last halving: another collapse ends the run at the last balanced state"
                 log.write(json.dumps(event) + "\n")
