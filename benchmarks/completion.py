@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import HERE, contact_sheet, fmt, header, median, publish  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
-from coopsynth.completion import complete  # noqa: E402
+from coopsynth.completion import complete, default_refine  # noqa: E402
 from coopsynth.io import read_image, write_image  # noqa: E402
 
 QUICK = ["gimp_brick", "skimage_grass", "efl_rock_01"]
@@ -145,7 +145,8 @@ def completions(trainer, data: torch.Tensor, missing: torch.Tensor, seed: int, a
         t1 = time.perf_counter()
         gen = torch.Generator().manual_seed(seed)
         lv = trainer.cfg.langevin(trainer.delta)
-        done = complete(trainer.model, data, missing, langevin=lv, refine=trainer.cfg.langevin_steps, average=k, generator=gen)
+        refine = default_refine(trainer.cfg.langevin_steps, k)  # as `coopsynth complete [--average N]`
+        done = complete(trainer.model, data, missing, langevin=lv, refine=refine, average=k, generator=gen)
         out[name] = (done, trained + time.perf_counter() - t1)
     return out
 

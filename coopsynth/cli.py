@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
 from . import distributed, pipeline
+from .completion import SEAM_LENGTH
 from .errors import CoopsynthError
 
 app = typer.Typer(
@@ -448,8 +449,18 @@ def complete(
     preset: Preset = "default",
     refine: Annotated[
         int | None,
-        typer.Option("--refine", help="Descriptor Langevin steps with the visible pixels fixed (default: the training L)."),
+        typer.Option(
+            "--refine",
+            help="Descriptor Langevin steps with the visible pixels fixed (default: the training L; 0 with --average).",
+        ),
     ] = None,
+    seam: Annotated[
+        float,
+        typer.Option(
+            "--seam",
+            help="Pixels over which the generator's fill bends to meet the visible pixels at the hole's edge; 0 = off.",
+        ),
+    ] = SEAM_LENGTH,
     seed: Seed = 0,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -474,6 +485,7 @@ def complete(
         minutes=minutes,
         refine=refine,
         average=average,
+        seam=seam,
         force=force,
     )
     bar = None

@@ -3,14 +3,19 @@
 1. Learn a model from the visible pixels only (the trainer's mask: masked descriptor data term and
    masked generator loss), or take an already trained model.
 2. Infer Z for the whole image by Langevin on the generator's posterior over the visible pixels.
-3. Start from g(Z) and run descriptor Langevin with the visible pixels held fixed.
-4. Put the visible pixels back exactly as they were: only missing pixels change.
+3. Seam g(Z) into the visible pixels: g(Z) misses them by a residual (it cannot reproduce every
+   detail), and the fill would start with a jump at the hole's edge. The residual, extended into
+   the hole by a screened Poisson equation (`seam_fill`), bends g(Z) to meet its neighbours and
+   fades within `seam` pixels, so a big hole's interior stays the generator's.
+4. Start from the seamed g(Z) and run descriptor Langevin with the visible pixels held fixed.
+5. Put the visible pixels back exactly as they were: only missing pixels change.
 
 Masks are bool tensors, True = missing: (H, W) for images, (T, H, W) for videos.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -22,6 +27,7 @@ from .model import CoopModel, frozen
 
 Tensor = torch.Tensor
 INFER_MAX_DRIFT = 0.5  # latent inference: the largest gradient move of one element of Z per step (Z ~ N(0, 1))
+SEAM_LENGTH = 8.0  # pixels (frames too, for videos) over which g(Z) bends to meet the visible pixels; 0 = off
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,7 +117,67 @@ def load_masked_image(path: Path, mask: Path | None, key_color: str | None) -> t
 
 
 # ----------------------------------------------------------------------------------------------
+# seam
+
+
+def _edge_sum(v: Tensor, dims: int) -> Tensor:
+    """sum over the 2 * dims axis neighbours q of (v_p - v_q), for v (..., *S) with len(S) == dims;
+    a neighbour beyond the border counts as v_p itself (no flux through the border)."""
+    out = torch.zeros_like(v)
+    for ax in range(v.dim() - dims, v.dim()):
+        n = v.shape[ax]
+        if n < 2:
+            continue
+        d = v.narrow(ax, 1, n - 1) - v.narrow(ax, 0, n - 1)  # v[i + 1] - v[i]
+        out.narrow(ax, 0, n - 1).sub_(d)
+        out.narrow(ax, 1, n - 1).add_(d)
+    return out
+
+
+def seam_fill(values: Tensor, missing: Tensor, length: float = SEAM_LENGTH, tol: float = 1e-4, max_iters: int = 2000) -> Tensor:
+    """Extend `values` (B, C, *S) from its visible entries into the missing ones (missing: bool S):
+    u solves  (1 / length^2) u - laplacian(u) = 0  on the missing entries, u = values on the visible
+    ones. length = inf gives the harmonic (membrane) fill; a finite length makes the fill fade to 0
+    over about `length` entries from the hole's edge. Solved by conjugate gradients (the operator
+    is symmetric positive definite on the missing entries) to a relative residual of `tol`."""
+    if length <= 0:
+        raise CoopsynthError(f"seam length {length}: must be above 0")
+    dims = missing.dim()
+    x = values.float()
+    m = missing.to(x.device, x.dtype).expand_as(x)  # (B, C, *S) 1 = unknown
+    screen = 0.0 if math.isinf(length) else 1.0 / (length * length)
+
+    def op(u: Tensor) -> Tensor:  # the system's matrix on the unknowns (u is 0 off them)
+        return (screen * u + _edge_sum(u, dims)) * m
+
+    b = -_edge_sum(x * (1 - m), dims) * m  # the visible neighbours' pull
+    u = torch.zeros_like(x)
+    r = b.clone()
+    p = r.clone()
+    rr = (r * r).sum()
+    stop = (tol * tol) * rr
+    for _ in range(max_iters):
+        if rr <= stop or rr == 0:
+            break
+        ap = op(p)
+        a = rr / (p * ap).sum()
+        u = u + a * p
+        r = r - a * ap
+        rr, rr_old = (r * r).sum(), rr
+        p = r + (rr / rr_old) * p
+    return torch.where(m.bool(), u, x).to(values.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
 # recovery
+
+
+def default_refine(langevin_steps: int, average: int) -> int:
+    """Descriptor steps after the seamed g(Z) when the user gives none: the training's L for one
+    completion (they make it a plausible sample), none for a mean of several. In every case
+    measured the revision raised the mean's error: it adds detail that does not average out
+    (RESULTS.md, 2026-11-26)."""
+    return langevin_steps if average == 1 else 0
 
 
 def complete(
@@ -125,6 +191,7 @@ def complete(
     infer_s: float = 1.0,
     refine: int = 6,
     average: int = 1,
+    seam: float = SEAM_LENGTH,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Fill the missing pixels of `image` (C, [T,] H, W) in [0, 1]; visible pixels are returned as given.
@@ -134,9 +201,12 @@ def complete(
     plausible completion; more give an estimate of the missing pixels' conditional mean, the
     smallest expected error but smooth where the model is unsure (a sample's expected error is
     about 1.4 times the mean's for a Gaussian conditional, whatever the model).
+    seam: the length (pixels) of `seam_fill` that bends g(Z) to meet the visible pixels; 0 = off.
     """
     if average < 1:
         raise CoopsynthError(f"--average {average}: must be at least 1")
+    if not seam >= 0:
+        raise CoopsynthError(f"--seam {seam}: must be 0 or more")
     dev = model.device
     size = tuple(image.shape[1:])
     x = model.normalise(image.to(dev))[None]  # (1, C, [T,] H, W) standardised
@@ -163,6 +233,8 @@ def complete(
         )
     y0 = model.generate(z, size)  # (A, C, [T,] H, W)
     known = visible.bool().expand_as(y0)
+    if seam > 0:
+        y0 = y0 + seam_fill(torch.where(known, target - y0, 0.0), missing.to(dev), seam)  # meets the visible pixels
     y = model.revise(y0, steps=refine, known=target, known_mask=known, generator=generator, **langevin)
     if not torch.isfinite(y).all():
         raise CoopsynthError("the completion came out non-finite: the model is unusable (its training collapsed); retrain it")

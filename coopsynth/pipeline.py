@@ -21,6 +21,7 @@ import torch
 from . import distributed
 from .accel import Accel
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .completion import SEAM_LENGTH, default_refine
 from .errors import CoopsynthError
 from .io import check_writable, read_image, read_video, write_image, write_video
 from .model import CoopModel
@@ -552,8 +553,9 @@ class CompleteJob:
     preset: str = "default"
     steps: int | None = None
     minutes: float | None = None
-    refine: int | None = None  # descriptor Langevin steps with the visible pixels fixed
+    refine: int | None = None  # descriptor Langevin steps with the visible pixels fixed; None = L (one), 0 (a mean)
     average: int = 1  # write the mean of this many completions (least error) instead of one (plausible)
+    seam: float = SEAM_LENGTH  # pixels over which g(Z) bends to meet the visible pixels; 0 = off
     force: bool = False
 
 
@@ -598,6 +600,10 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
         raise CoopsynthError(f"--samples {job.samples}: must be at least 1")
     if job.average <= 0:
         raise CoopsynthError(f"--average {job.average}: must be at least 1")
+    if job.refine is not None and job.refine < 0:  # refused before training, not after it
+        raise CoopsynthError(f"--refine {job.refine}: must be 0 or more")
+    if not job.seam >= 0:
+        raise CoopsynthError(f"--seam {job.seam}: must be 0 or more")
     out = Path(job.output)
     result: dict = {"kind": kind}
     if job.model is not None:
@@ -630,13 +636,13 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
         result = run_training(prep, on_progress)
         trainer = result["trainer"]
         model, cfg, delta = trainer.model, trainer.cfg, trainer.delta
-    refine = cfg.langevin_steps if job.refine is None else job.refine  # longer chains raised the error (RESULTS.md)
-    if refine < 0:
-        raise CoopsynthError(f"--refine {refine}: must be 0 or more")
+    refine = default_refine(cfg.langevin_steps, job.average) if job.refine is None else job.refine
     gen = torch.Generator(device=model.device).manual_seed(job.seed)
     paths = []
     for i in range(job.samples):
-        done = recover(model, data, missing, langevin=cfg.langevin(delta), refine=refine, average=job.average, generator=gen)
+        done = recover(
+            model, data, missing, langevin=cfg.langevin(delta), refine=refine, average=job.average, seam=job.seam, generator=gen
+        )
         name = "completed" if i == 0 else f"completed_{i:03d}"
         if kind == "texture":
             paths.append(write_image(out / f"{name}.png", done))

@@ -4,7 +4,7 @@ import torch
 from typer.testing import CliRunner
 
 from coopsynth.cli import app
-from coopsynth.completion import complete, load_masked_image
+from coopsynth.completion import _edge_sum, complete, default_refine, load_masked_image, seam_fill
 from coopsynth.errors import CoopsynthError
 from coopsynth.io import read_image, read_video, write_image, write_video
 from coopsynth.model import CoopModel
@@ -89,8 +89,9 @@ def test_complete_end_to_end_bit_identical_visible(tmp_path):
 
 def test_average_is_the_mean_of_a_batch_of_completions():
     """--average N: the missing pixels are the mean of N completions drawn as one batch (checked
-    with no inference and no refinement, where a completion is g(Z) with Z from the generator);
-    the visible pixels stay exact, and the mean varies less from seed to seed than one draw does."""
+    with no inference and no refinement, where a completion is g(Z) with Z from the generator,
+    seamed into the visible pixels); the visible pixels stay exact, and the mean varies less from
+    seed to seed than one draw does."""
     torch.manual_seed(0)
     img = quantised(texture_image(32, 40))
     missing = torch.rand(32, 40) < 0.3
@@ -100,7 +101,10 @@ def test_average_is_the_mean_of_a_batch_of_completions():
         model, img, missing, langevin=lv, infer_steps=0, refine=0, average=3, generator=torch.Generator().manual_seed(5)
     )
     z = model.latent(3, (32, 40), torch.Generator().manual_seed(5))
-    want = model.denormalise(model.generate(z, (32, 40))).clamp(0, 1).mean(0)
+    y0 = model.generate(z, (32, 40))
+    x = model.normalise(img)[None]
+    y0 = y0 + seam_fill(torch.where(missing, 0.0, x - y0), missing)
+    want = model.denormalise(y0).clamp(0, 1).mean(0)
     assert torch.allclose(out[:, missing], want[:, missing], atol=1e-6)
     assert torch.equal(out[:, ~missing], img[:, ~missing])
 
@@ -119,7 +123,8 @@ def test_average_is_the_mean_of_a_batch_of_completions():
 
 
 def test_average_completes_videos_too():
-    """--average on a video (C, T, H, W): missing frames are the mean of the batch, the rest exact."""
+    """--average on a video (C, T, H, W): missing frames are the mean of the batch (of g(Z) itself
+    with the seam off), the rest exact."""
     torch.manual_seed(0)
     clip = quantised(0.3 + 0.4 * torch.rand(3, 8, 16, 16))
     missing = torch.zeros(8, 16, 16, dtype=torch.bool)
@@ -127,7 +132,7 @@ def test_average_completes_videos_too():
     model = CoopModel(tiny_net(dims=3), clip.flatten(1).mean(1), clip.flatten(1).std(1))
     lv = TrainConfig().langevin()
     out = complete(
-        model, clip, missing, langevin=lv, infer_steps=0, refine=0, average=2, generator=torch.Generator().manual_seed(3)
+        model, clip, missing, langevin=lv, infer_steps=0, refine=0, average=2, seam=0, generator=torch.Generator().manual_seed(3)
     )
     z = model.latent(2, (8, 16, 16), torch.Generator().manual_seed(3))
     want = model.denormalise(model.generate(z, (8, 16, 16))).clamp(0, 1).mean(0)  # (C, T, H, W)
