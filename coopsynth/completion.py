@@ -143,7 +143,7 @@ def seam_fill(values: Tensor, missing: Tensor, length: float = SEAM_LENGTH, tol:
     if length <= 0:
         raise CoopsynthError(f"seam length {length}: must be above 0")
     dims = missing.dim()
-    x = values.float()
+    x = values.to(torch.promote_types(values.dtype, torch.float32))  # bf16 in, fp32 solve
     m = missing.to(x.device, x.dtype).expand_as(x)  # (B, C, *S) 1 = unknown
     screen = 0.0 if math.isinf(length) else 1.0 / (length * length)
 

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -85,6 +87,95 @@ def test_complete_end_to_end_bit_identical_visible(tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert not (tmp_path / "out2" / "model.pt").exists()
+
+
+def test_harmonic_seam_reproduces_a_linear_ramp():
+    """length = inf is the membrane fill: a linear function is harmonic, so a hole inside a ramp
+    is filled with the ramp itself (float64: to the solver's tolerance)."""
+    yy, xx = torch.meshgrid(torch.arange(20.0, dtype=torch.float64), torch.arange(24.0, dtype=torch.float64), indexing="ij")
+    ramp = (0.3 * xx - 0.7 * yy + 2.0)[None, None].repeat(2, 3, 1, 1)  # (B, C, H, W)
+    missing = torch.zeros(20, 24, dtype=torch.bool)
+    missing[4:15, 5:19] = True
+    holed = torch.where(missing, 0.0, ramp)
+    out = seam_fill(holed, missing, math.inf, tol=1e-10)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, ramp, atol=1e-7, rtol=0)
+
+
+def test_screened_seam_solves_its_equation_and_fades_with_length():
+    """On the missing entries (border ones included) (1/length^2) u - laplacian(u) = 0; the visible
+    entries come back unchanged; a shorter length fades faster into a big hole."""
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(2, 3, 16, 20, generator=g, dtype=torch.float64)
+    missing = torch.rand(16, 20, generator=g) < 0.5
+    missing[:, :3] = True  # touches the border
+    u = seam_fill(v, missing, 3.0, tol=1e-12)
+    assert torch.equal(u[..., ~missing], v[..., ~missing])
+    residual = (u / 9.0 + _edge_sum(u, 2))[..., missing]
+    assert residual.abs().max() < 1e-8
+
+    ones = torch.ones(1, 1, 33, 33)
+    hole = torch.zeros(33, 33, dtype=torch.bool)
+    hole[4:29, 4:29] = True
+    centre = {n: float(seam_fill(ones, hole, n)[0, 0, 16, 16]) for n in (2.0, 8.0, math.inf)}
+    assert 0 < centre[2.0] < 0.01 < centre[8.0] < 0.9 < centre[math.inf]
+    edge = float(seam_fill(ones, hole, 2.0)[0, 0, 4, 16])  # one step inside the edge
+    assert edge > 0.3
+
+
+def test_seam_fills_a_missing_frame_between_its_neighbours():
+    """Videos (B, C, T, H, W): the time axis has neighbours too; a whole missing frame between two
+    constant frames becomes their mean with the harmonic fill."""
+    v = torch.zeros(1, 3, 3, 6, 7, dtype=torch.float64)
+    v[:, :, 0], v[:, :, 2] = 1.0, 3.0
+    missing = torch.zeros(3, 6, 7, dtype=torch.bool)
+    missing[1] = True
+    out = seam_fill(v, missing, math.inf, tol=1e-12)
+    torch.testing.assert_close(out[:, :, 1], torch.full_like(out[:, :, 1], 2.0), atol=1e-9, rtol=0)
+
+
+def test_the_seam_closes_the_jump_at_the_holes_edge():
+    """With the seam, g(Z) meets the visible pixels: the mean difference between a missing pixel
+    on the hole's edge and its visible neighbour shrinks (an untrained generator misses them badly)."""
+    torch.manual_seed(0)
+    img = quantised(texture_image(32, 40))
+    missing = torch.zeros(32, 40, dtype=torch.bool)
+    missing[8:24, 10:30] = True
+    model = CoopModel(tiny_net(), img.flatten(1).mean(1), img.flatten(1).std(1))
+    lv = TrainConfig().langevin()
+
+    def jump(seam: float) -> float:
+        out = complete(
+            model, img, missing, langevin=lv, infer_steps=0, refine=0, seam=seam, generator=torch.Generator().manual_seed(1)
+        )
+        pairs = [(out[:, 8, 10:30], img[:, 7, 10:30]), (out[:, 23, 10:30], img[:, 24, 10:30])]
+        pairs += [(out[:, 8:24, 10], img[:, 8:24, 9]), (out[:, 8:24, 29], img[:, 8:24, 30])]
+        return float(torch.cat([(a - b).abs().flatten() for a, b in pairs]).mean())
+
+    assert jump(8.0) < 0.5 * jump(0.0)
+    with pytest.raises(CoopsynthError, match="--seam -1"):
+        complete(model, img, missing, langevin=lv, seam=-1.0)
+
+
+def test_default_refinement_revises_one_completion_not_a_mean(tmp_path, monkeypatch):
+    """--refine unset: the training's L for one completion, none for --average N; a given --refine
+    and --seam reach the recovery as given."""
+    assert default_refine(6, 1) == 6 and default_refine(6, 8) == 0
+    make_inputs(tmp_path)
+    r = runner.invoke(app, ["complete", str(tmp_path / "alpha.png"), "-o", str(tmp_path / "m"), "--steps", "1"])
+    assert r.exit_code == 0, r.output
+    seen = []
+
+    def spy(model, data, missing, **kw):
+        seen.append((kw["refine"], kw["average"], kw["seam"]))
+        return data
+
+    monkeypatch.setattr("coopsynth.completion.complete", spy)
+    base = ["complete", str(tmp_path / "alpha.png"), "--model", str(tmp_path / "m" / "model.pt"), "--force"]
+    for extra in ([], ["--average", "4"], ["--average", "4", "--refine", "2", "--seam", "0"]):
+        r = runner.invoke(app, [*base, "-o", str(tmp_path / f"o{len(seen)}"), *extra])
+        assert r.exit_code == 0, r.output
+    assert seen == [(6, 1, 8.0), (0, 4, 8.0), (2, 4, 0.0)]
 
 
 def test_average_is_the_mean_of_a_batch_of_completions():
@@ -189,6 +280,8 @@ def test_video_missing_frames_filled_rest_unchanged(tmp_path):
         (["--key-color", "1,2"], "expected R,G,B"),
         ([], "no alpha channel"),
         (["--mask", "{d}/mask.png", "--average", "0"], "--average 0: must be at least 1"),
+        (["--mask", "{d}/mask.png", "--refine", "-1"], "--refine -1: must be 0 or more"),
+        (["--mask", "{d}/mask.png", "--seam", "-2"], "--seam -2.0: must be 0 or more"),
     ],
 )
 def test_completion_errors(tmp_path, extra, message):
