@@ -3,17 +3,20 @@
     python benchmarks/completion_settings.py --quick                       # 3 textures, centre hole
     python benchmarks/completion_settings.py --quick --masks blocks --average 8
     python benchmarks/completion_settings.py --quick --reuse --refines 0,2,4,6,8,12
+    python benchmarks/completion_settings.py --quick --reuse --masks centre,blocks --seams 0,2,8,inf
 
 Per texture and mask (as in benchmarks/completion.py): train once on the visible pixels (or take the
 model a previous run left in --out with --reuse), then complete with each sampling refinement count
-(--refines) and latent inference length (--infer), each with --seeds different seeds, and score the
-recovery error and hole SWD ratio. The table gives each setting's median and range over the seeds:
-what one `coopsynth complete` run can land on, from the same model.
+(--refines), latent inference length (--infer) and seam length (--seams), each with --seeds
+different seeds, and score the recovery error and hole SWD ratio. The table gives each setting's
+median and range over the seeds: what one `coopsynth complete` run can land on, from the same
+model.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -53,6 +56,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4, help="completion seeds per setting")
     ap.add_argument("--refines", default="0,6", help="sampling refinement counts to score")
     ap.add_argument("--infer", default="60", help="latent inference step counts to score")
+    ap.add_argument("--seams", default="8", help="seam lengths (pixels; 0 = off) to score")
     ap.add_argument("--average", type=int, default=1, help="score the mean of this many completions")
     ap.add_argument("--reuse", action="store_true", help="score the models a previous run left in --out")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -69,48 +73,54 @@ def main() -> None:
         ap.error(f"--masks {args.masks}: use centre, blocks or both")
     refines = [int(v) for v in args.refines.split(",")]
     infers = [int(v) for v in args.infer.split(",")]
-    rows = []  # (texture, mask, refine, infer, [(error, ratio)] over seeds)
+    seams = [float(v) for v in args.seams.split(",")]
+    settings = list(itertools.product(infers, refines, seams))  # (infer, refine, seam)
+    rows = []  # (texture, mask, (infer, refine, seam), [(error, ratio)] over seeds)
     for path in files:
         img = held_out_crop(path, args.max_side)
         h, w = img.shape[1:]
         for mname in args.masks.split(","):
             missing = benchmark_mask(mname, h, w, args.seed)
             model, lv = model_for(img, missing, args.out / path.stem / mname, args.preset, args.seed, args.reuse)
-            for infer in infers:
-                for refine in refines:
-                    scores = []
-                    for s in range(args.seeds):
-                        gen = torch.Generator().manual_seed(s)
-                        done = complete(
-                            model,
-                            img,
-                            missing,
-                            langevin=lv,
-                            refine=refine,
-                            infer_steps=infer,
-                            average=args.average,
-                            generator=gen,
-                        )
-                        m = metrics.completion_metrics(done, img, missing, args.seed)
-                        scores.append((m["recovery_error"], m["hole_swd_ratio"]))
-                    rows.append((path.stem, mname, refine, infer, scores))
-                    cells = " ".join(f"{e:.1f}/{r:.2f}" for e, r in scores)
-                    print(f"  {path.stem} {mname} refine {refine} infer {infer}: {cells}", flush=True)
+            for setting in settings:
+                infer, refine, seam = setting
+                scores = []
+                for s in range(args.seeds):
+                    gen = torch.Generator().manual_seed(s)
+                    done = complete(
+                        model,
+                        img,
+                        missing,
+                        langevin=lv,
+                        refine=refine,
+                        infer_steps=infer,
+                        average=args.average,
+                        seam=seam,
+                        generator=gen,
+                    )
+                    m = metrics.completion_metrics(done, img, missing, args.seed)
+                    scores.append((m["recovery_error"], m["hole_swd_ratio"]))
+                rows.append((path.stem, mname, setting, scores))
+                cells = " ".join(f"{e:.1f}/{r:.2f}" for e, r in scores)
+                print(f"  {path.stem} {mname} infer {infer} refine {refine} seam {seam:g}: {cells}", flush=True)
     (args.out / f"settings-{args.masks.replace(',', '-')}-average{args.average}.json").write_text(json.dumps(rows))
     text = header(f"Completion settings from one model, preset `{args.preset}`, {args.seeds} completion seeds")
     text += f"average of {args.average} completion(s) per score; error (0-255) and hole SWD ratio: median [min-max] over the seeds\n\n"
-    text += "| texture | mask | refine | infer | error | hole SWD ratio |\n|---|---|---|---|---|---|\n"
-    for name, mname, refine, infer, scores in rows:
+    text += "| texture | mask | infer | refine | seam | error | hole SWD ratio |\n|---|---|---|---|---|---|---|\n"
+    for name, mname, (infer, refine, seam), scores in rows:
         es, rs = [e for e, _ in scores], [r for _, r in scores]
         text += (
-            f"| {name} | {mname} | {refine} | {infer} | {fmt(median(es), 1)} [{fmt(min(es), 1)}-{fmt(max(es), 1)}] "
+            f"| {name} | {mname} | {infer} | {refine} | {seam:g} | {fmt(median(es), 1)} [{fmt(min(es), 1)}-{fmt(max(es), 1)}] "
             f"| {fmt(median(rs))} [{fmt(min(rs))}-{fmt(max(rs))}] |\n"
         )
+    text += "\nmedian over textures of the per-texture medians, error / hole SWD ratio:\n\n"
+    text += "| mask | infer | refine | seam | error | hole SWD ratio |\n|---|---|---|---|---|---|\n"
     for mname in dict.fromkeys(r[1] for r in rows):
-        for infer in infers:
-            for refine in refines:
-                meds = [median([r for _, r in sc]) for n, mm, rf, inf, sc in rows if (mm, rf, inf) == (mname, refine, infer)]
-                text += f"\nmedian over textures of the per-texture median ratio, {mname}, refine {refine}, infer {infer}: **{fmt(median(meds))}**"
+        for infer, refine, seam in settings:
+            per = [sc for _, mm, st, sc in rows if (mm, st) == (mname, (infer, refine, seam))]
+            err = median([median([e for e, _ in sc]) for sc in per])
+            ratio = median([median([r for _, r in sc]) for sc in per])
+            text += f"| {mname} | {infer} | {refine} | {seam:g} | **{fmt(err, 1)}** | **{fmt(ratio)}** |\n"
     publish(text + "\n", not args.no_write)
 
 
