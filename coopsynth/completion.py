@@ -140,7 +140,7 @@ def seam_fill(values: Tensor, missing: Tensor, length: float = SEAM_LENGTH, tol:
     ones. length = inf gives the harmonic (membrane) fill; a finite length makes the fill fade to 0
     over about `length` entries from the hole's edge. Solved by conjugate gradients (the operator
     is symmetric positive definite on the missing entries) to a relative residual of `tol`."""
-    if length <= 0:
+    if not length > 0:  # NaN too
         raise CoopsynthError(f"seam length {length}: must be above 0")
     dims = missing.dim()
     x = values.to(torch.promote_types(values.dtype, torch.float32))  # bf16 in, fp32 solve
