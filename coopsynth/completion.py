@@ -206,7 +206,7 @@ def complete(
     if average < 1:
         raise CoopsynthError(f"--average {average}: must be at least 1")
     if not seam >= 0:
-        raise CoopsynthError(f"--seam {seam}: must be 0 or more")
+        raise CoopsynthError(f"--seam {seam:g}: must be 0 or more")
     dev = model.device
     size = tuple(image.shape[1:])
     x = model.normalise(image.to(dev))[None]  # (1, C, [T,] H, W) standardised

@@ -603,7 +603,7 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
     if job.refine is not None and job.refine < 0:  # refused before training, not after it
         raise CoopsynthError(f"--refine {job.refine}: must be 0 or more")
     if not job.seam >= 0:
-        raise CoopsynthError(f"--seam {job.seam}: must be 0 or more")
+        raise CoopsynthError(f"--seam {job.seam:g}: must be 0 or more")
     out = Path(job.output)
     result: dict = {"kind": kind}
     if job.model is not None:

@@ -281,7 +281,7 @@ def test_video_missing_frames_filled_rest_unchanged(tmp_path):
         ([], "no alpha channel"),
         (["--mask", "{d}/mask.png", "--average", "0"], "--average 0: must be at least 1"),
         (["--mask", "{d}/mask.png", "--refine", "-1"], "--refine -1: must be 0 or more"),
-        (["--mask", "{d}/mask.png", "--seam", "-2"], "--seam -2.0: must be 0 or more"),
+        (["--mask", "{d}/mask.png", "--seam", "-2"], "--seam -2: must be 0 or more"),
     ],
 )
 def test_completion_errors(tmp_path, extra, message):
