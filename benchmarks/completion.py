@@ -135,18 +135,22 @@ def held_out_crop(path: Path, max_side: int) -> torch.Tensor:
     return (img * 255).round() / 255
 
 
-def completions(trainer, data: torch.Tensor, missing: torch.Tensor, seed: int, average: int, trained: float) -> dict:
+def completions(
+    trainer, data: torch.Tensor, missing: torch.Tensor, seed: int, average: int, trained: float, smooth: float = 0.0
+) -> dict:
     """One completion (what `coopsynth complete` writes by default) and, from the same model, the
-    mean of `average` (`--average N`; skipped when below 2): {name: (completed, seconds with training)}."""
+    mean of `average` (`--average N`; skipped when below 2): {name: (completed, seconds with training)}.
+    smooth: videos, `coopsynth complete --smooth W` (named in the method)."""
     out = {}
-    for name, k in (("coopsynth", 1), (f"coopsynth --average {average}", average)):
-        if k < 1 or (k == 1 and name != "coopsynth"):
+    extra = f" --smooth {smooth:g}" if smooth else ""
+    for name, k in ((f"coopsynth{extra}", 1), (f"coopsynth --average {average}{extra}", average)):
+        if k < 1 or (k == 1 and name != f"coopsynth{extra}"):
             continue
         t1 = time.perf_counter()
         gen = torch.Generator().manual_seed(seed)
         lv = trainer.cfg.langevin(trainer.delta)
         refine = default_refine(trainer.cfg.langevin_steps, k)  # as `coopsynth complete [--average N]`
-        done = complete(trainer.model, data, missing, langevin=lv, refine=refine, average=k, generator=gen)
+        done = complete(trainer.model, data, missing, langevin=lv, refine=refine, average=k, smooth=smooth, generator=gen)
         out[name] = (done, trained + time.perf_counter() - t1)
     return out
 

@@ -2,6 +2,7 @@
 
     python benchmarks/video_completion.py             # tree_foliage_opencv and flame_rendered_castle
     python benchmarks/video_completion.py --only flame_rendered_castle --methods coopsynth,interpolate
+    python benchmarks/video_completion.py --only flame_rendered_castle --average 4 --smooth 0,2,4
 
 Per clip: scale and trim it as a default `coopsynth video` run does, take the held-out (right) half
 over all frames, and mask it with (c) the middle third of the frames missing and (d) random 8x8
@@ -12,7 +13,8 @@ frames). coopsynth learns from the visible pixels of the clip itself, as `coopsy
 clip.mp4 --mask ...` does. Peers: for (c), linear interpolation in time between the visible
 frames on each side of the gap, and holding the nearest visible frame; for (d), the image
 inpainters of benchmarks/completion.py frame by frame (those that are installed). coopsynth is
-scored twice from one model: one completion and the mean of --average N (8).
+scored twice from one model: one completion and the mean of --average N (8); with --smooth 0,2
+twice more, with the latent prior correlated over time (`coopsynth complete --smooth 2`).
 """
 
 from __future__ import annotations
@@ -69,7 +71,14 @@ def temporal_fill(video: torch.Tensor, missing: torch.Tensor, how: str) -> torch
 
 
 def run_coopsynth(
-    clip: torch.Tensor, missing: torch.Tensor, preset: str, seed: int, work: Path, steps: int | None, average: int
+    clip: torch.Tensor,
+    missing: torch.Tensor,
+    preset: str,
+    seed: int,
+    work: Path,
+    steps: int | None,
+    average: int,
+    smooths: list[float],
 ) -> dict[str, tuple[torch.Tensor, float, str]]:
     """Train once on the visible pixels, then one completion and the mean of `average`
     (completion.completions); each with its seconds (training included) and a note."""
@@ -77,12 +86,22 @@ def run_coopsynth(
     job = pipeline.TrainJob(input=work / "masked.mp4", output=work, preset=preset, seed=seed, force=True, steps=steps)
     res = pipeline.train(job, mask=~missing[None], data=clip)
     note = f"{res['steps']} it, {res.get('rollbacks', 0)} roll-backs"
-    done = completions(res["trainer"], clip, missing, seed, average, time.perf_counter() - t0)
+    trained = time.perf_counter() - t0
+    done = {}
+    for smooth in smooths:  # each from the same model (--smooth W)
+        done.update(completions(res["trainer"], clip, missing, seed, average, trained, smooth))
     return {name: (v, secs, note) for name, (v, secs) in done.items()}
 
 
 def run_item(
-    path: Path, methods: list[str], preset: str, seed: int, out: Path, steps: int | None = None, average: int = 8
+    path: Path,
+    methods: list[str],
+    preset: str,
+    seed: int,
+    out: Path,
+    steps: int | None = None,
+    average: int = 8,
+    smooths: tuple[float, ...] = (0.0,),
 ) -> dict:
     video, _, notes = prepare_video(path)
     _, clip = metrics.split_halves(video)  # the held-out half: (C, T, H, W)
@@ -103,7 +122,7 @@ def run_item(
                 continue  # this peer does not apply to this mask
             t0 = time.perf_counter()
             if method == "coopsynth":
-                outs = run_coopsynth(clip, missing, preset, seed, out / path.stem / mname, steps, average)
+                outs = run_coopsynth(clip, missing, preset, seed, out / path.stem / mname, steps, average, smooths)
             elif method in FRAME_PEERS:
                 done = temporal_fill(clip, missing, method)
                 outs = {method: (done, time.perf_counter() - t0, "")}
@@ -170,7 +189,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--average", type=int, default=8, help="also score `--average N` from the same model (0 = skip)")
+    ap.add_argument("--smooth", default="0", help="score `--smooth W` for each W of this list (0 = the default), same model")
     args = ap.parse_args()
+    smooths = [float(v) for v in args.smooth.split(",")]
     if not args.data.is_dir():
         print(f"skipped: no data folder at {args.data} (pass --data)")
         return
@@ -189,7 +210,7 @@ def main() -> None:
         if path is None:
             print(f"{name}: skipped (not in {args.data})")
             continue
-        results.append(run_item(path, methods, args.preset, args.seed, args.out, args.steps, args.average))
+        results.append(run_item(path, methods, args.preset, args.seed, args.out, args.steps, args.average, smooths))
     text = header(f"Video completion, preset `{args.preset}`, {len(results)} clips (held-out halves)")
     text += table(results)
     text += (

@@ -461,6 +461,14 @@ def complete(
             help="Pixels over which the generator's fill bends to meet the visible pixels at the hole's edge; 0 = off.",
         ),
     ] = SEAM_LENGTH,
+    smooth: Annotated[
+        float,
+        typer.Option(
+            "--smooth",
+            help="Videos: infer the latent under a prior correlated over time (a Gaussian of this many latent frames), "
+            "so missing frames follow the frames around them; 0 = off.",
+        ),
+    ] = 0.0,
     seed: Seed = 0,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -486,6 +494,7 @@ def complete(
         refine=refine,
         average=average,
         seam=seam,
+        smooth=smooth,
         force=force,
     )
     bar = None

@@ -23,7 +23,7 @@ import torch
 from .errors import CoopsynthError
 from .io import read_image, read_image_rgba, read_video
 from .langevin import generator_posterior_langevin
-from .model import CoopModel, frozen
+from .model import CoopModel, frozen, smooth_over_time, time_smoothing_margin
 
 Tensor = torch.Tensor
 INFER_MAX_DRIFT = 0.5  # latent inference: the largest gradient move of one element of Z per step (Z ~ N(0, 1))
@@ -192,6 +192,7 @@ def complete(
     refine: int = 6,
     average: int = 1,
     seam: float = SEAM_LENGTH,
+    smooth: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Fill the missing pixels of `image` (C, [T,] H, W) in [0, 1]; visible pixels are returned as given.
@@ -202,11 +203,16 @@ def complete(
     smallest expected error but smooth where the model is unsure (a sample's expected error is
     about 1.4 times the mean's for a Gaussian conditional, whatever the model).
     seam: the length (pixels) of `seam_fill` that bends g(Z) to meet the visible pixels; 0 = off.
+    smooth: videos: the latent's prior is correlated over time by a Gaussian of this many latent
+    frames (as `sample --smooth`), and the inference runs on the white noise behind it, so the
+    latent of missing frames follows the visible frames around them; 0 = the plain N(0, I) prior.
     """
     if average < 1:
         raise CoopsynthError(f"--average {average}: must be at least 1")
     if not seam >= 0:
         raise CoopsynthError(f"--seam {seam:g}: must be 0 or more")
+    if not smooth >= 0:
+        raise CoopsynthError(f"--smooth {smooth:g}: must be 0 or more")
     dev = model.device
     size = tuple(image.shape[1:])
     x = model.normalise(image.to(dev))[None]  # (1, C, [T,] H, W) standardised
@@ -217,12 +223,24 @@ def complete(
     def g(z: Tensor) -> Tensor:
         return model.generator(z)[crop]
 
-    z = model.latent(average, size, generator)  # (A, zc, [t,] h, w)
+    shape = (average, *model.generator.latent_shape(size))  # (A, zc, [t,] h, w)
+    if smooth > 0 and len(size) == 3:  # infer the white noise behind a time-smoothed Z = S(e)
+        r = time_smoothing_margin(smooth)
+        e = torch.randn(shape[0], shape[1], shape[2] + 2 * r, *shape[3:], generator=generator, device=dev)
+
+        def to_z(e: Tensor) -> Tensor:
+            return smooth_over_time(e, smooth)
+    else:
+        e = torch.randn(shape, generator=generator, device=dev)  # = model.latent(average, size, generator)
+
+        def to_z(e: Tensor) -> Tensor:
+            return e
+
     target = x.expand(average, *x.shape[1:])
     with frozen(model.generator):
-        z = generator_posterior_langevin(
-            g,
-            z,
+        e = generator_posterior_langevin(
+            lambda e: g(to_z(e)),
+            e,
             target=target,
             steps=infer_steps,
             delta=infer_delta,
@@ -231,7 +249,7 @@ def complete(
             max_drift=INFER_MAX_DRIFT,
             generator=generator,
         )
-    y0 = model.generate(z, size)  # (A, C, [T,] H, W)
+    y0 = model.generate(to_z(e), size)  # (A, C, [T,] H, W)
     known = visible.bool().expand_as(y0)
     if seam > 0:
         y0 = y0 + seam_fill(torch.where(known, target - y0, 0.0), missing.to(dev), seam)  # meets the visible pixels

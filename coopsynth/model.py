@@ -287,15 +287,34 @@ def time_smoothed_noise(
     neighbouring frames share most of their draws. `loop`: circular over t (the last frame
     correlates with the first as with its other neighbour); else t + 2r frames are drawn and the
     valid part kept, so no frame sees an edge."""
-    t, r = shape[2], max(1, math.ceil(3 * width))
-    taps = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / width) ** 2)  # (2r+1,)
+    t, r = shape[2], time_smoothing_margin(width)
     if loop:  # fold the kernel onto t taps (a short loop wraps it more than once), then circular
+        taps = _gaussian_taps(width, r)
         folded = torch.zeros(t, dtype=torch.float64).index_add_(0, torch.arange(-r, r + 1) % t, taps)
         folded = (folded / folded.norm()).float()
         white = torch.randn(shape, generator=generator, device=device)
         return sum(folded[k] * white.roll(-k, dims=2) for k in range(t))  # z_i = sum_k w_k n_(i+k)
-    taps = (taps / taps.norm()).float()
     white = torch.randn((*shape[:2], t + 2 * r, *shape[3:]), generator=generator, device=device)
+    return smooth_over_time(white, width)
+
+
+def time_smoothing_margin(width: float) -> int:
+    """Extra white-noise frames on each side that a smoothing of `width` latent frames reads."""
+    return max(1, math.ceil(3 * width))
+
+
+def _gaussian_taps(width: float, r: int) -> Tensor:
+    return torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / width) ** 2)  # (2r+1,)
+
+
+def smooth_over_time(white: Tensor, width: float) -> Tensor:
+    """(B, C, t + 2r, h, w) white noise -> (B, C, t, h, w), each frame a unit-norm Gaussian blend
+    of its 2r + 1 neighbours (r = time_smoothing_margin(width)): N(0, 1) per element, correlated
+    over time. Differentiable in `white`, so a latent can be inferred in the white-noise space."""
+    r = time_smoothing_margin(width)
+    t = white.shape[2] - 2 * r
+    taps = _gaussian_taps(width, r)
+    taps = (taps / taps.norm()).to(white.dtype)
     return sum(taps[k] * white[:, :, k : k + t] for k in range(2 * r + 1))
 
 

@@ -556,6 +556,7 @@ class CompleteJob:
     refine: int | None = None  # descriptor Langevin steps with the visible pixels fixed; None = L (one), 0 (a mean)
     average: int = 1  # write the mean of this many completions (least error) instead of one (plausible)
     seam: float = SEAM_LENGTH  # pixels over which g(Z) bends to meet the visible pixels; 0 = off
+    smooth: float = 0.0  # videos: the latent prior's correlation over time (latent frames); 0 = off
     force: bool = False
 
 
@@ -604,6 +605,7 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
         raise CoopsynthError(f"--refine {job.refine}: must be 0 or more")
     if not job.seam >= 0:
         raise CoopsynthError(f"--seam {job.seam:g}: must be 0 or more")
+    check_smooth(job.smooth)
     out = Path(job.output)
     result: dict = {"kind": kind}
     if job.model is not None:
@@ -641,7 +643,15 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
     paths = []
     for i in range(job.samples):
         done = recover(
-            model, data, missing, langevin=cfg.langevin(delta), refine=refine, average=job.average, seam=job.seam, generator=gen
+            model,
+            data,
+            missing,
+            langevin=cfg.langevin(delta),
+            refine=refine,
+            average=job.average,
+            seam=job.seam,
+            smooth=job.smooth,
+            generator=gen,
         )
         name = "completed" if i == 0 else f"completed_{i:03d}"
         if kind == "texture":
