@@ -9,7 +9,7 @@ from coopsynth.cli import app
 from coopsynth.completion import _edge_sum, complete, default_refine, load_masked_image, seam_fill
 from coopsynth.errors import CoopsynthError
 from coopsynth.io import read_image, read_video, write_image, write_video
-from coopsynth.model import CoopModel
+from coopsynth.model import CoopModel, smooth_over_time, time_smoothing_margin
 from coopsynth.trainer import TrainConfig
 from tests.conftest import texture_image, tiny_net
 
@@ -231,6 +231,40 @@ def test_average_completes_videos_too():
     assert torch.equal(out[:, :3], clip[:, :3]) and torch.equal(out[:, 5:], clip[:, 5:])
 
 
+def test_smoothed_prior_completes_from_time_correlated_latents():
+    """--smooth W on a video: Z = smooth_over_time(e) with e white noise of t + 2r latent frames (the
+    inference runs on e); with no inference, refinement or seam the fill is g(Z) of exactly that
+    Z. Images ignore the option; a negative width is refused."""
+    torch.manual_seed(0)
+    clip = quantised(0.3 + 0.4 * torch.rand(3, 16, 16, 16))
+    missing = torch.zeros(16, 16, 16, dtype=torch.bool)
+    missing[6:11] = True
+    model = CoopModel(tiny_net(dims=3), clip.flatten(1).mean(1), clip.flatten(1).std(1))
+    lv = TrainConfig().langevin()
+    kw = dict(langevin=lv, infer_steps=0, refine=0, seam=0, average=2)
+    out = complete(model, clip, missing, smooth=1.5, generator=torch.Generator().manual_seed(4), **kw)
+    shape = model.generator.latent_shape((16, 16, 16))  # (zc, t, h, w)
+    r = time_smoothing_margin(1.5)
+    e = torch.randn(2, shape[0], shape[1] + 2 * r, *shape[2:], generator=torch.Generator().manual_seed(4))
+    want = model.denormalise(model.generate(smooth_over_time(e, 1.5), (16, 16, 16))).clamp(0, 1).mean(0)
+    assert torch.allclose(out[:, 6:11], want[:, 6:11], atol=1e-6)
+    plain = complete(model, clip, missing, smooth=0.0, generator=torch.Generator().manual_seed(4), **kw)
+    assert not torch.allclose(out[:, 6:11], plain[:, 6:11], atol=1e-3)
+
+    img = quantised(texture_image(32, 40))
+    holes = torch.rand(32, 40) < 0.3
+    image_model = CoopModel(tiny_net(), img.flatten(1).mean(1), img.flatten(1).std(1))
+    a, b = (
+        complete(
+            image_model, img, holes, langevin=lv, infer_steps=2, refine=1, smooth=w, generator=torch.Generator().manual_seed(1)
+        )
+        for w in (0.0, 2.0)
+    )
+    assert torch.equal(a, b)
+    with pytest.raises(CoopsynthError, match="--smooth -1"):
+        complete(model, clip, missing, langevin=lv, smooth=-1.0)
+
+
 def test_a_steep_generator_cannot_throw_the_latent_to_nan(monkeypatch):
     """A collapsed model's generator can have a huge Jacobian: uncapped, the latent inference runs
     to NaN within steps (seen in a video completion run); the per-step drift cap keeps it finite.
@@ -282,6 +316,7 @@ def test_video_missing_frames_filled_rest_unchanged(tmp_path):
         (["--mask", "{d}/mask.png", "--average", "0"], "--average 0: must be at least 1"),
         (["--mask", "{d}/mask.png", "--refine", "-1"], "--refine -1: must be 0 or more"),
         (["--mask", "{d}/mask.png", "--seam", "-2"], "--seam -2: must be 0 or more"),
+        (["--mask", "{d}/mask.png", "--smooth", "-1"], "--smooth -1.0: must be between 0 and 100"),
     ],
 )
 def test_completion_errors(tmp_path, extra, message):
