@@ -213,14 +213,19 @@ def test_average_is_the_mean_of_a_batch_of_completions():
         complete(model, img, missing, langevin=lv, average=0)
 
 
+def video_case(frames: int, gap: slice) -> tuple[torch.Tensor, torch.Tensor, CoopModel]:
+    """A random 16x16 clip (C, T, H, W) with frames `gap` missing, and an untrained tiny 3-D model."""
+    torch.manual_seed(0)
+    clip = quantised(0.3 + 0.4 * torch.rand(3, frames, 16, 16))
+    missing = torch.zeros(frames, 16, 16, dtype=torch.bool)
+    missing[gap] = True
+    return clip, missing, CoopModel(tiny_net(dims=3), clip.flatten(1).mean(1), clip.flatten(1).std(1))
+
+
 def test_average_completes_videos_too():
     """--average on a video (C, T, H, W): missing frames are the mean of the batch (of g(Z) itself
     with the seam off), the rest exact."""
-    torch.manual_seed(0)
-    clip = quantised(0.3 + 0.4 * torch.rand(3, 8, 16, 16))
-    missing = torch.zeros(8, 16, 16, dtype=torch.bool)
-    missing[3:5] = True
-    model = CoopModel(tiny_net(dims=3), clip.flatten(1).mean(1), clip.flatten(1).std(1))
+    clip, missing, model = video_case(8, slice(3, 5))
     lv = TrainConfig().langevin()
     out = complete(
         model, clip, missing, langevin=lv, infer_steps=0, refine=0, average=2, seam=0, generator=torch.Generator().manual_seed(3)
@@ -235,11 +240,7 @@ def test_smoothed_prior_completes_from_time_correlated_latents():
     """--smooth W on a video: Z = smooth_over_time(e) with e white noise of t + 2r latent frames (the
     inference runs on e); with no inference, refinement or seam the fill is g(Z) of exactly that
     Z. Images ignore the option; a negative width is refused."""
-    torch.manual_seed(0)
-    clip = quantised(0.3 + 0.4 * torch.rand(3, 16, 16, 16))
-    missing = torch.zeros(16, 16, 16, dtype=torch.bool)
-    missing[6:11] = True
-    model = CoopModel(tiny_net(dims=3), clip.flatten(1).mean(1), clip.flatten(1).std(1))
+    clip, missing, model = video_case(16, slice(6, 11))
     lv = TrainConfig().langevin()
     kw = dict(langevin=lv, infer_steps=0, refine=0, seam=0, average=2)
     out = complete(model, clip, missing, smooth=1.5, generator=torch.Generator().manual_seed(4), **kw)
