@@ -2,7 +2,8 @@
 
 1. Learn a model from the visible pixels only (the trainer's mask: masked descriptor data term and
    masked generator loss), or take an already trained model.
-2. Infer Z for the whole image by Langevin on the generator's posterior over the visible pixels.
+2. Infer Z for the whole image by Langevin on the generator's posterior over the visible pixels
+   (videos with `smooth`: under a prior correlated over time, by inferring the white noise behind Z).
 3. Seam g(Z) into the visible pixels: g(Z) misses them by a residual (it cannot reproduce every
    detail), and the fill would start with a jump at the hole's edge. The residual, extended into
    the hole by a screened Poisson equation (`seam_fill`), bends g(Z) to meet its neighbours and
@@ -231,7 +232,7 @@ def complete(
         def to_z(e: Tensor) -> Tensor:
             return smooth_over_time(e, smooth)
     else:
-        e = torch.randn(shape, generator=generator, device=dev)  # = model.latent(average, size, generator)
+        e = model.latent(average, size, generator)  # Z itself
 
         def to_z(e: Tensor) -> Tensor:
             return e
