@@ -224,18 +224,15 @@ def complete(
     def g(z: Tensor) -> Tensor:
         return model.generator(z)[crop]
 
-    shape = (average, *model.generator.latent_shape(size))  # (A, zc, [t,] h, w)
-    if smooth > 0 and len(size) == 3:  # infer the white noise behind a time-smoothed Z = S(e)
-        r = time_smoothing_margin(smooth)
-        e = torch.randn(shape[0], shape[1], shape[2] + 2 * r, *shape[3:], generator=generator, device=dev)
-
-        def to_z(e: Tensor) -> Tensor:
-            return smooth_over_time(e, smooth)
+    smoothed = smooth > 0 and len(size) == 3  # infer the white noise e behind a time-smoothed Z
+    if smoothed:
+        zc, t, h, w = model.generator.latent_shape(size)
+        e = torch.randn(average, zc, t + 2 * time_smoothing_margin(smooth), h, w, generator=generator, device=dev)
     else:
         e = model.latent(average, size, generator)  # Z itself
 
-        def to_z(e: Tensor) -> Tensor:
-            return e
+    def to_z(e: Tensor) -> Tensor:
+        return smooth_over_time(e, smooth) if smoothed else e
 
     target = x.expand(average, *x.shape[1:])
     with frozen(model.generator):
