@@ -201,7 +201,7 @@ def run_item(
                 row.append(done)
                 print(
                     f"  {path.stem} {mname} {m}: error {scores['recovery_error']:.1f} "
-                    f"hole SWD ratio {scores['hole_swd_ratio']:.2f} {secs:.0f} s",
+                    f"hole SWD ratio {scores['hole_swd_ratio']:.2f} pyramid {fmt(scores['pyramid_swd_ratio'])} {secs:.0f} s",
                     flush=True,
                 )
         row.append(img)
@@ -211,29 +211,38 @@ def run_item(
     return result
 
 
+def _cell(s: dict | None, pyramid: bool) -> str:
+    """error / hole SWD ratio [/ pyramid ratio] / minutes of one result."""
+    if s is None:
+        return "–"
+    p = f" / {fmt(s.get('pyramid_swd_ratio'))}" if pyramid else ""
+    return f"{s['recovery_error']:.1f} / {fmt(s['hole_swd_ratio'])}{p} / {fmt(s['minutes'], 1)}"
+
+
 def table(results: list[dict]) -> str:
     text = ""
     for mname, title in (("centre", "centre square hole, 25% of the area"), ("blocks", "random 8x8 blocks, 30% of the pixels")):
         if mname not in results[0]["masks"]:
             continue
         methods = list(results[0]["masks"][mname])  # in the order they ran, coopsynth's variants included
-        text += f"\n**{title}**: recovery error (0-255, lower is better) / hole SWD ratio (1 = like the truth) / minutes\n\n"
+        # the pyramid ratio needs a hole with whole patches at every level: the centre hole, not the blocks
+        pyramid = any(s.get("pyramid_swd_ratio") is not None for r in results for s in r["masks"][mname].values())
+        what = " / pyramid hole SWD ratio (3 scales; 1 = like the truth)" if pyramid else ""
+        text += (
+            f"\n**{title}**: recovery error (0-255, lower is better) / hole SWD ratio (1 = like the truth){what} / minutes\n\n"
+        )
         text += "| texture | " + " | ".join(methods) + " |\n|---|" + "---|" * len(methods) + "\n"
         for r in results:
-            cells = []
-            for m in methods:
-                s = r["masks"][mname].get(m)
-                cells.append(
-                    "–" if s is None else f"{s['recovery_error']:.1f} / {fmt(s['hole_swd_ratio'])} / {fmt(s['minutes'], 1)}"
-                )
+            cells = [_cell(r["masks"][mname].get(m), pyramid) for m in methods]
             text += f"| {r['item']} ({r['size'][1]}x{r['size'][0]}) | " + " | ".join(cells) + " |\n"
         cells = []
         for m in methods:
             vals = [r["masks"][mname][m] for r in results if m in r["masks"][mname]]
-            cells.append(
-                f"**{fmt(median([v['recovery_error'] for v in vals]), 1)} / {fmt(median([v['hole_swd_ratio'] for v in vals]))} / "
-                f"{fmt(median([v['minutes'] for v in vals]), 1)}**"
-            )
+            med = {
+                k: median([v.get(k) for v in vals if v.get(k) is not None])
+                for k in ("recovery_error", "hole_swd_ratio", "pyramid_swd_ratio", "minutes")
+            }
+            cells.append(f"**{_cell(med, pyramid)}**")
         text += "| **median** | " + " | ".join(cells) + " |\n"
     return text
 

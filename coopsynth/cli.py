@@ -536,7 +536,7 @@ def eval_(
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in result.items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else "–" if v is None else str(v))
     out_console.print(table)
 
 

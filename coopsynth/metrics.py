@@ -295,10 +295,13 @@ def recovery_error(completed: Tensor, truth: Tensor, missing: Tensor) -> float:
     return ((completed - truth).abs()[m].mean() * 255.0).item()
 
 
-def _masked_patches(image: Tensor, region: Tensor, n: int, gen: torch.Generator, size: int = 7) -> Tensor:
-    """n random size x size patches of (3, H, W) lying wholly inside bool region (H, W)."""
+def _masked_patches(image: Tensor, region: Tensor, n: int, gen: torch.Generator, size: int = 7, strict: bool = False) -> Tensor:
+    """n random size x size patches of (3, H, W) lying wholly inside bool region (H, W). A region
+    too thin for a whole patch gives patches that start in it instead, or an error when `strict`."""
     inside = F.conv2d(region[None, None].float(), torch.ones(1, 1, size, size))[0, 0] >= size * size - 0.5
     ys, xs = inside.nonzero(as_tuple=True)
+    if len(ys) == 0 and strict:
+        raise ValueError(f"no whole {size}x{size} patch fits in the region")
     if len(ys) == 0:
         # the region is too thin for whole patches: take patches centred in it instead
         ys, xs = region[: -size + 1, : -size + 1].nonzero(as_tuple=True)
@@ -321,11 +324,30 @@ def hole_swd(image: Tensor, missing: Tensor, seed: int = 0, patches: int = 4096)
     return sliced_wasserstein(a, b, gen)
 
 
-def completion_metrics(completed: Tensor, truth: Tensor, missing: Tensor, seed: int = 0) -> dict[str, float]:
-    """Recovery error and hole SWD ratio of an image (C, H, W) or video (C, T, H, W) completion.
+def pyramid_hole_swd(image: Tensor, missing: Tensor, seed: int = 0, patches: int = 4096, levels: int = 3) -> list[float]:
+    """`hole_swd` at each level of a Laplacian pyramid (as the texture SWD), the mask pooled to the
+    level: a patch is in the hole where every pixel it stands for is missing, and visible where
+    none is. The pixel patches see 7 pixels across, so a fill of wrong strokes or blobs a few times
+    that size can match their statistics; level l sees structure 7 * 2^l pixels across. Raises
+    ValueError when a level's hole or visible region holds no whole patch (small holes, thin
+    blocks, a thin visible ring)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for lev, band in enumerate(laplacian_pyramid(to_rgb(image)[None], levels)):
+        frac = F.avg_pool2d(missing[None, None].float(), 2**lev, ceil_mode=True)[0, 0]  # missing share per level pixel
+        a = _masked_patches(band[0], frac > 1 - 1e-6, patches, gen, strict=True)
+        b = _masked_patches(band[0], frac < 1e-6, patches, gen, strict=True)
+        out.append(sliced_wasserstein(a, b, gen))
+    return out
+
+
+def completion_metrics(completed: Tensor, truth: Tensor, missing: Tensor, seed: int = 0) -> dict[str, float | None]:
+    """Recovery error and hole SWD ratios of an image (C, H, W) or video (C, T, H, W) completion.
 
     `missing`: bool (H, W) for images, (T, H, W) for videos. For videos the hole SWD is taken over
-    the frames that have missing pixels and averaged.
+    the frames that have missing pixels and averaged. `hole_swd_ratio` is EVALUATION.md's (7x7
+    pixel patches); `pyramid_swd_ratio` is the mean over the 3 levels of a Laplacian pyramid of
+    each level's ratio (`pyramid_hole_swd`), None where the hole is too small for it (8x8 blocks).
     """
     out = {"recovery_error": recovery_error(completed, truth, missing)}
     if completed.dim() == 3:
@@ -333,16 +355,26 @@ def completion_metrics(completed: Tensor, truth: Tensor, missing: Tensor, seed: 
     else:
         pairs = [(c, t, m) for c, t, m in zip(completed.unbind(1), truth.unbind(1), missing.unbind(0), strict=True) if m.any()]
     if all(m.all() for _, _, m in pairs):
-        # whole frames missing: compare with the neighbouring visible frames' patches instead
+        # whole frames missing: compare with the neighbouring visible frames' patches instead (a
+        # pyramid SWD already, so both ratios are this one)
         vis = [t for t, m in zip(truth.unbind(1), missing.unbind(0), strict=True) if not m.any()]
         s = swd([c for c, _, _ in pairs], vis, seed=seed)
         r = swd([t for _, t, _ in pairs], vis, seed=seed)
+        pyramid = s / max(r, 1e-12)
     else:
         s = sum(hole_swd(c, m, seed) for c, _, m in pairs) / len(pairs)
         r = sum(hole_swd(t, m, seed) for _, t, m in pairs) / len(pairs)
+        try:  # the mean over levels of each level's ratio: every scale counts alike
+            fill = [pyramid_hole_swd(c, m, seed) for c, _, m in pairs]  # per frame: per level
+            true = [pyramid_hole_swd(t, m, seed) for _, t, m in pairs]
+            per_level = [sum(f[i] for f in fill) / max(sum(t[i] for t in true), 1e-12) for i in range(len(fill[0]))]
+            pyramid = sum(per_level) / len(per_level)
+        except ValueError:  # a hole too small for whole patches at the coarse levels
+            pyramid = None
     out["hole_swd"] = s
     out["hole_swd_truth"] = r
     out["hole_swd_ratio"] = s / max(r, 1e-12)
+    out["pyramid_swd_ratio"] = pyramid
     return out
 
 
@@ -360,6 +392,7 @@ __all__ = [
     "copy_index",
     "diversity",
     "hole_swd",
+    "pyramid_hole_swd",
     "laplacian_pyramid",
     "mean_motion",
     "recovery_error",

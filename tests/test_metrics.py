@@ -104,3 +104,40 @@ def test_hole_swd_ratio_of_truth_is_one(halves):
     missing[30:60, 20:60] = True
     out = M.completion_metrics(tr, tr, missing)
     assert out["recovery_error"] == 0.0 and out["hole_swd_ratio"] == pytest.approx(1.0)
+
+
+def _noise_with_hole(side: int, hole: tuple[int, int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    img = (0.5 + 0.1 * torch.randn(3, side, side, generator=g)).clamp(0, 1)
+    missing = torch.zeros(side, side, dtype=torch.bool)
+    missing[hole[0] : hole[1], hole[0] : hole[1]] = True
+    return img, missing
+
+
+def test_pyramid_hole_swd_ratio_of_truth_is_one():
+    truth, missing = _noise_with_hole(128, (32, 96))
+    out = M.completion_metrics(truth, truth, missing)
+    assert out["pyramid_swd_ratio"] == pytest.approx(1.0)
+
+
+def test_pyramid_hole_swd_sees_coarse_structure_at_its_coarse_levels():
+    """A fill with the truth's fine grain plus soft blobs ~40 pixels wide: the blobs move the
+    coarse levels' SWD far more than the finest band's (each level sees its own scale)."""
+    truth, missing = _noise_with_hole(128, (32, 96))
+    g = torch.Generator().manual_seed(1)
+    grain = (0.5 + 0.1 * torch.randn(3, 128, 128, generator=g)).clamp(0, 1)
+    blobs = torch.nn.functional.interpolate(torch.randn(1, 1, 4, 4, generator=g), size=(128, 128), mode="bicubic")[0]
+    plain = M.pyramid_hole_swd(torch.where(missing, grain, truth), missing)
+    blobby = M.pyramid_hole_swd(torch.where(missing, (grain + 0.2 * blobs).clamp(0, 1), truth), missing)
+    assert len(plain) == 3
+    assert blobby[2] / plain[2] > 3 * (blobby[0] / plain[0])
+    done = torch.where(missing, (grain + 0.2 * blobs).clamp(0, 1), truth)
+    assert M.completion_metrics(done, truth, missing)["pyramid_swd_ratio"] > 1.5
+
+
+def test_pyramid_hole_swd_refuses_holes_too_small_for_its_levels():
+    truth, missing = _noise_with_hole(64, (28, 36))  # 8x8: 2x2 at the coarsest level
+    with pytest.raises(ValueError, match="no whole 7x7 patch"):
+        M.pyramid_hole_swd(truth, missing)
+    out = M.completion_metrics(truth, truth, missing)
+    assert out["pyramid_swd_ratio"] is None and out["hole_swd_ratio"] == pytest.approx(1.0)
