@@ -6,7 +6,10 @@
 Per texture: take the held-out half (centre-cropped to at most --max-side pixels a side, so a
 default completion stays within minutes), mask it with (a) one centre square covering 25% of the
 area and (b) random 8x8 blocks covering 30% of the pixels, complete it with each method, and score
-the recovery error (0-255, missing pixels) and the hole SWD ratio. Peers: OpenCV Telea and
+the recovery error (0-255, missing pixels) and the hole SWD ratio (EVALUATION.md's, on 7x7 pixel
+patches), plus the same ratio over a 3-level Laplacian pyramid where the hole and the visible
+region hold whole patches at every level (the centre hole of a 256 px image, not the blocks): the
+pixel patches miss wrong structure a few times their size. Peers: OpenCV Telea and
 Navier-Stokes, scikit-image biharmonic, PatchMatch, G'MIC inpaint_matchpatch; missing ones are
 skipped with one line. coopsynth trains once per mask and is scored twice from that model: one
 completion (what `coopsynth complete` writes by default) and the mean of --average N completions
