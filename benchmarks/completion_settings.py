@@ -99,28 +99,34 @@ def main() -> None:
                         generator=gen,
                     )
                     m = metrics.completion_metrics(done, img, missing, args.seed)
-                    scores.append((m["recovery_error"], m["hole_swd_ratio"]))
+                    scores.append((m["recovery_error"], m["hole_swd_ratio"], m["pyramid_swd_ratio"]))
                 rows.append((path.stem, mname, setting, scores))
-                cells = " ".join(f"{e:.1f}/{r:.2f}" for e, r in scores)
+                cells = " ".join(f"{e:.1f}/{r:.2f}/{fmt(p)}" for e, r, p in scores)
                 print(f"  {path.stem} {mname} infer {infer} refine {refine} seam {seam:g}: {cells}", flush=True)
     (args.out / f"settings-{args.masks.replace(',', '-')}-average{args.average}.json").write_text(json.dumps(rows))
     text = header(f"Completion settings from one model, preset `{args.preset}`, {args.seeds} completion seeds")
-    text += f"average of {args.average} completion(s) per score; error (0-255) and hole SWD ratio: median [min-max] over the seeds\n\n"
-    text += "| texture | mask | infer | refine | seam | error | hole SWD ratio |\n|---|---|---|---|---|---|---|\n"
+    text += (
+        f"average of {args.average} completion(s) per score; error (0-255), hole SWD ratio and pyramid hole SWD ratio "
+        "(3 scales; – where the hole is too small for it): median [min-max] over the seeds\n\n"
+    )
+    text += (
+        "| texture | mask | infer | refine | seam | error | hole SWD ratio | pyramid ratio |\n|---|---|---|---|---|---|---|---|\n"
+    )
+
+    def spread(xs: list[float | None], digits: int = 2) -> str:
+        xs = [x for x in xs if x is not None]
+        return f"{fmt(median(xs), digits)} [{fmt(min(xs), digits)}-{fmt(max(xs), digits)}]" if xs else "–"
+
     for name, mname, (infer, refine, seam), scores in rows:
-        es, rs = [e for e, _ in scores], [r for _, r in scores]
-        text += (
-            f"| {name} | {mname} | {infer} | {refine} | {seam:g} | {fmt(median(es), 1)} [{fmt(min(es), 1)}-{fmt(max(es), 1)}] "
-            f"| {fmt(median(rs))} [{fmt(min(rs))}-{fmt(max(rs))}] |\n"
-        )
-    text += "\nmedian over textures of the per-texture medians, error / hole SWD ratio:\n\n"
-    text += "| mask | infer | refine | seam | error | hole SWD ratio |\n|---|---|---|---|---|---|\n"
+        es, rs, ps = zip(*scores, strict=True)
+        text += f"| {name} | {mname} | {infer} | {refine} | {seam:g} | {spread(es, 1)} | {spread(rs)} | {spread(ps)} |\n"
+    text += "\nmedian over textures of the per-texture medians, error / hole SWD ratio / pyramid ratio:\n\n"
+    text += "| mask | infer | refine | seam | error | hole SWD ratio | pyramid ratio |\n|---|---|---|---|---|---|---|\n"
     for mname in dict.fromkeys(r[1] for r in rows):
         for infer, refine, seam in settings:
             per = [sc for _, mm, st, sc in rows if (mm, st) == (mname, (infer, refine, seam))]
-            err = median([median([e for e, _ in sc]) for sc in per])
-            ratio = median([median([r for _, r in sc]) for sc in per])
-            text += f"| {mname} | {infer} | {refine} | {seam:g} | **{fmt(err, 1)}** | **{fmt(ratio)}** |\n"
+            err, ratio, pyr = (median([median([v[i] for v in sc if v[i] is not None]) for sc in per]) for i in range(3))
+            text += f"| {mname} | {infer} | {refine} | {seam:g} | **{fmt(err, 1)}** | **{fmt(ratio)}** | **{fmt(pyr)}** |\n"
     publish(text + "\n", not args.no_write)
 
 
