@@ -239,6 +239,35 @@ def test_a_collapse_past_the_last_halving_ends_the_run_at_the_balanced_state(tmp
     assert pipeline.run_state(tmp_path / "out" / "model.pt") == "finished"
 
 
+@pytest.mark.parametrize("collapses_again", [False, True])
+def test_resume_after_a_collapse_end_goes_on_at_the_floor_rate(tmp_path, monkeypatch, collapses_again):
+    """--resume on a run the watchdog ended: it goes on from the balanced state it kept (step 50)
+    with the learning rates at the floor, and either reaches its steps or, at the next collapse,
+    ends there again at once (no halvings are left)."""
+    on = {"collapse": True}
+    train_with_collapses(tmp_path, monkeypatch, 80, lambda t, call: on["collapse"] and t.step_count >= 52)
+    on["collapse"] = collapses_again
+    job = pipeline.TrainJob(
+        tmp_path / "in.png",
+        tmp_path / "out",
+        steps=80,
+        resume=True,
+        overrides=dict(net=tiny_net(), crop=16, batch=2, langevin_steps=1),
+    )
+    res = pipeline.train(job)
+    events = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    resumed = events[[i for i, e in enumerate(events) if e.get("event") == "stopped"][0] + 1 :]
+    assert res["trainer"].lr_scale == WATCHDOG_FLOOR
+    if collapses_again:
+        assert res["stopped"] == "collapse" and res["steps"] == 50 and res["rollbacks"] == 1
+        assert [e["event"] for e in resumed if "event" in e] == ["collapse", "stopped"]
+        assert "ends at the last balanced state" in resumed[0]["watchdog"]
+    else:
+        assert res["stopped"] == "steps" and res["steps"] == 80 and res["rollbacks"] == 0
+        assert resumed[0]["step"] > 50 and resumed[-1] == {**resumed[-1], "event": "stopped", "reason": "steps", "step": 80}
+    assert load_checkpoint(tmp_path / "out" / "model.pt")["lr_scale"] == WATCHDOG_FLOOR
+
+
 def test_a_state_mid_collapse_is_not_balanced():
     """The lead's moving average lags: a state whose last iteration ran far ahead is no roll-back
     target even while the average is still low; with the watchdog off every state is one."""
