@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import HERE, contact_sheet, fmt, header, median, publish  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
-from coopsynth.completion import complete, default_refine  # noqa: E402
+from coopsynth.completion import complete, default_refine, default_smooth  # noqa: E402
 from coopsynth.io import read_image, write_image  # noqa: E402
 
 QUICK = ["gimp_brick", "skimage_grass", "efl_rock_01"]
@@ -139,13 +139,14 @@ def held_out_crop(path: Path, max_side: int) -> torch.Tensor:
 
 
 def completions(
-    trainer, data: torch.Tensor, missing: torch.Tensor, seed: int, average: int, trained: float, smooth: float = 0.0
+    trainer, data: torch.Tensor, missing: torch.Tensor, seed: int, average: int, trained: float, smooth: float | None = None
 ) -> dict:
     """One completion (what `coopsynth complete` writes by default) and, from the same model, the
     mean of `average` (`--average N`; skipped when below 2): {name: (completed, seconds with training)}.
-    smooth: videos, `coopsynth complete --smooth W` (named in the method)."""
+    smooth: videos, `coopsynth complete --smooth W` (named in the method); None: the CLI's default
+    for each (`default_smooth`)."""
     out = {}
-    extra = f" --smooth {smooth:g}" if smooth else ""
+    extra = "" if smooth is None else f" --smooth {smooth:g}"
     for name, k in ((f"coopsynth{extra}", 1), (f"coopsynth --average {average}{extra}", average)):
         if k < 1 or (k == 1 and name != f"coopsynth{extra}"):
             continue
@@ -153,7 +154,8 @@ def completions(
         gen = torch.Generator().manual_seed(seed)
         lv = trainer.cfg.langevin(trainer.delta)
         refine = default_refine(trainer.cfg.langevin_steps, k)  # as `coopsynth complete [--average N]`
-        done = complete(trainer.model, data, missing, langevin=lv, refine=refine, average=k, smooth=smooth, generator=gen)
+        w = default_smooth(missing, k) if smooth is None else smooth
+        done = complete(trainer.model, data, missing, langevin=lv, refine=refine, average=k, smooth=w, generator=gen)
         out[name] = (done, trained + time.perf_counter() - t1)
     return out
 

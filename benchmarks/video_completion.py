@@ -2,7 +2,7 @@
 
     python benchmarks/video_completion.py             # tree_foliage_opencv and flame_rendered_castle
     python benchmarks/video_completion.py --only flame_rendered_castle --methods coopsynth,interpolate
-    python benchmarks/video_completion.py --only flame_rendered_castle --average 4 --smooth 0,2,4
+    python benchmarks/video_completion.py --only flame_rendered_castle --average 4 --smooth default,0,2
 
 Per clip: scale and trim it as a default `coopsynth video` run does, take the held-out (right) half
 over all frames, and mask it with (c) the middle third of the frames missing and (d) random 8x8
@@ -13,8 +13,9 @@ frames). coopsynth learns from the visible pixels of the clip itself, as `coopsy
 clip.mp4 --mask ...` does. Peers: for (c), linear interpolation in time between the visible
 frames on each side of the gap, and holding the nearest visible frame; for (d), the image
 inpainters of benchmarks/completion.py frame by frame (those that are installed). coopsynth is
-scored twice from one model: one completion and the mean of --average N (8); with --smooth 0,2
-twice more, with the latent prior correlated over time (`coopsynth complete --smooth 2`).
+scored twice from one model: one completion and the mean of --average N (8), each with the
+CLI's default `--smooth` (4 for a mean over whole missing frames, else 0); with --smooth default,0,2
+twice more for each number, with that latent correlation over time (`coopsynth complete --smooth 2`).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def run_coopsynth(
     work: Path,
     steps: int | None,
     average: int,
-    smooths: list[float],
+    smooths: list[float | None],
 ) -> dict[str, tuple[torch.Tensor, float, str]]:
     """Train once on the visible pixels, then one completion and the mean of `average`
     (completion.completions); each with its seconds (training included) and a note."""
@@ -101,7 +102,7 @@ def run_item(
     out: Path,
     steps: int | None = None,
     average: int = 8,
-    smooths: tuple[float, ...] = (0.0,),
+    smooths: tuple[float | None, ...] = (None,),
 ) -> dict:
     video, _, notes = prepare_video(path)
     _, clip = metrics.split_halves(video)  # the held-out half: (C, T, H, W)
@@ -189,9 +190,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--average", type=int, default=8, help="also score `--average N` from the same model (0 = skip)")
-    ap.add_argument("--smooth", default="0", help="score `--smooth W` for each W of this list (0 = the default), same model")
+    ap.add_argument(
+        "--smooth", default="default", help="score `--smooth W` for each W of this list (default: the CLI's default), same model"
+    )
     args = ap.parse_args()
-    smooths = [float(v) for v in args.smooth.split(",")]
+    smooths = [None if v == "default" else float(v) for v in args.smooth.split(",")]
     if not args.data.is_dir():
         print(f"skipped: no data folder at {args.data} (pass --data)")
         return

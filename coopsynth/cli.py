@@ -462,13 +462,15 @@ def complete(
         ),
     ] = SEAM_LENGTH,
     smooth: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--smooth",
             help="Videos: infer the latent under a prior correlated over time (a Gaussian of this many latent frames), "
-            "so missing frames follow the frames around them; 0 = off.",
+            "so missing frames follow the frames around them; 0 = off (default: 4 for --average with whole frames "
+            "missing, else 0).",
+            show_default=False,
         ),
-    ] = 0.0,
+    ] = None,
     seed: Seed = 0,
     device: Device = "auto",
     precision: Precision = "auto",

@@ -21,7 +21,7 @@ import torch
 from . import distributed
 from .accel import Accel
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .completion import SEAM_LENGTH, default_refine
+from .completion import SEAM_LENGTH, default_refine, default_smooth
 from .errors import CoopsynthError
 from .io import check_writable, read_image, read_video, write_image, write_video
 from .model import CoopModel
@@ -556,7 +556,7 @@ class CompleteJob:
     refine: int | None = None  # descriptor Langevin steps with the visible pixels fixed; None = L (one), 0 (a mean)
     average: int = 1  # write the mean of this many completions (least error) instead of one (plausible)
     seam: float = SEAM_LENGTH  # pixels over which g(Z) bends to meet the visible pixels; 0 = off
-    smooth: float = 0.0  # videos: the latent prior's correlation over time (latent frames); 0 = off
+    smooth: float | None = None  # videos: the latent prior's time correlation (latent frames); 0 = off; None = default_smooth
     force: bool = False
 
 
@@ -639,6 +639,7 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
         trainer = result["trainer"]
         model, cfg, delta = trainer.model, trainer.cfg, trainer.delta
     refine = default_refine(cfg.langevin_steps, job.average) if job.refine is None else job.refine
+    smooth = default_smooth(missing, job.average) if job.smooth is None else job.smooth
     gen = torch.Generator(device=model.device).manual_seed(job.seed)
     paths = []
     for i in range(job.samples):
@@ -650,7 +651,7 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
             refine=refine,
             average=job.average,
             seam=job.seam,
-            smooth=job.smooth,
+            smooth=smooth,
             generator=gen,
         )
         name = "completed" if i == 0 else f"completed_{i:03d}"

@@ -6,7 +6,15 @@ import torch
 from typer.testing import CliRunner
 
 from coopsynth.cli import app
-from coopsynth.completion import _edge_sum, complete, default_refine, load_masked_image, seam_fill
+from coopsynth.completion import (
+    SMOOTH_MISSING_FRAMES,
+    _edge_sum,
+    complete,
+    default_refine,
+    default_smooth,
+    load_masked_image,
+    seam_fill,
+)
 from coopsynth.errors import CoopsynthError
 from coopsynth.io import read_image, read_video, write_image, write_video
 from coopsynth.model import CoopModel, smooth_over_time, time_smoothing_margin
@@ -303,6 +311,34 @@ def test_video_missing_frames_filled_rest_unchanged(tmp_path):
     done = complete(model, data, missing, langevin=blob["config_obj"].langevin(), infer_steps=2, refine=2)
     assert torch.equal(done[:, :3], src[:, :3]) and torch.equal(done[:, 5:], src[:, 5:])
     assert not torch.equal(done[:, 3:5], src[:, 3:5])
+
+
+def test_default_smoothing_for_a_mean_over_whole_missing_frames(tmp_path, monkeypatch):
+    """--smooth unset: 4 latent frames for --average N over a video with whole frames missing,
+    0 for one completion, for holes that leave every frame partly visible, and for images; a
+    given --smooth reaches the recovery as given."""
+    assert default_smooth(torch.ones(8, 8, dtype=torch.bool), 4) == 0.0  # an image (H, W)
+    v = quantised(0.3 + 0.4 * torch.rand(3, 8, 16, 24, generator=torch.Generator().manual_seed(0)))
+    write_video(tmp_path / "clip.mp4", v, fps=8.0)
+    hole = torch.zeros(16, 24)
+    hole[4:10, 6:14] = 1.0
+    write_image(tmp_path / "hole.png", hole[None])
+    train = ["complete", str(tmp_path / "clip.mp4"), "--missing-frames", "3:5", "-o", str(tmp_path / "m"), "--steps", "1"]
+    r = runner.invoke(app, train)
+    assert r.exit_code == 0, r.output
+    seen = []
+
+    def spy(model, data, missing, **kw):
+        seen.append((kw["average"], kw["smooth"]))
+        return data
+
+    monkeypatch.setattr("coopsynth.completion.complete", spy)
+    base = ["complete", str(tmp_path / "clip.mp4"), "--model", str(tmp_path / "m" / "model.pt"), "--force"]
+    frames, blocks = ["--missing-frames", "3:5"], ["--mask", str(tmp_path / "hole.png")]
+    for extra in (frames, [*frames, "--average", "2"], [*blocks, "--average", "2"], [*frames, "--average", "2", "--smooth", "0"]):
+        r = runner.invoke(app, [*base, "-o", str(tmp_path / f"o{len(seen)}"), *extra])
+        assert r.exit_code == 0, r.output
+    assert seen == [(1, 0.0), (2, SMOOTH_MISSING_FRAMES), (2, 0.0), (2, 0.0)]
 
 
 @pytest.mark.parametrize(
