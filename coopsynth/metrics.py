@@ -348,6 +348,7 @@ def completion_metrics(completed: Tensor, truth: Tensor, missing: Tensor, seed: 
     the frames that have missing pixels and averaged. `hole_swd_ratio` is EVALUATION.md's (7x7
     pixel patches); `pyramid_swd_ratio` is the mean over the 3 levels of a Laplacian pyramid of
     each level's ratio (`pyramid_hole_swd`), None where the hole is too small for it (8x8 blocks).
+    With whole frames missing both are the pyramid SWD against the visible frames.
     """
     out = {"recovery_error": recovery_error(completed, truth, missing)}
     if completed.dim() == 3:
