@@ -24,7 +24,7 @@ import torch
 from .errors import CoopsynthError
 from .io import read_image, read_image_rgba, read_video
 from .langevin import generator_posterior_langevin
-from .model import CoopModel, frozen, smooth_over_time, time_smoothing_margin
+from .model import CoopModel, frozen, smooth_over_time, smoothing_white
 
 Tensor = torch.Tensor
 INFER_MAX_DRIFT = 0.5  # latent inference: the largest gradient move of one element of Z per step (Z ~ N(0, 1))
@@ -237,8 +237,7 @@ def complete(
 
     smoothed = smooth > 0 and len(size) == 3  # infer the white noise e behind a time-smoothed Z
     if smoothed:
-        zc, t, h, w = model.generator.latent_shape(size)
-        e = torch.randn(average, zc, t + 2 * time_smoothing_margin(smooth), h, w, generator=generator, device=dev)
+        e = smoothing_white((average, *model.generator.latent_shape(size)), smooth, generator, dev)
     else:
         e = model.latent(average, size, generator)  # Z itself
 

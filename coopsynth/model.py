@@ -294,13 +294,21 @@ def time_smoothed_noise(
         folded = (folded / folded.norm()).float()
         white = torch.randn(shape, generator=generator, device=device)
         return sum(folded[k] * white.roll(-k, dims=2) for k in range(t))  # z_i = sum_k w_k n_(i+k)
-    white = torch.randn((*shape[:2], t + 2 * r, *shape[3:]), generator=generator, device=device)
-    return smooth_over_time(white, width)
+    return smooth_over_time(smoothing_white(shape, width, generator, device), width)
 
 
 def time_smoothing_margin(width: float) -> int:
     """Extra white-noise frames on each side that a smoothing of `width` latent frames reads."""
     return max(1, math.ceil(3 * width))
+
+
+def smoothing_white(
+    shape: tuple[int, ...], width: float, generator: torch.Generator | None, device: torch.device | str
+) -> Tensor:
+    """The white noise (B, C, t + 2r, h, w) behind a latent of `shape` (B, C, t, h, w) smoothed over
+    time by `width` frames: `smooth_over_time` of it has `shape`."""
+    t, r = shape[2], time_smoothing_margin(width)
+    return torch.randn((*shape[:2], t + 2 * r, *shape[3:]), generator=generator, device=device)
 
 
 def _gaussian_taps(width: float, r: int) -> Tensor:
