@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,44 +40,75 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def timeit(fn, device: torch.device, repeat: int = 3, min_time: float = 0.3) -> float:
-    """Best mean seconds per call over `repeat` rounds of at least `min_time` each. One
-    synchronisation per round, not per call: on a GPU the calls queue up as they would in a run."""
-    fn()
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    n = max(1, int(min_time / max(time.perf_counter() - t0, 1e-6)))
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
+def timeit_all(
+    fns: dict[str, Callable[[], object]], device: torch.device, repeat: int = 10, min_time: float = 0.1
+) -> dict[str, float]:
+    """Best mean seconds per call of each function over `repeat` rounds of at least `min_time`
+    each, the rounds of all the functions interleaved (in turn, the order reversed every other
+    round). One synchronisation per round, not per call: on a GPU the calls queue up as they would
+    in a run. On a shared machine another tenant's work comes in bursts of seconds: timed one
+    after another, two functions can land in different bursts (the same Langevin revision, timed
+    twice in one run, once differed by 1.4x), while interleaved rounds see the same machine, so the
+    ratios between them hold."""
+    calls = {}
+    for name, fn in fns.items():
+        fn()
         sync(device)
-        best = min(best, (time.perf_counter() - t0) / n)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        calls[name] = max(1, int(min_time / max(time.perf_counter() - t0, 1e-6)))
+    best = dict.fromkeys(fns, float("inf"))
+    names = list(fns)
+    for r in range(repeat):
+        for name in names if r % 2 == 0 else names[::-1]:
+            fn, n = fns[name], calls[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            sync(device)
+            best[name] = min(best[name], (time.perf_counter() - t0) / n)
     return best
 
 
-def matmul_peaks(device: torch.device) -> dict[str, float]:
-    """GFLOP/s of a large square matrix product in each precision a path can run in: the
-    arithmetic peak each path is compared with (a tf32 path with the tf32 peak, and so on). On a
-    CPU there is one figure: tf32 is fp32 there, and no bf16 path is given a roofline."""
+def timeit(fn: Callable[[], object], device: torch.device, repeat: int = 10, min_time: float = 0.1) -> float:
+    """Best mean seconds per call of one function (see timeit_all)."""
+    return timeit_all({"fn": fn}, device, repeat, min_time)["fn"]
+
+
+def matmul(device: torch.device, precision: str) -> tuple[Callable[[], object], float]:
+    """A large square matrix product in one precision, as (the call, its FLOPs): the arithmetic
+    peak a path of that precision is compared with. The tf32 switch is set inside the call, so
+    the product can be interleaved with paths of other precisions."""
     n = 2048 if device.type == "cpu" else 8192
-    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    out = {}
-    try:
-        for name, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True), ("bf16", torch.bfloat16, False)):
-            if device.type == "cpu" and name != "fp32":
-                out[name] = out["fp32"]
-                continue
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-            a = torch.randn(n, n, device=device, dtype=dtype)
-            b = torch.randn(n, n, device=device, dtype=dtype)
-            out[name] = 2 * n**3 / timeit(lambda a=a, b=b: a @ b, device) / 1e9
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
-    return out
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+
+    def call() -> None:
+        saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        try:
+            a @ b
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = saved
+
+    return call, 2.0 * n**3
+
+
+def precisions(device: torch.device) -> tuple[str, ...]:
+    """The precisions with a matrix-product peak of their own: on a CPU only fp32 (tf32 is fp32
+    there, and no bf16 path is given a roofline)."""
+    return ("fp32",) if device.type == "cpu" else ("fp32", "tf32", "bf16")
+
+
+def matmul_peaks(device: torch.device) -> dict[str, float]:
+    """GFLOP/s of a large square matrix product in each precision a path can run in (fp32 for
+    all three on a CPU), measured together at the start of the run."""
+    calls = {p: matmul(device, p) for p in precisions(device)}
+    t = timeit_all({p: call for p, (call, _) in calls.items()}, device)
+    peaks = {p: calls[p][1] / t[p] / 1e9 for p in calls}
+    return {p: peaks.get(p, peaks["fp32"]) for p in ("fp32", "tf32", "bf16")}
 
 
 def conv_flops(d: Descriptor, x: torch.Tensor) -> float:
@@ -199,16 +231,31 @@ def strided_first_layer(on: bool):
         networks._strided_conv = saved
 
 
-def langevin_paths(device: torch.device, sizes: list[int], cfg, peaks: dict[str, float]) -> list[str]:
+def path_call(device: torch.device, path: LangevinPath, fn: Callable[[], object]) -> Callable[[], object]:
+    """fn under the path's global settings (the tf32 switches, the first-layer formulation), set
+    at every call so that paths can take turns."""
+    tf32 = path.accel is not None and path.accel.precision != "fp32"
+
+    def call() -> object:
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        with strided_first_layer(path.strided_first):
+            return fn()
+
+    return call
+
+
+def langevin_paths(device: torch.device, sizes: list[int], cfg) -> list[str]:
     """Langevin steps/s of each path at the default batch; each path's roofline against the
     matrix-product peak of its own precision; speed-ups against the first path of the size and
-    against the path's eager twin (same precision and memory format), all from this one run."""
+    against the path's eager twin (same precision and memory format). Per size, the paths and the
+    matrix products take turns round by round (`timeit_all`)."""
     lines = [
-        f"\nLangevin revision paths, batch {cfg.batch}, L = {cfg.langevin_steps}. Roofline: against the matrix-product peak of the path's precision "
-        f"({peak_text(device, peaks)}). "
-        "Ratios: to the first path of the size, and to the path's eager twin.\n",
-        "| size | path | Langevin steps/s | achieved GFLOP/s | roofline | vs first | vs eager twin |",
-        "|---|---|---|---|---|---|---|",
+        f"\nLangevin revision paths, batch {cfg.batch}, L = {cfg.langevin_steps}. Per size, the paths and the matrix products "
+        "take turns round by round. Roofline: against the matrix-product peak of the path's precision measured in those "
+        "rounds. Ratios: to the first path of the size, and to the path's eager twin.\n",
+        "| size | path | Langevin steps/s | achieved GFLOP/s | peak GFLOP/s | roofline | vs first | vs eager twin |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lang = cfg.langevin()
     for size in sizes:
@@ -216,41 +263,46 @@ def langevin_paths(device: torch.device, sizes: list[int], cfg, peaks: dict[str,
         base = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device, Accel(precision="fp32"))
         y0 = torch.randn(cfg.batch, 3, size, size, device=device)
         flops = 2 * conv_flops(base.descriptor, y0)  # forward + input gradient
-        speed: dict[str, float] = {}
+        runs: dict[str, tuple[LangevinPath, Callable[[], object]]] = {}
         for path in variants(device):
             accel = path.accel
+            gen = torch.Generator(device=device).manual_seed(0)
             if accel is None:
                 d = base.descriptor.requires_grad_(False)
-                gen = torch.Generator(device=device).manual_seed(0)
 
                 def fn(d=d, gen=gen):
                     return descriptor_langevin(lambda y: plain_energy(d, y), y0, steps=cfg.langevin_steps, generator=gen, **lang)
             else:
-                if device.type == "cuda":
-                    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = accel.precision != "fp32"
                 m = CoopModel(cfg.net, base.mean, base.std, device, accel)
                 m.descriptor.load_state_dict(base.descriptor.state_dict())
-                gen = torch.Generator(device=device).manual_seed(0)
 
                 def fn(m=m, gen=gen):
                     return m.revise(y0, steps=cfg.langevin_steps, generator=gen, **lang)
 
+            call = path_call(device, path, fn)
             try:
-                with strided_first_layer(path.strided_first):
-                    t = timeit(fn, device)
+                call()  # the first call captures a graph path's CUDA graph
+                sync(device)
             except Exception as e:  # a path this machine cannot run: say so, go on
-                lines.append(f"| {size} | {path.name} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]} | | | | |")
+                lines.append(f"| {size} | {path.name} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]} | | | | | |")
                 print(lines[-1], flush=True)
                 continue
-            sps = speed[path.name] = cfg.langevin_steps / t
-            first = next(iter(speed.values()))
+            runs[path.name] = (path, call)
+        products = {p: matmul(device, p) for p in precisions(device)}
+        t = timeit_all({**{k: c for k, (_, c) in runs.items()}, **{f"matmul {p}": c for p, (c, _) in products.items()}}, device)
+        peak = {p: f / t[f"matmul {p}"] / 1e9 for p, (_, f) in products.items()}
+        del products
+        speed = {name: cfg.langevin_steps / t[name] for name in runs}
+        first = next(iter(speed.values()), None)
+        for name, (path, _) in runs.items():
+            sps = speed[name]
             note = ""
-            if accel is not None and accel.fallbacks:
-                note = " (fell back to eager: " + "; ".join(accel.fallbacks) + ")"
-            peak = peaks[accel.precision if accel is not None else "fp32"]
+            if path.accel is not None and path.accel.fallbacks:
+                note = " (fell back to eager: " + "; ".join(path.accel.fallbacks) + ")"
+            pk = peak.get(path.accel.precision if path.accel is not None else "fp32", peak["fp32"])
             twin = f"{sps / speed[path.twin]:.2f}x" if path.twin in speed else ""
             lines.append(
-                f"| {size} | {path.name}{note} | {sps:.1f} | {flops * sps / 1e9:.1f} | {flops * sps / 1e9 / peak:.1%} | {sps / first:.2f}x | {twin} |"
+                f"| {size} | {name}{note} | {sps:.1f} | {flops * sps / 1e9:.1f} | {pk:.0f} | {flops * sps / 1e9 / pk:.1%} | {sps / first:.2f}x | {twin} |"
             )
             print(lines[-1], flush=True)
     return lines
@@ -262,19 +314,18 @@ def ms(t: float) -> str:
     return f"{t * 1e3:.0f}" if t >= 0.1 else f"{t * 1e3:.3g}"
 
 
-def phase_row(device: torch.device, cfg, size: int, peak: float) -> str:
-    """One row of the phase table: where an iteration's time goes at one crop size."""
+def phase_row(device: torch.device, cfg, size: int) -> str:
+    """One row of the phase table: where an iteration's time goes at one crop size. The four
+    phases and the matrix product of the default precision take turns round by round, so the
+    roofline compares like with like."""
     data = torch.rand(3, max(size, 64) * 2, max(size, 64) * 2)
     c = type(cfg)(**{**cfg.__dict__, "crop": size})
     tr = CoopTrainer(data, c, device=device, seed=0)
     m = tr.model
     crop = tr.crop_size
     z = m.latent(c.batch, crop, tr.gen)
-
-    t_gen = timeit(lambda: m.generator(z), device)
     y0 = m.generate(z, crop)
     lang = c.langevin()
-    t_lang = timeit(lambda: m.revise(y0, steps=c.langevin_steps, generator=tr.gen, **lang), device)
     y = m.revise(y0, steps=c.langevin_steps, generator=tr.gen, **lang)
     obs, _ = tr.observed_batch()
 
@@ -288,22 +339,33 @@ def phase_row(device: torch.device, cfg, size: int, peak: float) -> str:
         tr.opt_g.zero_grad()
         loss.backward()
 
-    t_d = timeit(d_update, device)
-    t_g = timeit(g_update, device)
-    t_iter = timeit(tr.step, device, repeat=2)
+    product, product_flops = matmul(device, m.accel.precision)
+    t = timeit_all(
+        {
+            "gen": lambda: m.generator(z),
+            "lang": lambda: m.revise(y0, steps=c.langevin_steps, generator=tr.gen, **lang),
+            "d": d_update,
+            "g": g_update,
+            "matmul": product,
+        },
+        device,
+    )
+    del product
+    peak = product_flops / t["matmul"] / 1e9
+    t_iter = timeit(tr.step, device, repeat=3)
     flops_step = 2 * conv_flops(m.descriptor, y0)  # forward + input-gradient backward
-    steps_per_s = c.langevin_steps / t_lang
+    steps_per_s = c.langevin_steps / t["lang"]
     achieved = flops_step * steps_per_s / 1e9
     mp = crop[0] * crop[1] / 1e6
     sm = CoopModel(c.net, m.mean, m.std, device)
     sm.generator.load_state_dict(m.generator.state_dict())
     sm.descriptor.load_state_dict(m.descriptor.state_dict())
-    t_s0 = timeit(lambda: sm.sample(1, crop, refine=0, langevin=lang), device, repeat=2)
-    t_sl = timeit(lambda: sm.sample(1, crop, refine=c.langevin_steps, langevin=lang), device, repeat=2)
+    t_s0 = timeit(lambda: sm.sample(1, crop, refine=0, langevin=lang), device, repeat=3)
+    t_sl = timeit(lambda: sm.sample(1, crop, refine=c.langevin_steps, langevin=lang), device, repeat=3)
     mem = peak_memory(device, tr.step)
     return (
-        f"| {size} | {ms(t_iter)} | {ms(t_gen)} | {ms(t_lang)} | {ms(t_d)} | {ms(t_g)} | {steps_per_s:.1f} | "
-        f"{flops_step / 1e9:.2f} | {achieved:.1f} | {achieved / peak:.1%} | {mp / t_s0:.2f} | {mp / t_sl:.2f} | {mem} |"
+        f"| {size} | {ms(t_iter)} | {ms(t['gen'])} | {ms(t['lang'])} | {ms(t['d'])} | {ms(t['g'])} | {steps_per_s:.1f} | "
+        f"{flops_step / 1e9:.2f} | {achieved:.1f} | {peak:.0f} | {achieved / peak:.1%} | {mp / t_s0:.2f} | {mp / t_sl:.2f} | {mem} |"
     )
 
 
@@ -311,16 +373,17 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: 
     cfg = preset(preset_name)
     peaks = matmul_peaks(device)
     default = Accel.for_device(device).precision  # the precision of the default path
-    peak = peaks[default]
     lines = [
         f"### {device.type.upper()}: preset `{preset_name}`, batch {cfg.batch}, L = {cfg.langevin_steps}, default precision {default}; "
-        f"matrix-product peak {peak_text(device, peaks)}; roofline below: against the {default if device.type == 'cuda' else 'fp32'} peak\n",
-        "| size | iteration ms | generator pass | Langevin revision | descriptor update | generator update | Langevin steps/s | GFLOP per step | achieved GFLOP/s | roofline | sampling MP/s (no refine) | sampling MP/s (refine L) | peak GPU MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"matrix-product peak at the start of the run {peak_text(device, peaks)}. Per size, the four phases and the "
+        f"{default if device.type == 'cuda' else 'fp32'} matrix product take turns round by round; the roofline is against that product's "
+        'peak (the "peak GFLOP/s" column)\n',
+        "| size | iteration ms | generator pass | Langevin revision | descriptor update | generator update | Langevin steps/s | GFLOP per step | achieved GFLOP/s | peak GFLOP/s | roofline | sampling MP/s (no refine) | sampling MP/s (refine L) | peak GPU MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for size in sizes:
         try:
-            lines.append(phase_row(device, cfg, size, peak))
+            lines.append(phase_row(device, cfg, size))
         except Exception as e:  # one size this machine cannot run (or a fault): say so, go on
             lines.append(f"| {size} | failed: {type(e).__name__}: {str(e).splitlines()[0][:100]} |")
         print(lines[-1], flush=True)
@@ -339,7 +402,7 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: 
         )
     if big:
         lines.append(big_sample(device, big))
-    lines += langevin_paths(device, sizes, cfg, peaks)
+    lines += langevin_paths(device, sizes, cfg)
     return "\n".join(lines) + "\n"
 
 
