@@ -470,7 +470,7 @@ def sample(model: CoopModel, blob: dict, job: SampleJob) -> list[Path]:
 def check_smooth(smooth: float | None) -> float | None:
     """A `--smooth` value, or an error saying why not (checked before a run, not after it)."""
     if smooth is not None and not 0 <= smooth <= 100:
-        raise CoopsynthError(f"--smooth {smooth}: must be between 0 and 100 latent frames")
+        raise CoopsynthError(f"--smooth {smooth:g}: must be between 0 and 100 latent frames")
     return smooth
 
 
@@ -606,6 +606,8 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
     if not job.seam >= 0:
         raise CoopsynthError(f"--seam {job.seam:g}: must be 0 or more")
     check_smooth(job.smooth)
+    if job.smooth is not None and kind != "video":
+        raise CoopsynthError(f"--smooth: only videos have motion to smooth, and {job.input} is an image")
     out = Path(job.output)
     result: dict = {"kind": kind}
     if job.model is not None:

@@ -353,7 +353,8 @@ def test_default_smoothing_for_a_mean_over_whole_missing_frames(tmp_path, monkey
         (["--mask", "{d}/mask.png", "--average", "0"], "--average 0: must be at least 1"),
         (["--mask", "{d}/mask.png", "--refine", "-1"], "--refine -1: must be 0 or more"),
         (["--mask", "{d}/mask.png", "--seam", "-2"], "--seam -2: must be 0 or more"),
-        (["--mask", "{d}/mask.png", "--smooth", "-1"], "--smooth -1.0: must be between 0 and 100"),
+        (["--mask", "{d}/mask.png", "--smooth", "-1"], "--smooth -1: must be between 0 and 100"),
+        (["--mask", "{d}/mask.png", "--smooth", "2"], "--smooth: only videos have motion to smooth, and"),
     ],
 )
 def test_completion_errors(tmp_path, extra, message):

@@ -223,6 +223,6 @@ def test_unsmoothed_latents_are_the_plain_draws():
 def test_smooth_option_errors(clip_dir, tmp_path):
     model = clip_dir / "out" / "model.pt"
     r = runner.invoke(app, ["sample", str(model), "-o", str(tmp_path / "a"), "--smooth", "-1"])
-    assert r.exit_code == 1 and "--smooth -1.0: must be between 0 and 100" in r.output
+    assert r.exit_code == 1 and "--smooth -1: must be between 0 and 100" in r.output
     r = runner.invoke(app, ["video", str(clip_dir / "clip.mp4"), "-o", str(tmp_path / "b"), "--smooth", "-1"])
     assert r.exit_code == 1 and "--smooth" in r.output and not (tmp_path / "b").exists()  # refused before training
