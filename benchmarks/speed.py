@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import header, publish  # noqa: E402
 
 from coopsynth import networks  # noqa: E402
-from coopsynth.accel import Accel  # noqa: E402
+from coopsynth.accel import Accel, keep_freed_memory  # noqa: E402
 from coopsynth.langevin import descriptor_langevin  # noqa: E402
 from coopsynth.model import CoopModel  # noqa: E402
 from coopsynth.networks import Descriptor, pad  # noqa: E402
@@ -146,30 +146,78 @@ def peak_memory(device: torch.device, fn) -> str:
 
 
 BIG = """
-import sys, time, torch
+import resource, sys, time, torch
+from coopsynth.accel import Accel, keep_freed_memory
 from coopsynth.model import CoopModel
 from coopsynth.trainer import preset
+device, side, keep, repeat = torch.device(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "keep", int(sys.argv[4])
+if keep:
+    keep_freed_memory()
 cfg = preset("default")
-m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), sys.argv[1])
-t = time.perf_counter()
-y = m.sample(1, (int(sys.argv[2]),) * 2, refine=cfg.langevin_steps, langevin=cfg.langevin())
-assert torch.isfinite(y).all()
-print(time.perf_counter() - t)
+accel = Accel.for_device(device).for_sampling(device, 2)  # what `coopsynth sample` uses
+m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device, accel)
+times = []
+for _ in range(repeat):
+    t = time.perf_counter()
+    y = m.sample(1, (side, side), refine=cfg.langevin_steps, langevin=cfg.langevin())
+    assert torch.isfinite(y).all()
+    times.append(time.perf_counter() - t)
+try:  # this process's own peak: ru_maxrss would count the parent's resident memory at the fork
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(accel.precision, hwm / 2**20, *times)
 """
 
 
-def big_sample(device: torch.device, side: int) -> str:
-    """One side x side sample with the default refinement in a fresh process: seconds and the
-    process's peak resident memory (the windowed generator and Langevin keep it bounded)."""
-    import resource
+def fresh_sample(device: torch.device, side: int, keep: bool, repeat: int = 1) -> tuple[str, float, list[float]]:
+    """side x side samples with the default refinement in a fresh process, as `coopsynth sample`
+    makes them (its precision; `keep`: freed memory kept for reuse, as the CLI sets it): the
+    precision, the process's peak resident memory in GiB, and the seconds of each sample."""
     import subprocess
 
     root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, "-c", BIG, device.type, str(side)], capture_output=True, text=True, cwd=root)
+    args = [sys.executable, "-c", BIG, device.type, str(side), "keep" if keep else "default", str(repeat)]
+    r = subprocess.run(args, capture_output=True, text=True, cwd=root)
     if r.returncode != 0:
-        return f"{side}x{side} sample: failed ({(r.stderr.strip().splitlines() or ['?'])[-1]})\n"
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # KiB -> GiB
-    return f"{side}x{side} sample with {preset('default').langevin_steps} refinements: {float(r.stdout.split()[-1]):.0f} s, peak resident memory {peak:.1f} GiB.\n"
+        raise RuntimeError((r.stderr.strip().splitlines() or ["?"])[-1])
+    precision, rss, *times = r.stdout.split()
+    return precision, float(rss), [float(t) for t in times]
+
+
+def big_sample(device: torch.device, side: int) -> str:
+    """One side x side sample in a fresh process, as the CLI makes it: seconds and the process's
+    peak resident memory (the windowed generator and Langevin keep it bounded)."""
+    try:
+        precision, rss, (t,) = fresh_sample(device, side, keep=True)
+    except RuntimeError as e:
+        return f"{side}x{side} sample: failed ({e})\n"
+    steps = preset("default").langevin_steps
+    return f"{side}x{side} sample with {steps} refinements ({precision}, as `coopsynth sample`): {t:.0f} s, peak resident memory {rss:.1f} GiB.\n"
+
+
+def allocator_sides(device: torch.device, side: int = 1024, pairs: int = 2) -> str:
+    """The C allocator's setting side by side: side x side samples (two per process, the first is
+    what one `coopsynth sample` pays) in fresh processes with glibc's defaults and with freed
+    memory kept for reuse (`accel.keep_freed_memory`, which the CLI sets), the processes
+    alternating; the best of `pairs` processes each."""
+    best: dict[bool, list[float]] = {False: [float("inf")] * 2, True: [float("inf")] * 2}
+    rss: dict[bool, float] = {False: 0.0, True: 0.0}
+    precision = "?"
+    try:
+        for _ in range(pairs):
+            for keep in (False, True):
+                precision, r, times = fresh_sample(device, side, keep, repeat=2)
+                best[keep] = [min(a, b) for a, b in zip(best[keep], times, strict=True)]
+                rss[keep] = max(rss[keep], r)
+    except RuntimeError as e:
+        return f"{side}x{side} sample, allocator settings: failed ({e})\n"
+    d, k = best[False], best[True]
+    return (
+        f"{side}x{side} sample with refinement ({precision}) in a fresh process, first / second sample: glibc's defaults "
+        f"{d[0]:.2f} / {d[1]:.2f} s ({rss[False]:.2f} GiB); freed memory kept for reuse, as the CLI runs "
+        f"{k[0]:.2f} / {k[1]:.2f} s ({rss[True]:.2f} GiB); {d[0] / k[0]:.2f}x / {d[1] / k[1]:.2f}x.\n"
+    )
 
 
 def plain_energy(d: Descriptor, y: torch.Tensor) -> torch.Tensor:
@@ -400,6 +448,8 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: 
             f"1024x1024 sample, `--precision {precision}`: {t1024:.2f} s generator only (`--refine 0`), "
             f"{t1024r:.2f} s with the default {cfg.langevin_steps} Langevin refinements.\n"
         )
+    if device.type == "cpu":
+        lines.append(allocator_sides(device))
     if big:
         lines.append(big_sample(device, big))
     lines += langevin_paths(device, sizes, cfg)
@@ -416,7 +466,13 @@ def main() -> None:
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     devices = [args.device] if args.device else (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    text = header("Speed")
+    # this process runs as the command-line tool does (the allocator's side-by-side line uses
+    # fresh processes of its own)
+    kept = keep_freed_memory()
+    text = (
+        header("Speed")
+        + f"This process: freed memory {'kept for reuse, as the CLI runs' if kept else 'returned to the system (not glibc)'}.\n\n"
+    )
     for d in devices:
         if d == "cuda" and not torch.cuda.is_available():
             print("cuda: skipped (no CUDA device)")

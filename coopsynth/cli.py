@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 from rich.table import Table
 
 from . import distributed, pipeline
+from .accel import keep_freed_memory
 from .completion import SEAM_LENGTH
 from .errors import CoopsynthError
 
@@ -544,6 +545,7 @@ def eval_(
 
 def main() -> None:
     """Entry point of the `coopsynth` script."""
+    keep_freed_memory()  # the process is ours: reuse freed activations (benchmarks/RESULTS.md, Speed)
     try:
         app()
     except SystemExit:

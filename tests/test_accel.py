@@ -185,6 +185,56 @@ def test_cli_rejects_an_unknown_precision(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+REUSE = """
+import resource, sys, torch
+from coopsynth.accel import keep_freed_memory
+if sys.argv[1] == "keep" and not keep_freed_memory():
+    print("unsupported")
+    raise SystemExit
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+x = torch.ones(12 << 18)  # 48 MiB
+del x
+before = faults()
+x = torch.ones(10 << 18)  # 40 MiB: fits in the block just freed
+print(faults() - before)
+"""
+
+
+def _page_faults_of_a_reallocation(mode: str) -> str:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", REUSE, mode], capture_output=True, text=True, cwd=root, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_keep_freed_memory_reuses_a_freed_block_instead_of_paging_in_a_new_one():
+    """In a fresh process each (the setting is process-wide): by default glibc hands a 48 MiB
+    block back to the kernel on free and pages in a new one for the next big tensor; once
+    keep_freed_memory() has run, the next tensor reuses the freed block."""
+    kept = _page_faults_of_a_reallocation("keep")
+    if kept == "unsupported":
+        pytest.skip("not glibc: keep_freed_memory is a no-op here")
+    default = int(_page_faults_of_a_reallocation("default"))
+    if default < 1000:
+        pytest.skip(f"this allocator reused the block by itself ({default} page faults)")
+    assert int(kept) < default / 10, (kept, default)
+
+
+def test_the_command_line_tool_keeps_freed_memory(monkeypatch):
+    from coopsynth import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr("sys.argv", ["coopsynth", "--help"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 0 and calls == [1]
+
+
 def _cuda_pair(precision: str = "fp32") -> tuple[CoopModel, CoopModel]:
     """A graph-path model (the CUDA defaults) and an eager twin with the same weights."""
     torch.manual_seed(0)
