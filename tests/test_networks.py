@@ -1,7 +1,9 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
-from coopsynth.networks import Descriptor, Generator, NetConfig
+from coopsynth import networks
+from coopsynth.networks import Descriptor, Generator, NetConfig, _upsampled_conv, pad
 from tests.conftest import tiny_net
 
 
@@ -158,3 +160,50 @@ def test_windowed_refinement_over_time_equals_whole_video_chain(wrap):
     windowed = m.revise_windowed(y, window=(4, None, None), **kw)
     torch.testing.assert_close(windowed, whole, atol=1e-5, rtol=1e-5)
     assert not torch.equal(whole, y)
+
+
+@pytest.mark.parametrize(
+    "scale, wrap",
+    [((2, 2), (False, False)), ((2, 2), (True, False)), ((2, 2, 2), (False, True, True)), ((1, 2, 2), (True, False, False))],
+)
+def test_upsampled_conv_equals_upsampling_then_the_conv(scale, wrap):
+    """The generator block's conv(pad(up(h))) computed at h's resolution (the 3 taps folded onto 2
+    per output phase): the same numbers, replicate and circular padding alike, odd sizes too."""
+    torch.manual_seed(0)
+    d = len(scale)
+    conv = (torch.nn.Conv2d if d == 2 else torch.nn.Conv3d)(3, 5, 3).double()
+    h = torch.randn(2, 3, *((4, 5, 7) if d == 3 else (5, 7)), dtype=torch.float64)
+    want = conv(pad(F.interpolate(h, scale_factor=scale, mode="nearest"), (1,) * d, wrap))
+    got = _upsampled_conv(conv, pad(h, (1,) * d, wrap), scale)
+    assert got.shape == want.shape == (2, 5, *(n * s for n, s in zip(h.shape[2:], scale, strict=True)))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_upsampled_conv_gradients_float64():
+    """Input and weight gradients of the folded form are those of up-sampling then the conv."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(2, 3, 3).double()
+    h = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    folded = _upsampled_conv(conv, pad(h, (1, 1), (False, True)), (2, 2))
+    plain = conv(pad(F.interpolate(h, scale_factor=2, mode="nearest"), (1, 1), (False, True)))
+    for out_grads, want in zip(
+        torch.autograd.grad(folded.pow(2).sum(), (h, conv.weight, conv.bias)),
+        torch.autograd.grad(plain.pow(2).sum(), (h, conv.weight, conv.bias)),
+        strict=True,
+    ):
+        torch.testing.assert_close(out_grads, want, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda h: _upsampled_conv(conv, pad(h, (1, 1), (False, True)), (2, 2)), (h,))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_generator_gives_the_same_samples_with_either_block_formulation(monkeypatch, dims):
+    """SUBPIXEL_MIN only chooses how a block is computed (the folded form pays from 16x16 inputs):
+    forced on or off everywhere, the generator's output is the same."""
+    torch.manual_seed(0)
+    g = Generator(tiny_net(dims)).double()
+    z = torch.randn(2, g.cfg.z_channels, *((2, 3, 4) if dims == 3 else (3, 4)), dtype=torch.float64)
+    monkeypatch.setattr(networks, "SUBPIXEL_MIN", 0)
+    folded = g(z)
+    monkeypatch.setattr(networks, "SUBPIXEL_MIN", 10**9)
+    plain = g(z)
+    torch.testing.assert_close(folded, plain, rtol=1e-10, atol=1e-10)
