@@ -190,6 +190,11 @@ def _summary(result: dict, written: list[Path], t0: float) -> None:
             else ""
         )
         + (f", {result['rollbacks']} divergence roll-backs" if result["rollbacks"] else "")
+        + (
+            f", started afresh {result['restarts']} time{'s' * (result['restarts'] > 1)} after early collapses"
+            if result.get("restarts")
+            else ""
+        )
     )
     console.print(f"model: {result['checkpoint']}")
     if written:

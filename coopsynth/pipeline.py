@@ -28,6 +28,10 @@ from .model import CoopModel
 from .networks import NetConfig
 from .trainer import WATCHDOG_FLOOR, CollapseError, CoopTrainer, DivergenceError, TrainConfig, preset, with_overrides
 
+RESTART_BEFORE = 0.5  # a watchdog end before this fraction of the run (steps or minutes) starts training afresh
+MAX_RESTARTS = 2  # fresh starts per run; after them a watchdog end stands wherever it comes
+RESTART_SEED = 1000  # attempt k (from 1) trains with seed + RESTART_SEED * k
+
 Tensor = torch.Tensor
 ProgressFn = Callable[[dict], None] | None
 
@@ -277,6 +281,8 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
     good = copy.deepcopy(trainer.state_dict())
     good_step = trainer.step_count
     rollbacks = 0
+    restarts = int(state.get("meta", {}).get("restarts", 0)) if state is not None else 0
+    attempt_rollbacks = 0  # rollbacks before this attempt (a restart begins a new one)
     budget = None if job.minutes is None else job.minutes * 60.0
     stop_reason = "steps"
 
@@ -288,7 +294,7 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
 
     def save(reason: str) -> Path:
         """A collective under torchrun: every process hands in its random stream, rank 0 writes."""
-        m = dict(meta, seconds=start_seconds + elapsed(), stopped=reason, rollbacks=rollbacks, world_size=size)
+        m = dict(meta, seconds=start_seconds + elapsed(), stopped=reason, rollbacks=rollbacks, restarts=restarts, world_size=size)
         st = trainer.state_dict()
         if size > 1:
             st["rng_ranks"] = distributed.gather_states(trainer.gen.get_state())
@@ -315,7 +321,20 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                 if collapse and trainer.lr_scale <= WATCHDOG_FLOOR:
                     # out of halvings: carrying on lets the descriptor win for good (a flame run's lead
                     # went to 10 and its samples to yellow-green mush), so the run ends at the last
-                    # balanced state, the model it keeps
+                    # balanced state, the model it keeps; unless that is early in the run (a model of
+                    # a few hundred iterations samples noise): then training starts afresh, new seed
+                    done = trainer.step_count / cfg.steps if budget is None else elapsed() / budget
+                    if restarts < MAX_RESTARTS and distributed.any_true(lead and done < RESTART_BEFORE):
+                        restarts += 1
+                        new_seed = job.seed + RESTART_SEED * restarts
+                        event["watchdog"] = f"out of halvings early in the run: training starts afresh with seed {new_seed}"
+                        log.write(json.dumps(event) + "\n")
+                        restart = {"event": "restart", "attempt": restarts + 1, "seed": new_seed, "ended_at": good_step}
+                        log.write(json.dumps(restart) + "\n")
+                        log.flush()
+                        trainer.restart(new_seed)
+                        good, good_step, attempt_rollbacks = copy.deepcopy(trainer.state_dict()), 0, rollbacks
+                        continue
                     event["watchdog"] = "out of halvings: the run ends at the last balanced state"
                     log.write(json.dumps(event) + "\n")
                     stop_reason = "collapse"
@@ -332,9 +351,10 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                     event["watchdog"] = "last halving: another collapse ends the run at the last balanced state"
                 log.write(json.dumps(event) + "\n")
                 log.flush()
-                if rollbacks > 20:
+                if rollbacks - attempt_rollbacks > 20:
                     raise CoopsynthError(
-                        f"{job.input}: training diverged {rollbacks} times; try a smaller --langevin-steps or another preset"
+                        f"{job.input}: training diverged {rollbacks - attempt_rollbacks} times; "
+                        "try a smaller --langevin-steps or another preset"
                     ) from None
                 continue
             step = trainer.step_count
@@ -402,6 +422,7 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
         "seconds": start_seconds + elapsed(),
         "stopped": stop_reason,
         "rollbacks": rollbacks,
+        "restarts": restarts,
         "checkpoint": path,
         "trainer": trainer,
         "meta": meta,

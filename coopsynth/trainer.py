@@ -145,18 +145,24 @@ class CoopTrainer:
         self.device = torch.device(device)
         if cfg.batch % len(shards):
             raise CoopsynthError(f"batch {cfg.batch} does not split evenly over {len(shards)} shards")
-        torch.manual_seed(seed)  # network initialisation: the same in every process
         self.shards = tuple(shards)
-        self.gens = [torch.Generator(device=self.device).manual_seed(seed + 7919 * s) for s in self.shards]
-        self.gen = self.gens[0]
         mean, std = standardise_stats(data, mask)
-        self.model = CoopModel(cfg.net, mean, std, self.device, accel)
+        self._begin(seed, mean, std, accel)
         self.data = self.model.normalise(data.to(self.device))  # (C, [T,] H, W) standardised
         self.mask = None if mask is None else mask.to(self.device).float().expand_as(data[:1]).contiguous()  # (1, [T,] H, W)
         if self.mask is not None:
             self.data = self.data * self.mask  # hidden pixels never reach a network
         self.crop_size = self._crop_size()
         self.starts = self._crop_starts()
+        self.progress: Callable[[], float] | None = None  # fraction of the run done, if not by steps
+
+    def _begin(self, seed: int, mean: Tensor, std: Tensor, accel: Accel | None) -> None:
+        """Initial weights, optimisers, random streams and counters, all from `seed`."""
+        cfg = self.cfg
+        torch.manual_seed(seed)  # network initialisation: the same in every process
+        self.gens = [torch.Generator(device=self.device).manual_seed(seed + 7919 * s) for s in self.shards]
+        self.gen = self.gens[0]
+        self.model = CoopModel(cfg.net, mean, std, self.device, accel)
         betas = (cfg.beta1, 0.999)
         self.opt_d = torch.optim.Adam(self.model.descriptor.parameters(), lr=cfg.lr_d, betas=betas)
         self.opt_g = torch.optim.Adam(self.model.generator.parameters(), lr=cfg.lr_g, betas=betas)
@@ -166,7 +172,11 @@ class CoopTrainer:
         self.lead = 0.0  # the last iteration's f_obs - f_syn per position (the moving average lags it)
         self.lr_scale = 1.0  # halved at each collapse the watchdog catches
         self.grad_norms = [0.0, 0.0]  # running mean gradient norm of the descriptor, the generator
-        self.progress: Callable[[], float] | None = None  # fraction of the run done, if not by steps
+
+    def restart(self, seed: int) -> None:
+        """Training afresh: new initial weights, optimisers and random streams from `seed`, on the
+        same data, settings and shards (what a new trainer with that seed starts from)."""
+        self._begin(seed, self.model.mean, self.model.std, self.model.accel)
 
     @property
     def descriptor(self):

@@ -237,6 +237,65 @@ def test_a_collapse_past_the_last_halving_ends_the_run_at_the_balanced_state(tmp
     for k, v in saved["generator"].items():
         assert torch.equal(res["trainer"].generator.state_dict()[k], v), k
     assert pipeline.run_state(tmp_path / "out" / "model.pt") == "finished"
+    assert res["restarts"] == 0 and not [e for e in events if e.get("event") == "restart"]  # 50 of 80: late
+
+
+def test_restart_is_a_new_trainer_with_that_seed():
+    data = texture_image()
+    tr = CoopTrainer(data, tiny_cfg(), seed=0)
+    for _ in range(3):
+        tr.step()
+    tr.lr_scale, tr.delta = 0.25, 0.5
+    tr.restart(7)
+    new = CoopTrainer(data, tiny_cfg(), seed=7)
+    assert tr.step_count == 0 and tr.lr_scale == 1.0 and tr.delta == new.delta
+    for a, b in ((tr.descriptor, new.descriptor), (tr.generator, new.generator)):
+        for (k, v), w in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            assert torch.equal(v, w), k
+    assert not tr.opt_d.state and not tr.opt_g.state
+    assert torch.equal(tr.gen.get_state(), new.gen.get_state())
+    tr.step(), new.step()  # the same draws from here on
+    assert torch.equal(next(tr.generator.parameters()), next(new.generator.parameters()))
+
+
+def test_an_early_collapse_end_starts_training_afresh_with_a_new_seed(tmp_path, monkeypatch):
+    """The watchdog runs out of halvings at step 2 of 80 (well before half the run): instead of
+    ending with a model of 0 iterations, training starts afresh with seed + RESTART_SEED, logged;
+    that attempt runs to the end and gives what a run with that seed gives."""
+    on = {"collapse": True}
+    real_restart = CoopTrainer.restart
+
+    def restart(self, seed):
+        on["collapse"] = False
+        real_restart(self, seed)
+
+    monkeypatch.setattr(CoopTrainer, "restart", restart)
+    res, events = train_with_collapses(tmp_path / "a", monkeypatch, 80, lambda t, call: on["collapse"] and t.step_count >= 2)
+    assert res["stopped"] == "steps" and res["steps"] == 80 and res["restarts"] == 1
+    kinds = [e["event"] for e in events if "event" in e]
+    assert kinds == ["collapse"] * 5 + ["restart", "stopped"]
+    assert "starts afresh with seed 1000" in events[[i for i, e in enumerate(events) if e.get("event") == "restart"][0] - 1]["watchdog"]
+    assert {k: events[kinds.index("restart")][k] for k in ("attempt", "seed")} == {"attempt": 2, "seed": pipeline.RESTART_SEED}
+    assert load_checkpoint(tmp_path / "a" / "out" / "model.pt")["meta"]["restarts"] == 1
+    fresh = pipeline.train(
+        pipeline.TrainJob(
+            tmp_path / "a" / "in.png",
+            tmp_path / "b",
+            steps=80,
+            seed=pipeline.RESTART_SEED,
+            overrides=dict(net=tiny_net(), crop=16, batch=2, langevin_steps=1),
+        )
+    )
+    for k, v in fresh["trainer"].generator.state_dict().items():
+        assert torch.equal(res["trainer"].generator.state_dict()[k], v), k
+
+
+def test_early_collapse_ends_stand_after_the_last_restart(tmp_path, monkeypatch):
+    res, events = train_with_collapses(tmp_path, monkeypatch, 80, lambda t, call: t.step_count >= 2)
+    assert res["stopped"] == "collapse" and res["restarts"] == pipeline.MAX_RESTARTS == 2
+    restarts = [e for e in events if e.get("event") == "restart"]
+    assert [e["seed"] for e in restarts] == [pipeline.RESTART_SEED, 2 * pipeline.RESTART_SEED]
+    assert events[-1]["event"] == "stopped" and "ends at the last balanced state" in events[-2]["watchdog"]
 
 
 @pytest.mark.parametrize("collapses_again", [False, True])
