@@ -1,8 +1,10 @@
 """Soak test: many back-to-back `coopsynth texture --preset fast` runs on real textures with random
-seeds, through the real command line; counts errors, NaN in outputs and divergence roll-backs.
+seeds, through the real command line; counts errors, NaN in outputs, divergence roll-backs, and
+the collapse watchdog's fresh starts and early ends.
 
     python benchmarks/soak.py                 # 20 runs over ../shared/data/textures
     python benchmarks/soak.py --runs 5
+    python benchmarks/soak.py --input examples/cork.png --preset default --runs 6   # one input, many seeds
 """
 
 from __future__ import annotations
@@ -30,16 +32,24 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "textures")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--preset", default="fast")
+    ap.add_argument("--input", type=Path, default=None, help="one image for every run (default: a random one from --data)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    if not args.data.is_dir():
+    if args.input is not None:
+        if not args.input.is_file():
+            print(f"skipped: no file at {args.input}")
+            return
+        files = [args.input]
+    elif not args.data.is_dir():
         print(f"skipped: no data folder at {args.data} (pass --data)")
         return
+    else:
+        files = sorted(p for p in args.data.iterdir() if p.suffix.lower() == ".png")
     import imageio.v3 as iio
 
-    files = sorted(p for p in args.data.iterdir() if p.suffix.lower() == ".png")
     rng = random.Random(args.seed)
-    rows, errors, nans, rollbacks = [], 0, 0, 0
+    rows, errors, nans, rollbacks, restarts, early = [], 0, 0, 0, 0, 0
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.runs):
@@ -57,7 +67,7 @@ def main() -> None:
                     "-o",
                     str(out),
                     "--preset",
-                    "fast",
+                    args.preset,
                     "--seed",
                     str(seed),
                     "--samples",
@@ -88,11 +98,25 @@ def main() -> None:
             nans += bad
             rb = sum(1 for e in events if e.get("event") == "divergence")
             rollbacks += rb
-            rows.append(f"| {i + 1} | {f.stem} | {seed} | {'ok' if ok else 'exit ' + str(r.returncode)} | {rb} | {secs:.0f} |")
+            rs = sum(1 for e in events if e.get("event") == "restart")
+            restarts += rs
+            stop = next((e for e in reversed(events) if e.get("event") == "stopped"), {})
+            early += stop.get("reason") == "collapse"
+            rows.append(
+                f"| {i + 1} | {f.stem} | {seed} | {'ok' if ok else 'exit ' + str(r.returncode)} | {rb} | {rs} | "
+                f"{stop.get('reason', '?')} at {stop.get('step', '?')} | {secs:.0f} |"
+            )
             print(rows[-1], (r.stderr.strip().splitlines() or [""])[-1] if not ok else "", flush=True)
-    text = header(f"Soak: {args.runs} back-to-back `coopsynth texture --preset fast` runs")
-    text += f"**{args.runs - errors}/{args.runs} runs exited 0; {nans} non-finite weights, energies or flat samples; {rollbacks} divergence roll-backs; {(time.perf_counter() - t_all) / 60:.0f} min.**\n\n"
-    text += "| run | texture | seed | result | roll-backs | seconds |\n|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+    text = header(f"Soak: {args.runs} back-to-back `coopsynth texture --preset {args.preset}` runs")
+    text += (
+        f"**{args.runs - errors}/{args.runs} runs exited 0; {nans} non-finite weights, energies or flat samples; "
+        f"{rollbacks} divergence roll-backs; {restarts} fresh starts after an early collapse end, in {args.runs} runs "
+        f"({args.runs + restarts} attempts); {early} runs ended by the watchdog; {(time.perf_counter() - t_all) / 60:.0f} min.**\n\n"
+    )
+    text += (
+        "| run | texture | seed | result | roll-backs | fresh starts | stopped | seconds |\n|---|---|---|---|---|---|---|---|\n"
+    )
+    text += "\n".join(rows) + "\n"
     publish(text, not args.no_write)
 
 

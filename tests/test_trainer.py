@@ -274,8 +274,9 @@ def test_an_early_collapse_end_starts_training_afresh_with_a_new_seed(tmp_path, 
     assert res["stopped"] == "steps" and res["steps"] == 80 and res["restarts"] == 1
     kinds = [e["event"] for e in events if "event" in e]
     assert kinds == ["collapse"] * 5 + ["restart", "stopped"]
-    assert "starts afresh with seed 1000" in events[[i for i, e in enumerate(events) if e.get("event") == "restart"][0] - 1]["watchdog"]
-    assert {k: events[kinds.index("restart")][k] for k in ("attempt", "seed")} == {"attempt": 2, "seed": pipeline.RESTART_SEED}
+    at = [i for i, e in enumerate(events) if e.get("event") == "restart"][0]
+    assert "starts afresh with seed 1000" in events[at - 1]["watchdog"]
+    assert {k: events[at][k] for k in ("attempt", "seed")} == {"attempt": 2, "seed": pipeline.RESTART_SEED}
     assert load_checkpoint(tmp_path / "a" / "out" / "model.pt")["meta"]["restarts"] == 1
     fresh = pipeline.train(
         pipeline.TrainJob(
