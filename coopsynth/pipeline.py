@@ -334,6 +334,9 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                         log.flush()
                         trainer.restart(new_seed)
                         good, good_step, attempt_rollbacks = copy.deepcopy(trainer.state_dict()), 0, rollbacks
+                        if trainer.progress is not None:  # the schedule runs over the time that is left
+                            begun = elapsed()
+                            trainer.progress = lambda begun=begun: (elapsed() - begun) / max(budget - begun, 1e-9)
                         continue
                     event["watchdog"] = "out of halvings: the run ends at the last balanced state"
                     log.write(json.dumps(event) + "\n")

@@ -291,6 +291,40 @@ def test_an_early_collapse_end_starts_training_afresh_with_a_new_seed(tmp_path, 
         assert torch.equal(res["trainer"].generator.state_dict()[k], v), k
 
 
+def test_a_fresh_start_in_a_minutes_run_gets_the_time_that_is_left(tmp_path, monkeypatch):
+    """--minutes: the learning-rate schedule follows the clock. After a fresh start it runs over the
+    time that is left, from the top, not from where the failed attempt had got to."""
+    monkeypatch.setattr("coopsynth.trainer.WATCHDOG_WARMUP", 0)
+    clock = {"t": 0.0}
+    monkeypatch.setattr(pipeline.time, "perf_counter", lambda: clock["t"])
+    write_image(tmp_path / "in.png", texture_image())
+    on, seen, begun = {"collapse": True}, [], []
+    real_step, real_restart = CoopTrainer.step, CoopTrainer.restart
+
+    def step(self):
+        clock["t"] += 1.0  # every iteration takes a second
+        if on["collapse"] and self.step_count >= 2:
+            self.gap = 50.0
+        if not on["collapse"]:
+            seen.append(self.progress())
+        return real_step(self)
+
+    def restart(self, seed):
+        on["collapse"] = False
+        begun.append(clock["t"])
+        real_restart(self, seed)
+
+    monkeypatch.setattr(CoopTrainer, "step", step)
+    monkeypatch.setattr(CoopTrainer, "restart", restart)
+    job = pipeline.TrainJob(
+        tmp_path / "in.png", tmp_path / "out", minutes=1.0, overrides=dict(net=tiny_net(), crop=16, batch=2, langevin_steps=1)
+    )
+    res = pipeline.train(job)
+    assert res["restarts"] == 1 and res["stopped"] == "minutes" and begun[0] >= 5
+    assert seen[0] == pytest.approx(1 / (60 - begun[0]))  # one second into the time left
+    assert seen[-1] == pytest.approx(1.0)
+
+
 def test_early_collapse_ends_stand_after_the_last_restart(tmp_path, monkeypatch):
     res, events = train_with_collapses(tmp_path, monkeypatch, 80, lambda t, call: t.step_count >= 2)
     assert res["stopped"] == "collapse" and res["restarts"] == pipeline.MAX_RESTARTS == 2
