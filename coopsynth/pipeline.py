@@ -28,7 +28,7 @@ from .model import CoopModel
 from .networks import NetConfig
 from .trainer import WATCHDOG_FLOOR, CollapseError, CoopTrainer, DivergenceError, TrainConfig, preset, with_overrides
 
-RESTART_BEFORE = 0.5  # a watchdog end before this fraction of the run (steps or minutes) starts training afresh
+RESTART_BEFORE = 0.5  # a watchdog end before this fraction of the run (steps or minutes, the further) starts training afresh
 MAX_RESTARTS = 2  # fresh starts per run; after them a watchdog end stands wherever it comes
 RESTART_SEED = 1000  # attempt k (from 1) trains with seed + RESTART_SEED * k
 
@@ -323,7 +323,7 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                     # went to 10 and its samples to yellow-green mush), so the run ends at the last
                     # balanced state, the model it keeps; unless that is early in the run (a model of
                     # a few hundred iterations samples noise): then training starts afresh, new seed
-                    done = trainer.step_count / cfg.steps if budget is None else elapsed() / budget
+                    done = max(trainer.step_count / cfg.steps, 0.0 if budget is None else elapsed() / budget)
                     if restarts < MAX_RESTARTS and distributed.any_true(lead and done < RESTART_BEFORE):
                         restarts += 1
                         new_seed = job.seed + RESTART_SEED * restarts

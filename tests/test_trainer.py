@@ -174,7 +174,7 @@ def test_watchdog_raises_on_a_runaway_descriptor_before_updating():
     assert off.gap == 10.0
 
 
-def train_with_collapses(tmp_path, monkeypatch, steps: int, collapse_at, before=None) -> tuple[dict, list[dict]]:
+def train_with_collapses(tmp_path, monkeypatch, steps: int, collapse_at, before=None, minutes=None) -> tuple[dict, list[dict]]:
     """A tiny texture run whose descriptor "runs away" (lead 50) on the iterations where
     collapse_at(trainer, call) is true; `before(trainer)` sees every iteration first. Returns the
     run's summary and its log events."""
@@ -193,7 +193,11 @@ def train_with_collapses(tmp_path, monkeypatch, steps: int, collapse_at, before=
 
     monkeypatch.setattr(CoopTrainer, "step", collapsing)
     job = pipeline.TrainJob(
-        tmp_path / "in.png", tmp_path / "out", steps=steps, overrides=dict(net=tiny_net(), crop=16, batch=2, langevin_steps=1)
+        tmp_path / "in.png",
+        tmp_path / "out",
+        steps=steps,
+        minutes=minutes,
+        overrides=dict(net=tiny_net(), crop=16, batch=2, langevin_steps=1),
     )
     res = pipeline.train(job)
     events = [json.loads(line) for line in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
@@ -323,6 +327,22 @@ def test_a_fresh_start_in_a_minutes_run_gets_the_time_that_is_left(tmp_path, mon
     assert res["restarts"] == 1 and res["stopped"] == "minutes" and begun[0] >= 5
     assert seen[0] == pytest.approx(1 / (60 - begun[0]))  # one second into the time left
     assert seen[-1] == pytest.approx(1.0)
+
+
+def test_a_collapse_end_late_by_steps_stands_though_early_by_the_clock(tmp_path, monkeypatch):
+    """--steps and --minutes together: the run is as far along as the further of the two, so a
+    watchdog end at step 50 of 80 stands even when only a tenth of the minutes has gone."""
+    clock = {"t": 0.0}
+    monkeypatch.setattr(pipeline.time, "perf_counter", lambda: clock["t"])
+    real_step = CoopTrainer.step
+
+    def step(self):
+        clock["t"] += 0.1
+        return real_step(self)
+
+    monkeypatch.setattr(CoopTrainer, "step", step)
+    res, events = train_with_collapses(tmp_path, monkeypatch, 80, lambda t, call: t.step_count >= 52, minutes=1.0)
+    assert res["stopped"] == "collapse" and res["steps"] == 50 and res["restarts"] == 0
 
 
 def test_early_collapse_ends_stand_after_the_last_restart(tmp_path, monkeypatch):
