@@ -80,7 +80,12 @@ def run_coopsynth(
             s = model.sample(k, size, refine=tr.cfg.langevin_steps, langevin=tr.cfg.langevin(tr.delta), generator=gen).cpu()
         out[sp] = list(s)
         secs = secs or time.perf_counter() - t0  # training and the first sampling, as a user runs it
-    return out, secs, f"{res['steps']} it on {model.device.type}"
+    note = f"{res['steps']} it on {model.device.type}"
+    if res["stopped"] == "collapse":
+        note += ", ended by the watchdog"
+    if res["restarts"]:
+        note += f", {res['restarts']} fresh start{'s' * (res['restarts'] > 1)}"
+    return out, secs, note
 
 
 def run_paper(train: torch.Tensor, k: int, seed: int, seconds: float) -> tuple[list, float, str]:
