@@ -195,6 +195,11 @@ def _summary(result: dict, written: list[Path], t0: float) -> None:
             if result.get("restarts")
             else ""
         )
+        + (
+            f"; every attempt ended early, and attempt {result['kept_attempt']}'s samples came closest to the input: kept"
+            if result.get("kept_attempt")
+            else ""
+        )
     )
     console.print(f"model: {result['checkpoint']}")
     if written:

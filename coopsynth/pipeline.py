@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
+from . import distributed, metrics
 from .accel import Accel
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .completion import SEAM_LENGTH, default_refine, default_smooth
@@ -31,6 +31,8 @@ from .trainer import WATCHDOG_FLOOR, CollapseError, CoopTrainer, DivergenceError
 RESTART_BEFORE = 0.5  # a watchdog end before this fraction of the run (steps or minutes, the further) starts training afresh
 MAX_RESTARTS = 2  # fresh starts per run; after them a watchdog end stands wherever it comes
 RESTART_SEED = 1000  # attempt k (from 1) trains with seed + RESTART_SEED * k
+SCORE_SIDE = 256  # attempt scores: samples and the training image's centre, at most this many pixels a side
+SCORE_SEED = 4242  # attempt scores: every attempt is judged from the same latents, noise and patches
 
 Tensor = torch.Tensor
 ProgressFn = Callable[[dict], None] | None
@@ -244,6 +246,23 @@ def train(job: TrainJob, on_progress: ProgressFn = None, mask: Tensor | None = N
     return run_training(prepare_training(job, mask, data), on_progress)
 
 
+def attempt_score(trainer: CoopTrainer, seed: int) -> float | None:
+    """How far a texture model's samples are from its training image: the SWD (metrics.swd) of two
+    samples, refined as `sample` refines them, against the image's centre, at most SCORE_SIDE
+    pixels a side. Lower is closer. It judges the attempts of a run that all ended early, to keep
+    the best one. None where it does not apply: videos and masked (completion) training."""
+    if trainer.cfg.net.dims != 2 or trainer.mask is not None:
+        return None
+    model, cfg = trainer.model, trainer.cfg
+    H, W = trainer.data.shape[-2:]
+    h, w = min(H, SCORE_SIDE), min(W, SCORE_SIDE)
+    top, left = (H - h) // 2, (W - w) // 2
+    ref = model.denormalise(trainer.data[None, :, top : top + h, left : left + w])[0].cpu()  # (C, h, w) in [0, 1]
+    gen = torch.Generator(device=model.device).manual_seed(seed)
+    samples = model.sample(2, (h, w), refine=cfg.langevin_steps, langevin=cfg.langevin(trainer.delta), generator=gen)
+    return metrics.swd(list(samples.cpu()), [ref], seed=seed, patches=2048)
+
+
 def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
     """The training loop of a prepared run (see `train`)."""
     job, kind, meta, trainer, state, start_seconds = prep.job, prep.kind, prep.meta, prep.trainer, prep.state, prep.start_seconds
@@ -283,6 +302,8 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
     rollbacks = 0
     restarts = int(state.get("meta", {}).get("restarts", 0)) if state is not None else 0
     attempt_rollbacks = 0  # rollbacks before this attempt (a restart begins a new one)
+    early_ends: list[tuple[float, dict, int]] = []  # (score, state, attempt) of attempts that ended early
+    kept_attempt = None  # set when every attempt ended early and an earlier one scored best
     budget = None if job.minutes is None else job.minutes * 60.0
     stop_reason = "steps"
 
@@ -295,6 +316,8 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
     def save(reason: str) -> Path:
         """A collective under torchrun: every process hands in its random stream, rank 0 writes."""
         m = dict(meta, seconds=start_seconds + elapsed(), stopped=reason, rollbacks=rollbacks, restarts=restarts, world_size=size)
+        if kept_attempt is not None:
+            m["kept_attempt"] = kept_attempt
         st = trainer.state_dict()
         if size > 1:
             st["rng_ranks"] = distributed.gather_states(trainer.gen.get_state())
@@ -324,7 +347,12 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                     # balanced state, the model it keeps; unless that is early in the run (a model of
                     # a few hundred iterations samples noise): then training starts afresh, new seed
                     done = max(trainer.step_count / cfg.steps, 0.0 if budget is None else elapsed() / budget)
-                    if restarts < MAX_RESTARTS and distributed.any_true(lead and done < RESTART_BEFORE):
+                    early = distributed.any_true(lead and done < RESTART_BEFORE)
+                    score = attempt_score(trainer, job.seed + SCORE_SEED) if early else None
+                    if score is not None:
+                        event["score"] = round(score, 5)
+                        early_ends.append((score, good, restarts + 1))
+                    if restarts < MAX_RESTARTS and early:
                         restarts += 1
                         new_seed = job.seed + RESTART_SEED * restarts
                         event["watchdog"] = f"out of halvings early in the run: training starts afresh with seed {new_seed}"
@@ -340,6 +368,17 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                         continue
                     event["watchdog"] = "out of halvings: the run ends at the last balanced state"
                     log.write(json.dumps(event) + "\n")
+                    if early and len(early_ends) > 1:
+                        # every attempt ended early: keep the one whose samples come closest to the
+                        # input (a later attempt is not better by rule; each is a few hundred
+                        # iterations from its own seed)
+                        best = min(early_ends, key=lambda e: e[0])
+                        if best[2] != early_ends[-1][2]:
+                            trainer.load_state_dict(best[1])
+                            kept_attempt = best[2]
+                        pick = {"event": "best_attempt", "attempt": best[2], "step": trainer.step_count}
+                        pick["scores"] = [round(e[0], 5) for e in early_ends]
+                        log.write(json.dumps(pick) + "\n")
                     stop_reason = "collapse"
                     break
                 trainer.reseed(rollbacks)  # not a replay of the draws that failed
@@ -426,6 +465,7 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
         "stopped": stop_reason,
         "rollbacks": rollbacks,
         "restarts": restarts,
+        "kept_attempt": kept_attempt,
         "checkpoint": path,
         "trainer": trainer,
         "meta": meta,

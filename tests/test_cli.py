@@ -1,11 +1,14 @@
+import io
 import json
 import subprocess
 import sys
 
 import pytest
 import torch
+from rich.console import Console
 from typer.testing import CliRunner
 
+from coopsynth import cli
 from coopsynth.cli import app
 from coopsynth.io import read_image, write_image
 from tests.conftest import texture_image
@@ -206,3 +209,14 @@ def test_smooth_is_refused_for_a_texture_model(trained, tmp_path):
     r = runner.invoke(app, ["sample", str(trained / "out" / "model.pt"), "-o", str(tmp_path), "--smooth", "1"])
     assert r.exit_code == 1 and "--smooth: only video models" in r.output and "Traceback" not in r.output
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kept", [None, 1])
+def test_the_summary_line_says_fresh_starts_and_which_attempt_was_kept(monkeypatch, kept):
+    buf = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=buf, width=400))
+    result = {"steps": 300, "stopped": "collapse", "rollbacks": 0, "restarts": 2, "kept_attempt": kept, "checkpoint": "m.pt"}
+    cli._summary(result, [], 0.0)
+    line = buf.getvalue().splitlines()[0]
+    assert "started afresh 2 times after early collapses" in line
+    assert ("attempt 1's samples came closest to the input: kept" in line) == (kept == 1)

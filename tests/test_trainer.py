@@ -350,7 +350,67 @@ def test_early_collapse_ends_stand_after_the_last_restart(tmp_path, monkeypatch)
     assert res["stopped"] == "collapse" and res["restarts"] == pipeline.MAX_RESTARTS == 2
     restarts = [e for e in events if e.get("event") == "restart"]
     assert [e["seed"] for e in restarts] == [pipeline.RESTART_SEED, 2 * pipeline.RESTART_SEED]
-    assert events[-1]["event"] == "stopped" and "ends at the last balanced state" in events[-2]["watchdog"]
+    assert [e["event"] for e in events[-3:]] == ["collapse", "best_attempt", "stopped"]
+    assert "ends at the last balanced state" in events[-3]["watchdog"]
+
+
+@pytest.mark.parametrize("scores, kept", [((0.5, 0.9, 0.7), 1), ((0.9, 0.6, 0.8), 2), ((0.9, 0.8, 0.5), 3)])
+def test_when_every_attempt_ends_early_the_best_scoring_one_is_kept(tmp_path, monkeypatch, scores, kept):
+    """All three attempts end early: the run keeps the state of the attempt whose samples scored
+    closest to the input (the lowest score), whichever it was, and the log, the checkpoint and the
+    summary say which."""
+    seen = []
+
+    def score(trainer, seed):
+        assert seed == 0 + pipeline.SCORE_SEED  # every attempt judged from the same draws
+        seen.append({k: v.clone() for k, v in trainer.generator.state_dict().items()})
+        return scores[len(seen) - 1]
+
+    monkeypatch.setattr(pipeline, "attempt_score", score)
+    res, events = train_with_collapses(tmp_path, monkeypatch, 80, lambda t, call: t.step_count >= 2)
+    assert len(seen) == 3 and res["stopped"] == "collapse" and res["restarts"] == 2
+    for k, v in res["trainer"].generator.state_dict().items():
+        assert torch.equal(v, seen[kept - 1][k]), k
+    assert all(any(not torch.equal(a[k], b[k]) for k in a) for a, b in ((seen[0], seen[1]), (seen[1], seen[2])))
+    pick = [e for e in events if e.get("event") == "best_attempt"]
+    assert len(pick) == 1 and pick[0]["attempt"] == kept and pick[0]["scores"] == list(scores)
+    assert [e["score"] for e in events if "score" in e] == list(scores)
+    assert res["kept_attempt"] == (None if kept == 3 else kept)
+    blob = load_checkpoint(tmp_path / "out" / "model.pt")
+    assert blob["meta"].get("kept_attempt") == res["kept_attempt"]
+    for k, v in model_from_checkpoint(blob).generator.state_dict().items():
+        assert torch.equal(v, seen[kept - 1][k]), k
+
+
+def test_attempts_are_not_scored_when_a_fresh_start_reaches_the_end(tmp_path, monkeypatch):
+    """Only an early end is scored, and a run whose fresh start trains to the end keeps that."""
+    on, seen = {"collapse": True}, []
+    real_restart = CoopTrainer.restart
+
+    def restart(self, seed):
+        on["collapse"] = False
+        real_restart(self, seed)
+
+    monkeypatch.setattr(CoopTrainer, "restart", restart)
+    monkeypatch.setattr(pipeline, "attempt_score", lambda t, seed: seen.append(t.step_count) or 0.0)
+    res, events = train_with_collapses(tmp_path, monkeypatch, 80, lambda t, call: on["collapse"] and t.step_count >= 2)
+    assert res["stopped"] == "steps" and res["restarts"] == 1 and res["kept_attempt"] is None
+    assert len(seen) == 1 and not [e for e in events if e.get("event") == "best_attempt"]
+
+
+def test_attempt_score_is_deterministic_and_leaves_the_training_streams_alone():
+    t = CoopTrainer(texture_image(), tiny_cfg(), seed=0)
+    t.step()
+    state, cpu = t.gen.get_state(), torch.get_rng_state()
+    a = pipeline.attempt_score(t, 5)
+    assert math.isfinite(a) and a > 0
+    assert torch.equal(t.gen.get_state(), state) and torch.equal(torch.get_rng_state(), cpu)
+    assert pipeline.attempt_score(t, 5) == a and pipeline.attempt_score(t, 6) != a
+    mask = torch.ones(1, 48, 40, dtype=torch.bool)
+    mask[:, 20:28, 16:24] = False
+    assert pipeline.attempt_score(CoopTrainer(texture_image(), tiny_cfg(), seed=0, mask=mask), 5) is None
+    video = CoopTrainer(video_clip(6, 32, 32), tiny_cfg(net=tiny_net(dims=3), crop_frames=4), seed=0)
+    assert pipeline.attempt_score(video, 5) is None
 
 
 @pytest.mark.parametrize("collapses_again", [False, True])
