@@ -373,7 +373,7 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                         # input (a later attempt is not better by rule; each is a few hundred
                         # iterations from its own seed)
                         best = min(early_ends, key=lambda e: e[0])
-                        if best[2] != early_ends[-1][2]:
+                        if best is not early_ends[-1]:
                             trainer.load_state_dict(best[1])
                             kept_attempt = best[2]
                         pick = {"event": "best_attempt", "attempt": best[2], "step": trainer.step_count}
