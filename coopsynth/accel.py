@@ -11,6 +11,10 @@
     channels_last NHWC / NDHWC tensors for both networks. Off by default: slower with these small
                   networks on an H200 (graph tf32 Langevin 0.80-0.93x of contiguous at 64-512 px)
                   and no consistent gain on a CPU (benchmarks/RESULTS.md, Speed).
+    closed_form   on a CPU in float32, compute the Langevin step's input gradient in closed form with
+                  weights packed for oneDNN instead of through autograd (`coopsynth.cpugrad`): the
+                  same numbers up to rounding, faster (benchmarks/RESULTS.md). Checked against
+                  autograd on each shape's first use; falls back to autograd when it fails.
     graphs        capture the whole L-step Langevin revision (L descriptor forwards, input
                   gradients, updates, noise and projections) as one CUDA graph and replay it: no
                   Python and no kernel launches per step. Falls back to eager code when capture
@@ -84,6 +88,7 @@ class Accel:
     precision: str = "tf32"  # fp32 | tf32 | bf16 (see the module docstring)
     channels_last: bool = False  # NHWC memory format for both networks
     graphs: bool = False  # CUDA graph capture of the Langevin revision
+    closed_form: bool = True  # CPU float32: the Langevin gradient in closed form with packed weights (coopsynth.cpugrad)
     fallbacks: list[str] = field(default_factory=list)  # why a graph was not used, once per reason
     auto: bool = False  # the precision was left to coopsynth (`--precision auto`): see for_sampling
 

@@ -16,6 +16,7 @@ import torch
 
 Tensor = torch.Tensor
 Callback = Callable[[dict], None] | None
+EnergyGrad = Callable[[Tensor], tuple[Tensor, Tensor]]  # y -> (f (B,), df/dy)
 
 
 def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -36,6 +37,7 @@ def descriptor_langevin(
     noise_fn: Callable[[int], Tensor] | None = None,
     bounds: tuple[Tensor, Tensor] | None = None,
     max_batch: int | None = None,
+    energy_grad: EnergyGrad | None = None,
     callback: Callback = None,
 ) -> Tensor:
     """L steps of  y <- y - (delta^2 / 2) (y / sigma^2 - df/dy) + noise * delta * N(0, I).
@@ -46,13 +48,15 @@ def descriptor_langevin(
     `bounds` (lo, hi), broadcastable to y, projects every step back onto the valid pixel range.
     `max_batch` computes the gradient over at most that many chains at a time: the same numbers
     (each chain's energy depends on it alone) with a working set that stays in a CPU's caches.
+    `energy_grad(y) -> (f, df/dy)`, if given, replaces autograd on `energy` (a closed form that
+    must agree with it, such as `cpugrad.PackedDescriptor`).
     """
     half = 0.5 * delta * delta
     y = y.detach()
     if known_mask is not None:
         y = torch.where(known_mask, known, y)
     for i in range(steps):
-        f, grad = _energy_grad(energy, y, max_batch)  # (B,), like y
+        f, grad = _energy_grad(energy, y, max_batch, energy_grad)  # (B,), like y
         with torch.no_grad():
             y = y - half * (y / (sigma * sigma) - grad)
             if noise:
@@ -66,14 +70,18 @@ def descriptor_langevin(
     return y
 
 
-def _energy_grad(energy: Callable[[Tensor], Tensor], y: Tensor, max_batch: int | None) -> tuple[Tensor, Tensor]:
+def _energy_grad(
+    energy: Callable[[Tensor], Tensor], y: Tensor, max_batch: int | None, energy_grad: EnergyGrad | None = None
+) -> tuple[Tensor, Tensor]:
     """f(y) (B,) and df/dy, over slices of at most max_batch chains."""
     if max_batch is None or y.shape[0] <= max_batch:
+        if energy_grad is not None:
+            return energy_grad(y)
         y = y.detach().requires_grad_(True)
         f = energy(y)
         (grad,) = torch.autograd.grad(f.sum(), y)
         return f.detach(), grad
-    parts = [_energy_grad(energy, part, None) for part in y.split(max_batch)]
+    parts = [_energy_grad(energy, part, None, energy_grad) for part in y.split(max_batch)]
     return torch.cat([f for f, _ in parts]), torch.cat([g for _, g in parts])
 
 

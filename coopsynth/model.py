@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from .accel import Accel, GraphedLangevin
+from .cpugrad import PackedGrads
 from .langevin import block_noise, descriptor_langevin
 from .networks import Descriptor, Generator, NetConfig, circular_extend
 
@@ -49,6 +50,7 @@ class CoopModel:
         self.mean = mean.detach().float().cpu()  # (C,)
         self.std = std.detach().float().cpu()  # (C,)
         self._graphs: dict[tuple, GraphedLangevin] = {}  # per wrap setting, CUDA only
+        self._packed = PackedGrads(self.descriptor, self.energy, lambda reason: self.accel.note(reason))  # CPU only
 
     @contextlib.contextmanager
     def using(self, accel: Accel) -> Iterator[CoopModel]:
@@ -156,6 +158,7 @@ class CoopModel:
                 generator=generator,
                 bounds=self.bounds(y),
                 max_batch=self.max_batch(y),
+                energy_grad=self.closed_form(y, wrap),
                 **kw,
             )
 
@@ -164,6 +167,14 @@ class CoopModel:
         if y.device.type != "cpu":
             return None
         return max(1, CPU_CHUNK // max(1, y[0, 0].numel()))
+
+    def closed_form(self, y: Tensor, wrap: tuple[bool, ...] | None = None):
+        """The CPU float32 closed-form energy gradient for chains like y (`coopsynth.cpugrad`), or
+        None where autograd runs: on CUDA, under bf16, channels-last, or with `closed_form` off."""
+        a = self.accel
+        if y.device.type != "cpu" or not a.closed_form or a.precision == "bf16" or a.channels_last:
+            return None
+        return self._packed.for_input(y, wrap)
 
     def revise_windowed(
         self,
@@ -237,6 +248,7 @@ class CoopModel:
                     noise_fn=noise_for(lo, hi),
                     bounds=bounds,
                     max_batch=self.max_batch(y),
+                    energy_grad=self.closed_form(y, inner),
                 )
                 keep = tuple(slice(c + o - a, c + o - a + e - c) for c, o, a, e in zip(corner, off, lo, ends, strict=True))
                 out[(..., *(slice(c, e) for c, e in zip(corner, ends, strict=True)))] = r[(..., *keep)]

@@ -152,25 +152,55 @@ def _strided_conv(layer: nn.Module, x: Tensor) -> Tensor:
     space-to-depth input with the same weights rearranged: the same numbers, but 4x the input
     channels and a quarter of the positions, which CPU convolution kernels run about twice as fast
     (forward and input gradient). Other layers, and odd sizes, use the layer as it is."""
-    k, s = layer.kernel_size[-2:], layer.stride[-2:]
-    if layer.in_channels > 4 or s != (2, 2) or k[0] % 2 or k[1] % 2 or x.shape[-2] % 2 or x.shape[-1] % 2:
+    if not folds_to_depth(layer, x.shape):
         return layer(x)
+    conv = F.conv2d if x.dim() == 4 else F.conv3d
+    return conv(space_to_depth(x), depth_weight(layer.weight), layer.bias, stride=depth_stride(layer))
+
+
+def folds_to_depth(layer: nn.Module, shape: torch.Size | tuple[int, ...]) -> bool:
+    """Does _strided_conv compute `layer` on an input of this (padded) shape through space-to-depth?"""
+    k, s = layer.kernel_size[-2:], layer.stride[-2:]
+    return layer.in_channels <= 4 and s == (2, 2) and not (k[0] % 2 or k[1] % 2 or shape[-2] % 2 or shape[-1] % 2)
+
+
+def depth_stride(layer: nn.Module) -> tuple[int, ...]:
+    """The stride of the space-to-depth form of `layer`: 1 in space (time keeps its own)."""
+    return (1, 1) if len(layer.stride) == 2 else (layer.stride[0], 1, 1)
+
+
+def space_to_depth(x: Tensor) -> Tensor:
+    """(B, C, [T,] H, W) -> (B, 4C, [T,] H/2, W/2): channel 4c + 2p + q holds the pixels of row
+    phase p and column phase q of channel c."""
     lead = x.shape[:-2]  # (B, C, [T])
     H, W = x.shape[-2:]
     nd = x.dim()
-    # (B, C, [T,] H, W) -> (B, C, [T,] H/2, 2, W/2, 2) -> (B, C, 2, 2, [T,] H/2, W/2) -> (B, 4C, [T,] H/2, W/2)
+    # (B, C, [T,] H/2, 2, W/2, 2) -> (B, C, 2, 2, [T,] H/2, W/2)
     x = x.reshape(*lead, H // 2, 2, W // 2, 2)
     order = (0, 1, nd - 1, nd + 1, *range(2, nd - 2), nd - 2, nd)
-    x = x.permute(order).reshape(lead[0], lead[1] * 4, *lead[2:], H // 2, W // 2)
-    w = layer.weight  # (O, C, [kt,] k0, k1)
+    return x.permute(order).reshape(lead[0], lead[1] * 4, *lead[2:], H // 2, W // 2)
+
+
+def depth_to_space(x: Tensor) -> Tensor:
+    """The inverse of space_to_depth: (B, 4C, [T,] h, w) -> (B, C, [T,] 2h, 2w)."""
+    b, c4 = x.shape[:2]
+    h, w = x.shape[-2:]
+    t = x.shape[2:-2]  # () or (T,)
+    x = x.reshape(b, c4 // 4, 2, 2, *t, h, w)  # (B, C, p, q, [T,] h, w)
+    e = len(t)
+    order = (0, 1, *range(4, 4 + e), 4 + e, 2, 5 + e, 3)  # (B, C, [T,] h, p, w, q)
+    return x.permute(order).reshape(b, c4 // 4, *t, 2 * h, 2 * w)
+
+
+def depth_weight(w: Tensor) -> Tensor:
+    """A stride-2 kernel (O, C, [kt,] k0, k1) with even k0, k1 as the equivalent stride-1 kernel
+    (O, 4C, [kt,] k0/2, k1/2) over space_to_depth of the input."""
     o, c = w.shape[:2]
-    w = w.reshape(o, c, *w.shape[2:-2], k[0] // 2, 2, k[1] // 2, 2)
+    k0, k1 = w.shape[-2:]
+    w = w.reshape(o, c, *w.shape[2:-2], k0 // 2, 2, k1 // 2, 2)
     wd = w.dim()
     worder = (0, 1, wd - 3, wd - 1, *range(2, wd - 4), wd - 4, wd - 2)
-    w = w.permute(worder).reshape(o, c * 4, *layer.weight.shape[2:-2], k[0] // 2, k[1] // 2)
-    conv = F.conv2d if nd == 4 else F.conv3d
-    stride = (1, 1) if nd == 4 else (layer.stride[0], 1, 1)
-    return conv(x, w, layer.bias, stride=stride)
+    return w.permute(worder).reshape(o, c * 4, *w.shape[2:-4], k0 // 2, k1 // 2)
 
 
 # Nearest 2x up-sampling then a 3-tap convolution (taps w0 w1 w2), per output phase a (even or odd

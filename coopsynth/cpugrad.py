@@ -1,0 +1,223 @@
+"""The descriptor's energy and its input gradient on a CPU in closed form, for Langevin.
+
+Langevin needs df/dY at every step and nothing else: no weight gradients. Autograd gets it by
+recording the forward pass and running generic backward kernels, which on a CPU re-lay the
+weights into oneDNN's blocked format twice per layer and step, run the padding's backward as a
+scatter, and keep every activation's graph. For this network the input gradient has a short
+closed form. With a_i = conv_i(pad(h_{i-1})), h_i = leaky(a_i), h_{-1} = Y and
+f = sum over layers and positions of u_i . h_i (+ biases), u_i the read-out weights of layer i:
+
+    g_i    = leaky'(a_i) * (u_i + pad^T conv_{i+1}^T g_{i+1})     (g_last: the u term alone)
+    df/dY  = pad^T conv_0^T g_0
+
+`PackedDescriptor` computes f and df/dY like that for one input shape: the weights are laid out
+for oneDNN once (per shape, and again whenever an optimiser step changes them), each forward
+convolution runs with its leaky ReLU fused, and each conv^T reads its packed weights.
+leaky'(a) is read from h (same sign, the slope being positive). The same numbers as autograd up
+to float rounding; the speed-up is in benchmarks/RESULTS.md (Speed, "Langevin revision paths").
+
+The packed kernels are private PyTorch operators (`torch.ops.mkldnn`, the ones inductor uses on
+CPUs). Where they are missing, fail, or disagree with autograd on a shape's first use, the caller
+goes back to autograd (`CoopModel.revise`, through `PackedGrads`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .networks import Descriptor, depth_stride, depth_to_space, depth_weight, folds_to_depth, pad, space_to_depth
+
+Tensor = torch.Tensor
+KERNELS = (  # torch.ops.mkldnn operators used here
+    "_reorder_convolution_weight",
+    "_convolution_pointwise",
+    "_reorder_convolution_transpose_weight",
+    "_convolution_transpose_pointwise",
+)
+MAX_SHAPES = 8  # packed shapes kept per model (training uses one or two; windows and previews more)
+
+
+def unpad(g: Tensor, amount: tuple[tuple[int, int], ...], wrap: tuple[bool, ...]) -> Tensor:
+    """The adjoint of `networks.pad`: fold the gradient on a padded tensor's border back onto the
+    positions it was copied from (the edge for replicated axes, the far side for circular ones)."""
+    n = len(amount)
+    for i, ((lo, hi), w) in enumerate(zip(amount, wrap, strict=True)):
+        if not (lo or hi):
+            continue
+        ax = g.dim() - n + i
+        size = g.shape[ax] - lo - hi
+        core = g.narrow(ax, lo, size).clone()
+        if w:  # the lo entries before are copies of the last lo, the hi after of the first hi
+            if lo:
+                core.narrow(ax, size - lo, lo).add_(g.narrow(ax, 0, lo))
+            if hi:
+                core.narrow(ax, 0, hi).add_(g.narrow(ax, lo + size, hi))
+        else:  # replicated: every padded entry is a copy of the edge
+            if lo:
+                core.narrow(ax, 0, 1).add_(g.narrow(ax, 0, lo).sum(ax, keepdim=True))
+            if hi:
+                core.narrow(ax, size - 1, 1).add_(g.narrow(ax, lo + size, hi).sum(ax, keepdim=True))
+        g = core
+    return g
+
+
+def unsupported(d: Descriptor, y: Tensor) -> str | None:
+    """Why the closed form does not apply to this descriptor and input (None: it does)."""
+    if y.device.type != "cpu" or y.dtype != torch.float32:
+        return "not a float32 CPU tensor"
+    if not torch.backends.mkldnn.is_available():
+        return "this PyTorch has no oneDNN"
+    if d.cfg.slope <= 0:
+        return "the leaky ReLU slope is not positive"
+    if d.layers[0].weight.dtype != torch.float32:
+        return "the weights are not float32"
+    ops = torch.ops.mkldnn
+    for name in KERNELS:
+        if not hasattr(ops, name):
+            return f"this PyTorch has no torch.ops.mkldnn.{name}"
+    return None
+
+
+class _Layer:
+    """One descriptor layer planned for one input shape."""
+
+    def __init__(self, d: Descriptor, i: int, shape: tuple[int, ...]):
+        layer = d.layers[i]
+        self.pads = d._pads(layer)  # ((lo, hi) per axis)
+        padded = tuple(s + lo + hi for s, (lo, hi) in zip(shape[2:], self.pads, strict=True))
+        self.depth = folds_to_depth(layer, padded)  # computed on space_to_depth of the padded input
+        w = depth_weight(layer.weight) if self.depth else layer.weight  # (O, I, [kt,] k0, k1)
+        stride = depth_stride(layer) if self.depth else tuple(layer.stride)
+        x_size = (*padded[:-2], padded[-2] // 2, padded[-1] // 2) if self.depth else padded
+        x_shape = [shape[0], w.shape[1], *x_size]
+        out = tuple((n - k) // s + 1 for n, k, s in zip(x_size, w.shape[2:], stride, strict=True))
+        self.out_padding = [n - ((o - 1) * s + k) for n, o, k, s in zip(x_size, out, w.shape[2:], stride, strict=True)]
+        self.stride = list(stride)
+        self.zeros = [0] * len(stride)
+        self.ones = [1] * len(stride)
+        ops = torch.ops.mkldnn
+        with torch.no_grad():
+            self.w_fwd = ops._reorder_convolution_weight(w.contiguous(), self.zeros, self.stride, self.ones, 1, x_shape)
+            self.w_bwd = ops._reorder_convolution_transpose_weight(
+                w.contiguous(), self.zeros, self.out_padding, self.stride, self.ones, 1, [shape[0], w.shape[0], *out]
+            )
+        self.bias = layer.bias.detach()
+        self.read_out = d.heads[i].weight.detach().reshape(1, -1, *(1,) * len(stride))  # u_i (1, O, 1, ...)
+        self.read_bias = d.heads[i].bias.detach()  # (1,)
+        self.out_shape = (shape[0], w.shape[0], *out)
+
+
+class PackedDescriptor:
+    """f(Y) and df/dY of a descriptor for inputs of one shape (see the module docstring)."""
+
+    def __init__(self, d: Descriptor, shape: tuple[int, ...], wrap: tuple[bool, ...] | None = None):
+        self.wrap = tuple(wrap) if wrap else (False,) * d.cfg.dims
+        self.slope = d.cfg.slope
+        self.layers: list[_Layer] = []
+        for i in range(len(d.layers)):
+            layer = _Layer(d, i, shape)
+            self.layers.append(layer)
+            shape = layer.out_shape
+
+    @torch.no_grad()
+    def __call__(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """(f (B,), df/dY like y)."""
+        ops = torch.ops.mkldnn
+        hs = []
+        h = y.contiguous()  # (B, C, [T,] H, W)
+        for L in self.layers:
+            x = pad(h, L.pads, self.wrap)
+            if L.depth:
+                x = space_to_depth(x)
+            h = ops._convolution_pointwise(x, L.w_fwd, L.bias, L.zeros, L.stride, L.ones, 1, "leaky_relu", [self.slope], "")
+            hs.append(h)  # (B, O, ...) halved
+        f = y.new_zeros(y.shape[0])
+        g = None
+        for L, h in zip(reversed(self.layers), reversed(hs), strict=True):
+            f = f + h.flatten(2).sum(2) @ L.read_out.flatten() + h[0, 0].numel() * L.read_bias  # (B,)
+            dh = L.read_out.expand_as(h) if g is None else g.add_(L.read_out)  # df/dh
+            da = torch.ops.aten.leaky_relu_backward(dh, h, self.slope, False)  # df/da
+            gx = ops._convolution_transpose_pointwise(
+                da, L.w_bwd, None, L.zeros, L.out_padding, L.stride, L.ones, 1, "none", [], ""
+            )  # df/d(the padded input), (B, I, ...) doubled
+            if L.depth:
+                gx = depth_to_space(gx)
+            g = unpad(gx, L.pads, self.wrap)  # df/d(the layer's input)
+        return f, g
+
+
+def grad_agrees(fast: Tensor, ref: Tensor) -> bool:
+    """Does a closed-form gradient agree with autograd's? In norm: a leaky ReLU input within
+    rounding of zero may take the other slope in either computation, which moves a few elements
+    by a lot; a wrong kernel or layout is off by about the whole gradient."""
+    if not bool(torch.isfinite(fast).all()):
+        return False
+    return bool((fast - ref).double().norm() <= 0.02 * ref.double().norm() + 1e-6)
+
+
+class PackedGrads:
+    """PackedDescriptors of one model, per (shape, wrap), packed afresh when the weights change.
+
+    `for_input(y, wrap)`, called once per Langevin revision, returns the callable y -> (f, df/dy)
+    to use, or None for autograd. The weights are compared by value with those last packed, so
+    any change (an optimiser step, a roll-back, an edit through `.data`) is seen. The first call
+    of each shape is checked against autograd; a failure or disagreement sends that shape back to
+    autograd for good and is noted once (`note`: the run's eager-fallback list)."""
+
+    def __init__(
+        self, descriptor: Descriptor, energy: Callable[[Tensor, tuple[bool, ...] | None], Tensor], note: Callable[[str], None]
+    ):
+        self.descriptor = descriptor
+        self.energy = energy  # (y, wrap) -> f: the autograd reference
+        self.note = note
+        self.weights: list[Tensor] = []  # copies of the weights the cache was packed from
+        self.cache: dict[tuple, PackedDescriptor] = {}
+        self.checked: set[tuple] = set()
+        self.broken: set[tuple] = set()
+
+    def for_input(self, y: Tensor, wrap: tuple[bool, ...] | None) -> Callable[[Tensor], tuple[Tensor, Tensor]] | None:
+        why = unsupported(self.descriptor, y)
+        if why is not None:
+            self.note(f"closed-form CPU gradient not used: {why}")
+            return None
+        now = [p.detach() for p in self.descriptor.parameters()]
+        if len(now) != len(self.weights) or not all(torch.equal(a, b) for a, b in zip(now, self.weights, strict=True)):
+            self.cache.clear()
+            self.weights = [p.clone() for p in now]
+        return lambda x: self._call(x, wrap)
+
+    def _call(self, y: Tensor, wrap) -> tuple[Tensor, Tensor]:
+        key = (tuple(y.shape), tuple(wrap or ()))
+        if key not in self.broken:
+            try:
+                packed = self.cache.get(key)
+                if packed is None:
+                    if len(self.cache) >= MAX_SHAPES:
+                        self.cache.pop(next(iter(self.cache)))
+                    packed = self.cache[key] = PackedDescriptor(self.descriptor, key[0], wrap)
+                f, g = packed(y)
+            except Exception as e:  # a missing or failing kernel: autograd for this shape from now on
+                self.broken.add(key)
+                first = str(e).splitlines()[0][:100] if str(e) else ""
+                self.note(f"closed-form CPU gradient failed: {type(e).__name__}: {first}")
+            else:
+                if key in self.checked:
+                    return f, g
+                self.checked.add(key)
+                ref_f, ref_g = self._autograd(y, wrap)
+                if grad_agrees(g, ref_g):
+                    return f, g
+                self.broken.add(key)
+                self.cache.pop(key, None)
+                self.note("the closed-form CPU gradient disagreed with autograd")
+                return ref_f, ref_g
+        return self._autograd(y, wrap)
+
+    def _autograd(self, y: Tensor, wrap) -> tuple[Tensor, Tensor]:
+        y = y.detach().requires_grad_(True)
+        with torch.enable_grad():
+            f = self.energy(y, wrap)
+            (g,) = torch.autograd.grad(f.sum(), y)
+        return f.detach(), g

@@ -1,0 +1,194 @@
+"""The closed-form CPU energy gradient (coopsynth.cpugrad) against autograd, its pieces, its cache
+and its fall-backs."""
+
+import copy
+from dataclasses import replace
+
+import pytest
+import torch
+
+from coopsynth import cpugrad
+from coopsynth.accel import Accel
+from coopsynth.cpugrad import PackedDescriptor, grad_agrees, unpad
+from coopsynth.langevin import descriptor_langevin
+from coopsynth.model import CoopModel
+from coopsynth.networks import Descriptor, depth_to_space, pad, space_to_depth
+from tests.conftest import tiny_net
+
+needs_onednn = pytest.mark.skipif(
+    cpugrad.unsupported(Descriptor(tiny_net()), torch.zeros(1)) is not None, reason="no oneDNN kernels in this PyTorch"
+)
+
+
+def _descriptor(cfg, seed=0):
+    torch.manual_seed(seed)
+    d = Descriptor(cfg).requires_grad_(False)
+    with torch.no_grad():
+        for p in d.parameters():
+            p.normal_(0, 0.3)  # every read-out and bias non-trivial
+    return d
+
+
+def _reference(d: Descriptor, y: torch.Tensor, wrap):
+    """f and df/dY by autograd in float64."""
+    d64 = copy.deepcopy(d).double()
+    y64 = y.double().requires_grad_(True)
+    f = d64(y64, wrap)
+    (g,) = torch.autograd.grad(f.sum(), y64)
+    return f.detach(), g
+
+
+CASES = [
+    (tiny_net(2), (2, 3, 16, 12), None),
+    (tiny_net(2), (2, 3, 16, 12), (True, True)),
+    (tiny_net(2), (1, 3, 16, 12), (True, False)),
+    (tiny_net(2), (1, 3, 15, 13), (False, True)),  # odd sizes: no space-to-depth, odd output padding
+    (tiny_net(2, channels=1, d_kernels=(3, 5)), (3, 1, 12, 10), None),  # odd kernels, uneven padding
+    (tiny_net(2, d_widths=(6, 8, 4), d_kernels=(4, 4, 4)), (1, 3, 16, 16), None),  # three layers
+    (tiny_net(3), (2, 3, 6, 12, 8), None),  # videos: the time axis strided by 2 in the first layer
+    (tiny_net(3), (1, 3, 5, 10, 8), (True, False, True)),
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize(("cfg", "shape", "wrap"), CASES)
+def test_closed_form_matches_autograd_in_float64(cfg, shape, wrap):
+    d = _descriptor(cfg)
+    y = torch.randn(shape)
+    f, g = PackedDescriptor(d, shape, wrap)(y)
+    f_ref, g_ref = _reference(d, y, wrap)
+    assert f.dtype == g.dtype == torch.float32 and g.shape == y.shape
+    scale = g_ref.abs().max().item()
+    torch.testing.assert_close(g.double(), g_ref, rtol=1e-4, atol=1e-5 * scale)
+    torch.testing.assert_close(f.double(), f_ref, rtol=1e-4, atol=1e-5 * f_ref.abs().max().item())
+
+
+@pytest.mark.parametrize("wrap", [(False, False), (True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("amount", [((1, 1), (1, 1)), ((1, 2), (0, 3)), ((2, 0), (1, 1))])
+def test_unpad_is_the_adjoint_of_pad(wrap, amount):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, 6, generator=g, dtype=torch.float64)
+    v = torch.randn(pad(x, amount, wrap).shape, generator=g, dtype=torch.float64)
+    # <pad(x), v> == <x, unpad(v)> for every x and v
+    torch.testing.assert_close((pad(x, amount, wrap) * v).sum(), (x * unpad(v, amount, wrap)).sum())
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 6, 8), (1, 2, 3, 4, 6)])
+def test_depth_to_space_inverts_space_to_depth(shape):
+    x = torch.randn(shape)
+    s = space_to_depth(x)
+    assert s.shape == (*shape[:1], 4 * shape[1], *shape[2:-2], shape[-2] // 2, shape[-1] // 2)
+    torch.testing.assert_close(depth_to_space(s), x, rtol=0, atol=0)
+    torch.testing.assert_close(s[:, 1], x[:, 0, ..., 0::2, 1::2])  # channel 4c + 2p + q: row phase p, column phase q
+
+
+def _model(accel=None, seed=0):
+    torch.manual_seed(seed)
+    return CoopModel(tiny_net(2), torch.full((3,), 0.5), torch.full((3,), 0.2), accel=accel)
+
+
+def _revise(m, y0, wrap=None):
+    g = torch.Generator().manual_seed(3)
+    return m.revise(y0, steps=4, delta=0.3, sigma=1.0, noise=0.5, generator=g, wrap=wrap)
+
+
+@needs_onednn
+def test_model_revision_takes_the_closed_form_and_matches_autograd():
+    m = _model()
+    y0 = torch.randn(3, 3, 16, 16)
+    for wrap in (None, (True, True)):
+        out = _revise(m, y0, wrap)
+        with m.using(replace(m.accel, closed_form=False)):
+            ref = _revise(m, y0, wrap)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    assert m.accel.fallbacks == []
+    assert len(m._packed.cache) == 2 and len(m._packed.checked) == 2  # both wraps ran in closed form
+
+
+def test_closed_form_is_off_where_autograd_must_run():
+    y = torch.zeros(1, 3, 8, 8)
+    assert _model(Accel(closed_form=False)).closed_form(y) is None
+    assert _model(Accel(precision="bf16")).closed_form(y) is None
+    assert _model(Accel(channels_last=True)).closed_form(y) is None
+
+
+@needs_onednn
+def test_cache_repacks_when_the_weights_change_by_any_route():
+    m = _model()
+    y = torch.randn(2, 3, 16, 16)
+    m.closed_form(y)(y)
+    layer = m.descriptor.layers[1]
+    with torch.no_grad():
+        layer.weight.data.mul_(-2)  # through .data: the version counter does not move
+    f, g = m.closed_form(y)(y)
+    f_ref, g_ref = _reference(m.descriptor, y, None)
+    torch.testing.assert_close(g.double(), g_ref, rtol=1e-4, atol=1e-5 * g_ref.abs().max().item())
+    m.descriptor.load_state_dict(_model(seed=1).descriptor.state_dict())
+    f, g = m.closed_form(y)(y)
+    f_ref, g_ref = _reference(m.descriptor, y, None)
+    torch.testing.assert_close(g.double(), g_ref, rtol=1e-4, atol=1e-5 * g_ref.abs().max().item())
+
+
+@needs_onednn
+def test_a_wrong_closed_form_is_caught_on_first_use_and_autograd_takes_over(monkeypatch):
+    m = _model()
+    y = torch.randn(2, 3, 16, 16)
+    right = PackedDescriptor.__call__
+    monkeypatch.setattr(PackedDescriptor, "__call__", lambda self, x: (lambda f, g: (f, 1.5 * g))(*right(self, x)))
+    f, g = m.closed_form(y)(y)
+    f_ref, g_ref = _reference(m.descriptor, y, None)
+    torch.testing.assert_close(g.double(), g_ref, rtol=1e-4, atol=1e-5 * g_ref.abs().max().item())
+    assert m.accel.fallbacks == ["the closed-form CPU gradient disagreed with autograd"]
+    monkeypatch.setattr(PackedDescriptor, "__call__", right)
+    m.closed_form(y)(y)
+    assert (tuple(y.shape), ()) in m._packed.broken and not m._packed.cache  # that shape stays on autograd
+
+
+@needs_onednn
+def test_a_failing_kernel_falls_back_to_autograd_and_says_why(monkeypatch):
+    m = _model()
+    y = torch.randn(2, 3, 16, 16)
+
+    def fail(self, x):
+        raise RuntimeError("no kernel for this\nsecond line")
+
+    monkeypatch.setattr(PackedDescriptor, "__call__", fail)
+    f, g = m.closed_form(y)(y)
+    _, g_ref = _reference(m.descriptor, y, None)
+    torch.testing.assert_close(g.double(), g_ref, rtol=1e-4, atol=1e-5 * g_ref.abs().max().item())
+    assert m.accel.fallbacks == ["closed-form CPU gradient failed: RuntimeError: no kernel for this"]
+
+
+def test_missing_kernels_are_named(monkeypatch):
+    class NoOps:
+        pass
+
+    monkeypatch.setattr(torch.ops, "mkldnn", NoOps())
+    why = cpugrad.unsupported(Descriptor(tiny_net()), torch.zeros(1, 3, 8, 8))
+    assert why == "this PyTorch has no torch.ops.mkldnn._reorder_convolution_weight"
+    m = _model()
+    assert m.closed_form(torch.zeros(1, 3, 8, 8)) is None
+    assert m.accel.fallbacks == ["closed-form CPU gradient not used: " + why]
+
+
+def test_grad_check_tells_a_kink_from_a_wrong_gradient():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(4, 3, 32, 32, generator=g)
+    kink = ref.clone()
+    kink[0, 0, :4, :4] += 0.3  # one activation on the other side of zero moves a few pixels
+    assert grad_agrees(kink, ref)
+    assert not grad_agrees(1.2 * ref, ref)
+    assert not grad_agrees(torch.full_like(ref, float("nan")), ref)
+
+
+def test_langevin_uses_the_given_gradient_per_chunk():
+    calls = []
+
+    def energy_grad(y):
+        calls.append(y.shape[0])
+        return y.new_zeros(y.shape[0]), -y  # the gradient of -|y|^2 / 2
+
+    y0 = torch.ones(5, 1, 2, 2)
+    y = descriptor_langevin(lambda y: 1 / 0, y0, steps=2, delta=1.0, sigma=1e9, noise=0, max_batch=2, energy_grad=energy_grad)
+    assert calls == [2, 2, 1, 2, 2, 1]  # never autograd on `energy`, chunked like it
+    torch.testing.assert_close(y, y0 * 0.25, rtol=1e-6, atol=0)  # y <- y - y / 2, twice (sigma term ~ 0)
