@@ -1,7 +1,7 @@
 """Speed benchmark: where a training iteration's time goes, Langevin throughput against the
 machine's matrix-product peak (the roofline ratio), sampling speed, and the Langevin revision's
-speed paths side by side (plain code vs ours on a CPU; eager vs CUDA graph, fp32/tf32/bf16 and
-channels-last on a GPU), as ratios measured in the same run.
+speed paths side by side (plain code, autograd and the closed-form gradient on a CPU; eager vs
+CUDA graph, fp32/tf32/bf16 and channels-last on a GPU), as ratios measured in the same run.
 
     python benchmarks/speed.py                 # CPU, sizes 64..512, default preset networks
     python benchmarks/speed.py --device cuda   # on a GPU (also run by default when one is present)
@@ -233,7 +233,7 @@ def plain_energy(d: Descriptor, y: torch.Tensor) -> torch.Tensor:
 class LangevinPath:
     name: str
     accel: Accel | None  # None: the plain code (CPU only)
-    twin: str | None = None  # the eager path with the same precision and memory format
+    twin: str | None = None  # CUDA: the eager path with the same precision and memory format; CPU: autograd
     strided_first: bool = False  # the first layer as a plain stride-2 conv (no space-to-depth)
 
 
@@ -242,8 +242,9 @@ def variants(device: torch.device) -> list[LangevinPath]:
     if device.type == "cpu":
         return [
             LangevinPath("plain code", None),
-            LangevinPath("coopsynth (default)", Accel()),
-            LangevinPath("+ channels-last", Accel(channels_last=True)),
+            LangevinPath("autograd", Accel(closed_form=False)),
+            LangevinPath("coopsynth (default): closed-form gradient", Accel(), "autograd"),
+            LangevinPath("autograd, channels-last", Accel(channels_last=True), "autograd"),
         ]
     e32, e_tf, e_tf_cl, e_bf = "eager fp32", "eager tf32", "eager tf32 channels-last", "eager bf16"
     return [
@@ -296,13 +297,15 @@ def path_call(device: torch.device, path: LangevinPath, fn: Callable[[], object]
 def langevin_paths(device: torch.device, sizes: list[int], cfg) -> list[str]:
     """Langevin steps/s of each path at the default batch; each path's roofline against the
     matrix-product peak of its own precision; speed-ups against the first path of the size and
-    against the path's eager twin (same precision and memory format). Per size, the paths and the
+    against the path's twin (on CUDA the eager path of the same precision and memory format, on a
+    CPU the autograd formulation). Per size, the paths and the
     matrix products take turns round by round (`timeit_all`)."""
     lines = [
         f"\nLangevin revision paths, batch {cfg.batch}, L = {cfg.langevin_steps}. Per size, the paths and the matrix products "
         "take turns round by round. Roofline: against the matrix-product peak of the path's precision measured in those "
-        "rounds. Ratios: to the first path of the size, and to the path's eager twin.\n",
-        "| size | path | Langevin steps/s | achieved GFLOP/s | peak GFLOP/s | roofline | vs first | vs eager twin |",
+        "rounds. Ratios: to the first path of the size, and to the path's twin (CUDA: the same path without the graph; "
+        "CPU: the default formulation through autograd).\n",
+        "| size | path | Langevin steps/s | achieved GFLOP/s | peak GFLOP/s | roofline | vs first | vs twin |",
         "|---|---|---|---|---|---|---|---|",
     ]
     lang = cfg.langevin()
