@@ -41,26 +41,31 @@ MAX_SHAPES = 8  # packed shapes kept per model (training uses one or two; window
 
 def unpad(g: Tensor, amount: tuple[tuple[int, int], ...], wrap: tuple[bool, ...]) -> Tensor:
     """The adjoint of `networks.pad`: fold the gradient on a padded tensor's border back onto the
-    positions it was copied from (the edge for replicated axes, the far side for circular ones)."""
+    positions it was copied from (the edge for replicated axes, the far side for circular ones).
+    Works in place on g, which it consumes, and returns a view of it."""
     n = len(amount)
     for i, ((lo, hi), w) in enumerate(zip(amount, wrap, strict=True)):
         if not (lo or hi):
             continue
         ax = g.dim() - n + i
         size = g.shape[ax] - lo - hi
-        core = g.narrow(ax, lo, size).clone()
         if w:  # the lo entries before are copies of the last lo, the hi after of the first hi
             if lo:
-                core.narrow(ax, size - lo, lo).add_(g.narrow(ax, 0, lo))
+                g.narrow(ax, lo + size - lo, lo).add_(g.narrow(ax, 0, lo))
             if hi:
-                core.narrow(ax, 0, hi).add_(g.narrow(ax, lo + size, hi))
+                g.narrow(ax, lo, hi).add_(g.narrow(ax, lo + size, hi))
         else:  # replicated: every padded entry is a copy of the edge
             if lo:
-                core.narrow(ax, 0, 1).add_(g.narrow(ax, 0, lo).sum(ax, keepdim=True))
+                g.narrow(ax, lo, 1).add_(_fold(g.narrow(ax, 0, lo), ax))
             if hi:
-                core.narrow(ax, size - 1, 1).add_(g.narrow(ax, lo + size, hi).sum(ax, keepdim=True))
-        g = core
+                g.narrow(ax, lo + size - 1, 1).add_(_fold(g.narrow(ax, lo + size, hi), ax))
+        g = g.narrow(ax, lo, size)
     return g
+
+
+def _fold(border: Tensor, ax: int) -> Tensor:
+    """The sum of a border's slices along ax (kept as one slice), without a reduction for one."""
+    return border if border.shape[ax] == 1 else border.sum(ax, keepdim=True)
 
 
 def unsupported(d: Descriptor, y: Tensor) -> str | None:
