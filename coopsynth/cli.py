@@ -174,7 +174,7 @@ def _run_training(job: pipeline.TrainJob, overall: tuple[int, int] | None = None
     with _Bar(f"training {job.input.name}", prep.total, overall) as bar:
         result = pipeline.run_training(prep, on_progress=bar)
     for reason in prep.trainer.model.accel.fallbacks:
-        console.print(f"[yellow]note:[/] the Langevin revision ran without a CUDA graph: {reason}")
+        console.print(f"[yellow]note:[/] the Langevin revision fell back to slower code: {reason}")
     return result
 
 

@@ -2,6 +2,7 @@
 and its fall-backs."""
 
 import copy
+import json
 from dataclasses import replace
 
 import pytest
@@ -203,3 +204,29 @@ def test_langevin_uses_the_given_gradient_per_chunk():
     y = descriptor_langevin(lambda y: 1 / 0, y0, steps=2, delta=1.0, sigma=1e9, noise=0, max_batch=2, energy_grad=energy_grad)
     assert calls == [2, 2, 1, 2, 2, 1]  # never autograd on `energy`, chunked like it
     torch.testing.assert_close(y, y0 * 0.25, rtol=1e-6, atol=0)  # y <- y - y / 2, twice (sigma term ~ 0)
+
+
+@needs_onednn
+def test_cli_run_says_when_the_closed_form_fell_back_and_logs_it(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from coopsynth.cli import app
+    from coopsynth.io import write_image
+    from tests.conftest import texture_image
+
+    write_image(tmp_path / "t.png", texture_image(32, 32))
+    args = ["texture", str(tmp_path / "t.png"), "--steps", "2", "--samples", "1", "--preset", "fast"]
+    r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "ok")])
+    assert r.exit_code == 0, r.output
+    assert "fell back" not in r.output
+    assert json.loads((tmp_path / "ok" / "log.jsonl").read_text().splitlines()[-1])["eager_fallbacks"] == []
+
+    def fail(self, x):
+        raise RuntimeError("kernel missing")
+
+    monkeypatch.setattr(PackedDescriptor, "__call__", fail)
+    r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "slow")])
+    assert r.exit_code == 0, r.output
+    reason = "closed-form CPU gradient failed: RuntimeError: kernel missing"
+    assert f"the Langevin revision fell back to slower code: {reason}" in " ".join(r.output.split())
+    assert json.loads((tmp_path / "slow" / "log.jsonl").read_text().splitlines()[-1])["eager_fallbacks"] == [reason]
