@@ -137,10 +137,15 @@ def replay_agrees(out: Tensor, ref: Tensor, start: Tensor, precision: str) -> bo
     non-deterministic kernels) leave a small fraction of that; a graph that reads the wrong
     memory or skips work is off by about the whole revision. Element-wise tolerances (the first
     version) rejected sound fp32 replays at 256-512 px over a few elements among millions."""
+    return agrees_in_norm(out, ref, (ref - start).double().norm(), 0.1 if precision == "bf16" else 0.02)
+
+
+def agrees_in_norm(out: Tensor, ref: Tensor, scale: Tensor | float, tol: float) -> bool:
+    """A fast path's result `out` against the reference `ref`: finite, and ||out - ref|| within
+    tol x scale (the size of what is compared; see replay_agrees and cpugrad.grad_agrees)."""
     if not bool(torch.isfinite(out).all()):
         return False
-    tol = 0.1 if precision == "bf16" else 0.02
-    return bool((out - ref).double().norm() <= tol * (ref - start).double().norm() + 1e-6)
+    return bool((out - ref).double().norm() <= tol * scale + 1e-6)
 
 
 class GraphedLangevin:

@@ -233,6 +233,7 @@ class CoopModel:
 
         out = torch.empty_like(y)
         bounds = self.bounds(y)
+        energy_grad = self.closed_form(y, inner)  # once: every window sees the same weights
         with frozen(self.descriptor):
             for corner in itertools.product(*(range(0, n, w) for n, w in zip(size, wins, strict=True))):
                 ends = tuple(min(c + w, n) for c, w, n in zip(corner, wins, size, strict=True))
@@ -248,7 +249,7 @@ class CoopModel:
                     noise_fn=noise_for(lo, hi),
                     bounds=bounds,
                     max_batch=self.max_batch(y),
-                    energy_grad=self.closed_form(y, inner),
+                    energy_grad=energy_grad,
                 )
                 keep = tuple(slice(c + o - a, c + o - a + e - c) for c, o, a, e in zip(corner, off, lo, ends, strict=True))
                 out[(..., *(slice(c, e) for c, e in zip(corner, ends, strict=True)))] = r[(..., *keep)]

@@ -376,8 +376,8 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                         if best is not early_ends[-1]:
                             trainer.load_state_dict(best[1])
                             kept_attempt = best[2]
-                        pick = {"event": "best_attempt", "attempt": best[2], "step": trainer.step_count}
-                        pick["scores"] = [round(e[0], 5) for e in early_ends]
+                        scores = [round(e[0], 5) for e in early_ends]
+                        pick = {"event": "best_attempt", "attempt": best[2], "step": trainer.step_count, "scores": scores}
                         log.write(json.dumps(pick) + "\n")
                     stop_reason = "collapse"
                     break
