@@ -16,7 +16,7 @@ import torch
 
 Tensor = torch.Tensor
 Callback = Callable[[dict], None] | None
-EnergyGrad = Callable[[Tensor], tuple[Tensor, Tensor]]  # y -> (f (B,), df/dy)
+EnergyGrad = Callable[[Tensor, bool], tuple[Tensor | None, Tensor]]  # (y, want f) -> (f (B,) or None, df/dy)
 
 
 def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -48,15 +48,17 @@ def descriptor_langevin(
     `bounds` (lo, hi), broadcastable to y, projects every step back onto the valid pixel range.
     `max_batch` computes the gradient over at most that many chains at a time: the same numbers
     (each chain's energy depends on it alone) with a working set that stays in a CPU's caches.
-    `energy_grad(y) -> (f, df/dy)`, if given, replaces autograd on `energy` (a closed form that
-    must agree with it, such as `cpugrad.PackedDescriptor`).
+    `energy_grad(y, want_f) -> (f, df/dy)`, if given, replaces autograd on `energy` (a closed form
+    that must agree with it, such as `cpugrad.PackedDescriptor`); f is asked for only when there
+    is a callback to read it, and may be None otherwise.
     """
     half = 0.5 * delta * delta
     y = y.detach()
     if known_mask is not None:
         y = torch.where(known_mask, known, y)
+    want_f = callback is not None
     for i in range(steps):
-        f, grad = _energy_grad(energy, y, max_batch, energy_grad)  # (B,), like y
+        f, grad = _energy_grad(energy, y, max_batch, energy_grad, want_f)  # (B,) or None, like y
         with torch.no_grad():
             y = y - half * (y / (sigma * sigma) - grad)
             if noise:
@@ -71,18 +73,25 @@ def descriptor_langevin(
 
 
 def _energy_grad(
-    energy: Callable[[Tensor], Tensor], y: Tensor, max_batch: int | None, energy_grad: EnergyGrad | None = None
-) -> tuple[Tensor, Tensor]:
-    """f(y) (B,) and df/dy, over slices of at most max_batch chains."""
+    energy: Callable[[Tensor], Tensor],
+    y: Tensor,
+    max_batch: int | None,
+    energy_grad: EnergyGrad | None = None,
+    want_f: bool = True,
+) -> tuple[Tensor | None, Tensor]:
+    """f(y) (B,) and df/dy, over slices of at most max_batch chains. f may be None where not
+    `want_f` (autograd computes it anyway)."""
     if max_batch is None or y.shape[0] <= max_batch:
         if energy_grad is not None:
-            return energy_grad(y)
+            return energy_grad(y, want_f)
         y = y.detach().requires_grad_(True)
         f = energy(y)
         (grad,) = torch.autograd.grad(f.sum(), y)
         return f.detach(), grad
-    parts = [_energy_grad(energy, part, None, energy_grad) for part in y.split(max_batch)]
-    return torch.cat([f for f, _ in parts]), torch.cat([g for _, g in parts])
+    parts = [_energy_grad(energy, part, None, energy_grad, want_f) for part in y.split(max_batch)]
+    fs = [f for f, _ in parts]
+    f = None if any(f is None for f in fs) else torch.cat(fs)
+    return f, torch.cat([g for _, g in parts])
 
 
 def block_noise(

@@ -99,9 +99,9 @@ def _model(accel=None, seed=0):
     return CoopModel(tiny_net(2), torch.full((3,), 0.5), torch.full((3,), 0.2), accel=accel)
 
 
-def _revise(m, y0, wrap=None):
+def _revise(m, y0, wrap=None, callback=None):
     g = torch.Generator().manual_seed(3)
-    return m.revise(y0, steps=4, delta=0.3, sigma=1.0, noise=0.5, generator=g, wrap=wrap)
+    return m.revise(y0, steps=4, delta=0.3, sigma=1.0, noise=0.5, generator=g, wrap=wrap, callback=callback)
 
 
 @needs_onednn
@@ -113,6 +113,12 @@ def test_model_revision_takes_the_closed_form_and_matches_autograd():
         with m.using(replace(m.accel, closed_form=False)):
             ref = _revise(m, y0, wrap)
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    energies, ref_energies = [], []  # a callback gets f from the closed form, as autograd's
+    _revise(m, y0, callback=lambda info: energies.append(info["energy"]))
+    with m.using(replace(m.accel, closed_form=False)):
+        _revise(m, y0, callback=lambda info: ref_energies.append(info["energy"]))
+    assert len(energies) == 4
+    torch.testing.assert_close(torch.stack(energies), torch.stack(ref_energies), rtol=1e-4, atol=1e-4)
     assert m.accel.fallbacks == []
     assert len(m._packed.cache) == 2 and len(m._packed.checked) == 2  # both wraps ran in closed form
 
@@ -146,7 +152,12 @@ def test_a_wrong_closed_form_is_caught_on_first_use_and_autograd_takes_over(monk
     m = _model()
     y = torch.randn(2, 3, 16, 16)
     right = PackedDescriptor.__call__
-    monkeypatch.setattr(PackedDescriptor, "__call__", lambda self, x: (lambda f, g: (f, 1.5 * g))(*right(self, x)))
+
+    def wrong(self, x, want_f=True):
+        f, g = right(self, x, want_f)
+        return f, 1.5 * g
+
+    monkeypatch.setattr(PackedDescriptor, "__call__", wrong)
     f, g = m.closed_form(y)(y)
     f_ref, g_ref = _reference(m.descriptor, y, None)
     torch.testing.assert_close(g.double(), g_ref, rtol=1e-4, atol=1e-5 * g_ref.abs().max().item())
@@ -161,7 +172,7 @@ def test_a_failing_kernel_falls_back_to_autograd_and_says_why(monkeypatch):
     m = _model()
     y = torch.randn(2, 3, 16, 16)
 
-    def fail(self, x):
+    def fail(self, x, want_f=True):
         raise RuntimeError("no kernel for this\nsecond line")
 
     monkeypatch.setattr(PackedDescriptor, "__call__", fail)
@@ -196,14 +207,32 @@ def test_grad_check_tells_a_kink_from_a_wrong_gradient():
 def test_langevin_uses_the_given_gradient_per_chunk():
     calls = []
 
-    def energy_grad(y):
-        calls.append(y.shape[0])
-        return y.new_zeros(y.shape[0]), -y  # the gradient of -|y|^2 / 2
+    def energy_grad(y, want_f):
+        calls.append((y.shape[0], want_f))
+        return (-0.5 * y.flatten(1).pow(2).sum(1) if want_f else None), -y  # -|y|^2 / 2 and its gradient
 
     y0 = torch.ones(5, 1, 2, 2)
-    y = descriptor_langevin(lambda y: 1 / 0, y0, steps=2, delta=1.0, sigma=1e9, noise=0, max_batch=2, energy_grad=energy_grad)
-    assert calls == [2, 2, 1, 2, 2, 1]  # never autograd on `energy`, chunked like it
+    kw = dict(steps=2, delta=1.0, sigma=1e9, noise=0, max_batch=2, energy_grad=energy_grad)
+    y = descriptor_langevin(lambda y: 1 / 0, y0, **kw)
+    assert calls == [(2, False), (2, False), (1, False)] * 2  # never autograd on `energy`, chunked like it
     torch.testing.assert_close(y, y0 * 0.25, rtol=1e-6, atol=0)  # y <- y - y / 2, twice (sigma term ~ 0)
+    calls.clear()
+    seen = []
+    descriptor_langevin(lambda y: 1 / 0, y0, **kw, callback=lambda info: seen.append(info["energy"]))
+    assert calls == [(2, True), (2, True), (1, True)] * 2  # a callback asks for f, whole across the chunks
+    torch.testing.assert_close(seen[1], torch.full((5,), -0.5), rtol=1e-6, atol=0)  # f of step 1's input, y0 / 2
+
+
+@needs_onednn
+def test_closed_form_skips_the_energy_only_when_told():
+    cfg, shape, wrap = CASES[1]
+    d = _descriptor(cfg)
+    y = torch.randn(shape)
+    packed = PackedDescriptor(d, shape, wrap)
+    f, g = packed(y)
+    none, g2 = packed(y, want_f=False)
+    assert none is None and f is not None
+    torch.testing.assert_close(g2, g, rtol=0, atol=0)
 
 
 @needs_onednn
@@ -221,7 +250,7 @@ def test_cli_run_says_when_the_closed_form_fell_back_and_logs_it(tmp_path, monke
     assert "fell back" not in r.output
     assert json.loads((tmp_path / "ok" / "log.jsonl").read_text().splitlines()[-1])["eager_fallbacks"] == []
 
-    def fail(self, x):
+    def fail(self, x, want_f=True):
         raise RuntimeError("kernel missing")
 
     monkeypatch.setattr(PackedDescriptor, "__call__", fail)
