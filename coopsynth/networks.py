@@ -231,20 +231,19 @@ def _upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...]) -> Tens
     bias = None if conv.bias is None else conv.bias.repeat(len(phases))
     y = (F.conv2d if d == 2 else F.conv3d)(hp, torch.cat(kernels), bias)  # (B, P*O, [n+1 | n] per axis)
     size = [n - 2 for n in hp.shape[2:]]  # h's own size
-    parts = []
-    for k, phase in enumerate(phases):
-        crop = [slice(0, n) for n in size]
-        for a, p in zip(ups, phase, strict=True):
-            crop[a] = slice(p, p + size[a])
-        parts.append(y[(slice(None), slice(k * o, (k + 1) * o), *crop)])  # (B, O, *size)
-    b = hp.shape[0]
-    out = torch.stack(parts, 2).reshape(b, o, *(2,) * len(ups), *size)  # (B, O, phases..., *size)
-    order = [0, 1]
-    for a in range(d):  # each phase axis right after its own axis: (.., n_a, 2, ..)
-        order.append(2 + len(ups) + a)
-        if a in ups:
-            order.append(2 + ups.index(a))
-    return out.permute(order).reshape(b, o, *(n * s for n, s in zip(size, scale, strict=True)))
+    # out[b, o, .., 2i + p, ..] = y[b, phase * O + o, .., i + p, ..] along each up-sampled axis: a
+    # strided view of y (phase p's crop starts p cells in), copied out once. One gather whose
+    # gradient is one scatter: per-phase slices cost a zero-filled y-sized gradient each.
+    sy = y.stride()
+    shape, stride = [y.shape[0], o], [sy[0], sy[1]]  # (B, O, then per axis n_a [, 2])
+    for a in range(d):
+        shape.append(size[a])
+        stride.append(sy[2 + a])
+        if a in ups:  # the phase bit of this axis: its channel block, and one cell further in
+            shape.append(2)
+            stride.append(sy[1] * o * 2 ** (len(ups) - 1 - ups.index(a)) + sy[2 + a])
+    out = y.as_strided(shape, stride, y.storage_offset())
+    return out.reshape(y.shape[0], o, *(n * s for n, s in zip(size, scale, strict=True)))
 
 
 class Generator(nn.Module):

@@ -179,20 +179,40 @@ def test_upsampled_conv_equals_upsampling_then_the_conv(scale, wrap):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_upsampled_conv_gradients_float64():
-    """Input and weight gradients of the folded form are those of up-sampling then the conv."""
+@pytest.mark.parametrize(
+    "scale, wrap, channels_last",
+    [
+        ((2, 2), (False, True), False),
+        ((2, 2), (False, True), True),
+        ((1, 2, 2), (True, False, False), False),
+        ((2, 2, 2), (False,) * 3, False),
+    ],
+)
+def test_upsampled_conv_gradients_float64(scale, wrap, channels_last):
+    """Input and weight gradients of the folded form are those of up-sampling then the conv,
+    whatever the memory layout of its input (the interleave is a strided view of the conv's
+    output, built from that output's own strides)."""
     torch.manual_seed(0)
-    conv = torch.nn.Conv2d(2, 3, 3).double()
-    h = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
-    folded = _upsampled_conv(conv, pad(h, (1, 1), (False, True)), (2, 2))
-    plain = conv(pad(F.interpolate(h, scale_factor=2, mode="nearest"), (1, 1), (False, True)))
+    d = len(scale)
+    conv = (torch.nn.Conv2d if d == 2 else torch.nn.Conv3d)(2, 3, 3).double()
+    h = torch.randn(1, 2, *((3, 3, 4) if d == 3 else (3, 4)), dtype=torch.float64, requires_grad=True)
+
+    def folded_fn(h):
+        hp = pad(h, (1,) * d, wrap)
+        if channels_last:  # the conv's output, which the interleave reads, then is channels-last too
+            hp = hp.contiguous(memory_format=torch.channels_last if d == 2 else torch.channels_last_3d)
+        return _upsampled_conv(conv, hp, scale)
+
+    folded = folded_fn(h)
+    plain = conv(pad(F.interpolate(h, scale_factor=scale, mode="nearest"), (1,) * d, wrap))
+    assert folded.is_contiguous()
     for out_grads, want in zip(
         torch.autograd.grad(folded.pow(2).sum(), (h, conv.weight, conv.bias)),
         torch.autograd.grad(plain.pow(2).sum(), (h, conv.weight, conv.bias)),
         strict=True,
     ):
         torch.testing.assert_close(out_grads, want, rtol=1e-12, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda h: _upsampled_conv(conv, pad(h, (1, 1), (False, True)), (2, 2)), (h,))
+    assert torch.autograd.gradcheck(folded_fn, (h,))
 
 
 @pytest.mark.parametrize("dims", [2, 3])
