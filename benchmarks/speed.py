@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import header, publish  # noqa: E402
 
 from coopsynth import networks  # noqa: E402
-from coopsynth.accel import Accel, keep_freed_memory  # noqa: E402
+from coopsynth.accel import Accel, cpu_has_bf16, keep_freed_memory  # noqa: E402
 from coopsynth.langevin import descriptor_langevin  # noqa: E402
 from coopsynth.model import CoopModel  # noqa: E402
 from coopsynth.networks import Descriptor, pad  # noqa: E402
@@ -97,14 +97,17 @@ def matmul(device: torch.device, precision: str) -> tuple[Callable[[], object], 
 
 
 def precisions(device: torch.device) -> tuple[str, ...]:
-    """The precisions with a matrix-product peak of their own: on a CPU only fp32 (tf32 is fp32
-    there, and no bf16 path is given a roofline)."""
-    return ("fp32",) if device.type == "cpu" else ("fp32", "tf32", "bf16")
+    """The precisions with a matrix-product peak of their own: on a CPU fp32 (tf32 is fp32 there),
+    and bf16 where the CPU has bf16 units (elsewhere no bf16 path runs)."""
+    if device.type == "cpu":
+        return ("fp32", "bf16") if cpu_has_bf16() else ("fp32",)
+    return ("fp32", "tf32", "bf16")
 
 
 def matmul_peaks(device: torch.device) -> dict[str, float]:
-    """GFLOP/s of a large square matrix product in each precision a path can run in (fp32 for
-    all three on a CPU), measured together at the start of the run."""
+    """GFLOP/s of a large square matrix product in each precision a path can run in (on a CPU
+    fp32 stands in for tf32, and for bf16 without bf16 units), measured together at the start of
+    the run."""
     calls = {p: matmul(device, p) for p in precisions(device)}
     t = timeit_all({p: call for p, (call, _) in calls.items()}, device)
     peaks = {p: calls[p][1] / t[p] / 1e9 for p in calls}
@@ -240,12 +243,19 @@ class LangevinPath:
 def variants(device: torch.device) -> list[LangevinPath]:
     """The Langevin paths compared; the first one of a size is the baseline of the ratio column."""
     if device.type == "cpu":
-        return [
+        paths = [
             LangevinPath("plain code", None),
             LangevinPath("autograd", Accel(closed_form=False)),
             LangevinPath("coopsynth (default): closed-form gradient", Accel(), "autograd"),
             LangevinPath("autograd, channels-last", Accel(channels_last=True), "autograd"),
         ]
+        if cpu_has_bf16():  # what sampling runs on this CPU (Accel.for_sampling)
+            bf = "bf16 autograd (autocast)"
+            paths += [
+                LangevinPath(bf, Accel(precision="bf16", closed_form=False)),
+                LangevinPath("bf16 closed-form gradient (sampling default here)", Accel(precision="bf16"), bf),
+            ]
+        return paths
     e32, e_tf, e_tf_cl, e_bf = "eager fp32", "eager tf32", "eager tf32 channels-last", "eager bf16"
     return [
         LangevinPath(e32, Accel(precision="fp32")),
@@ -262,7 +272,8 @@ def variants(device: torch.device) -> list[LangevinPath]:
 
 def peak_text(device: torch.device, peaks: dict[str, float]) -> str:
     if device.type == "cpu":
-        return f"{peaks['fp32']:.0f} GFLOP/s (fp32; tf32 is fp32 on a CPU)"
+        bf = f", bf16 {peaks['bf16']:.0f} GFLOP/s" if cpu_has_bf16() else ""
+        return f"{peaks['fp32']:.0f} GFLOP/s (fp32; tf32 is fp32 on a CPU){bf}"
     return ", ".join(f"{k} {v / 1e3:.1f} TFLOP/s" for k, v in peaks.items()) + " (fp32: no tensor cores)"
 
 
@@ -298,13 +309,13 @@ def langevin_paths(device: torch.device, sizes: list[int], cfg) -> list[str]:
     """Langevin steps/s of each path at the default batch; each path's roofline against the
     matrix-product peak of its own precision; speed-ups against the first path of the size and
     against the path's twin (on CUDA the eager path of the same precision and memory format, on a
-    CPU the autograd formulation). Per size, the paths and the
+    CPU the autograd formulation of the same precision). Per size, the paths and the
     matrix products take turns round by round (`timeit_all`)."""
     lines = [
         f"\nLangevin revision paths, batch {cfg.batch}, L = {cfg.langevin_steps}. Per size, the paths and the matrix products "
         "take turns round by round. Roofline: against the matrix-product peak of the path's precision measured in those "
         "rounds. Ratios: to the first path of the size, and to the path's twin (CUDA: the same path without the graph; "
-        "CPU: the default formulation through autograd).\n",
+        "CPU: the same precision through autograd).\n",
         "| size | path | Langevin steps/s | achieved GFLOP/s | peak GFLOP/s | roofline | vs first | vs twin |",
         "|---|---|---|---|---|---|---|---|",
     ]

@@ -11,10 +11,11 @@
     channels_last NHWC / NDHWC tensors for both networks. Off by default: slower with these small
                   networks on an H200 (graph tf32 Langevin 0.80-0.93x of contiguous at 64-512 px)
                   and no consistent gain on a CPU (benchmarks/RESULTS.md, Speed).
-    closed_form   on a CPU in float32, compute the Langevin step's input gradient in closed form with
-                  weights packed for oneDNN instead of through autograd (`coopsynth.cpugrad`): the
-                  same numbers up to rounding, faster (benchmarks/RESULTS.md). Checked against
-                  autograd on each shape's first use; falls back to autograd when it fails.
+    closed_form   on a CPU, compute the Langevin step's input gradient in closed form with weights
+                  packed for oneDNN instead of through autograd (`coopsynth.cpugrad`), in float32,
+                  or in bf16 under bf16 precision on a CPU with bf16 units: the same numbers up to
+                  rounding, faster (benchmarks/RESULTS.md). Checked against autograd on each
+                  shape's first use; falls back to autograd when it fails.
     graphs        capture the whole L-step Langevin revision (L descriptor forwards, input
                   gradients, updates, noise and projections) as one CUDA graph and replay it: no
                   Python and no kernel launches per step. Falls back to eager code when capture

@@ -15,6 +15,8 @@ for oneDNN once (per shape, and again whenever an optimiser step changes them), 
 convolution runs with its leaky ReLU fused, and each conv^T reads its packed weights.
 leaky'(a) is read from h (same sign, the slope being positive). The same numbers as autograd up
 to float rounding; the speed-up is in benchmarks/RESULTS.md (Speed, "Langevin revision paths").
+Under bf16 precision (CPUs with bf16 units) it computes in bf16 as autocast would: packed bf16
+weights, bf16 activations and gradient, float32 f and df/dY out.
 
 The packed kernels are private PyTorch operators (`torch.ops.mkldnn`, the ones inductor uses on
 CPUs). Where they are missing, fail, or disagree with autograd on a shape's first use, the caller
@@ -28,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-from .accel import agrees_in_norm
+from .accel import agrees_in_norm, cpu_has_bf16
 from .langevin import EnergyGrad
 from .networks import Descriptor, depth_stride, depth_to_space, depth_weight, folds_to_depth, pad, space_to_depth
 
@@ -71,12 +73,17 @@ def _fold(border: Tensor, ax: int) -> Tensor:
     return border if border.shape[ax] == 1 else border.sum(ax, keepdim=True)
 
 
-def unsupported(d: Descriptor, y: Tensor) -> str | None:
-    """Why the closed form does not apply to this descriptor and input (None: it does)."""
+def unsupported(d: Descriptor, y: Tensor, dtype: torch.dtype = torch.float32) -> str | None:
+    """Why the closed form does not apply to this descriptor and input, computing in `dtype`
+    (float32, or bfloat16 as under bf16 autocast), or None: it does."""
     if y.device.type != "cpu" or y.dtype != torch.float32:
         return "not a float32 CPU tensor"
     if not torch.backends.mkldnn.is_available():
         return "this PyTorch has no oneDNN"
+    if dtype not in (torch.float32, torch.bfloat16):
+        return f"no closed form in {dtype}"
+    if dtype == torch.bfloat16 and not cpu_has_bf16():
+        return "this CPU has no bfloat16 units"
     if d.cfg.slope <= 0:
         return "the leaky ReLU slope is not positive"
     if d.layers[0].weight.dtype != torch.float32:
@@ -89,14 +96,14 @@ def unsupported(d: Descriptor, y: Tensor) -> str | None:
 
 
 class _Layer:
-    """One descriptor layer planned for one input shape."""
+    """One descriptor layer planned for one input shape, computing in `dtype`."""
 
-    def __init__(self, d: Descriptor, i: int, shape: tuple[int, ...]):
+    def __init__(self, d: Descriptor, i: int, shape: tuple[int, ...], dtype: torch.dtype):
         layer = d.layers[i]
         self.pads = d._pads(layer)  # ((lo, hi) per axis)
         padded = tuple(s + lo + hi for s, (lo, hi) in zip(shape[2:], self.pads, strict=True))
         self.depth = folds_to_depth(layer, padded)  # computed on space_to_depth of the padded input
-        w = depth_weight(layer.weight) if self.depth else layer.weight  # (O, I, [kt,] k0, k1)
+        w = (depth_weight(layer.weight) if self.depth else layer.weight).to(dtype)  # (O, I, [kt,] k0, k1)
         stride = depth_stride(layer) if self.depth else tuple(layer.stride)
         x_size = (*padded[:-2], padded[-2] // 2, padded[-1] // 2) if self.depth else padded
         x_shape = [shape[0], w.shape[1], *x_size]
@@ -111,21 +118,27 @@ class _Layer:
             self.w_bwd = ops._reorder_convolution_transpose_weight(
                 w.contiguous(), self.zeros, self.out_padding, self.stride, self.ones, 1, [shape[0], w.shape[0], *out]
             )
-        self.bias = layer.bias.detach()
-        self.read_out = d.heads[i].weight.detach().reshape(1, -1, *(1,) * len(stride))  # u_i (1, O, 1, ...)
+        self.bias = layer.bias.detach().to(dtype)
+        self.read_out = d.heads[i].weight.detach().reshape(1, -1, *(1,) * len(stride))  # u_i (1, O, 1, ...), float32
+        self.read_out_c = self.read_out.to(dtype)  # the same in the computing dtype, for the gradient
         self.read_bias = d.heads[i].bias.detach()  # (1,)
         self.out_shape = (shape[0], w.shape[0], *out)
 
 
 class PackedDescriptor:
-    """f(Y) and df/dY of a descriptor for inputs of one shape (see the module docstring)."""
+    """f(Y) and df/dY of a descriptor for float32 inputs of one shape (see the module docstring).
+    `dtype` bfloat16 computes as bf16 autocast does: the convolutions, activations and gradient in
+    bf16 (oneDNN accumulates in float32), f and the returned df/dY in float32."""
 
-    def __init__(self, d: Descriptor, shape: tuple[int, ...], wrap: tuple[bool, ...] | None = None):
+    def __init__(
+        self, d: Descriptor, shape: tuple[int, ...], wrap: tuple[bool, ...] | None = None, dtype: torch.dtype = torch.float32
+    ):
         self.wrap = tuple(wrap) if wrap else (False,) * d.cfg.dims
         self.slope = d.cfg.slope
+        self.dtype = dtype
         self.layers: list[_Layer] = []
         for i in range(len(d.layers)):
-            layer = _Layer(d, i, shape)
+            layer = _Layer(d, i, shape, dtype)
             self.layers.append(layer)
             shape = layer.out_shape
         # the read-outs' biases, summed over every layer's positions: f's constant term, (1,)
@@ -137,7 +150,7 @@ class PackedDescriptor:
         callback never reads it: its reductions cost about 6% of a 64 px step)."""
         ops = torch.ops.mkldnn
         hs = []
-        h = y.contiguous()  # (B, C, [T,] H, W)
+        h = y.contiguous().to(self.dtype)  # (B, C, [T,] H, W)
         for L in self.layers:
             x = pad(h, L.pads, self.wrap)
             if L.depth:
@@ -148,8 +161,8 @@ class PackedDescriptor:
         g = None
         for L, h in zip(reversed(self.layers), reversed(hs), strict=True):
             if want_f:
-                f = f + h.flatten(2).sum(2) @ L.read_out.flatten()
-            dh = L.read_out.expand_as(h) if g is None else g.add_(L.read_out)  # df/dh
+                f = f + h.flatten(2).sum(2, dtype=torch.float32) @ L.read_out.flatten()
+            dh = L.read_out_c.expand_as(h) if g is None else g.add_(L.read_out_c)  # df/dh
             da = torch.ops.aten.leaky_relu_backward(dh, h, self.slope, False)  # df/da
             gx = ops._convolution_transpose_pointwise(
                 da, L.w_bwd, None, L.zeros, L.out_padding, L.stride, L.ones, 1, "none", [], ""
@@ -157,20 +170,22 @@ class PackedDescriptor:
             if L.depth:
                 gx = depth_to_space(gx)
             g = unpad(gx, L.pads, self.wrap)  # df/d(the layer's input)
-        return f, g
+        return f, g.float()
 
 
-def grad_agrees(fast: Tensor, ref: Tensor) -> bool:
+def grad_agrees(fast: Tensor, ref: Tensor, dtype: torch.dtype = torch.float32) -> bool:
     """Does a closed-form gradient agree with autograd's? In norm: a leaky ReLU input within
     rounding of zero may take the other slope in either computation, which moves a few elements
-    by a lot; a wrong kernel or layout is off by about the whole gradient."""
-    return agrees_in_norm(fast, ref, ref.double().norm(), 0.02)
+    by a lot; a wrong kernel or layout is off by about the whole gradient. bf16 gets a looser
+    bound: the closed form and autocast's autograd both round to bf16, differently (within 0.4%
+    of each other in tests/test_cpugrad.py, and 0.4-3% from the exact gradient)."""
+    return agrees_in_norm(fast, ref, ref.double().norm(), 0.05 if dtype == torch.bfloat16 else 0.02)
 
 
 class PackedGrads:
     """PackedDescriptors of one model, per (shape, wrap), packed afresh when the weights change.
 
-    `for_input(y, wrap)`, called once per Langevin revision, returns the callable
+    `for_input(y, wrap, dtype)`, called once per Langevin revision, returns the callable
     (y, want_f) -> (f, df/dy) to use (`langevin.EnergyGrad`), or None for autograd. The weights
     are compared by value with those last packed, so any change (an optimiser step, a roll-back,
     an edit through `.data`) is seen. The first call of each shape is checked against autograd; a
@@ -188,8 +203,8 @@ class PackedGrads:
         self.checked: set[tuple] = set()
         self.broken: set[tuple] = set()
 
-    def for_input(self, y: Tensor, wrap: tuple[bool, ...] | None) -> EnergyGrad | None:
-        why = unsupported(self.descriptor, y)
+    def for_input(self, y: Tensor, wrap: tuple[bool, ...] | None, dtype: torch.dtype = torch.float32) -> EnergyGrad | None:
+        why = unsupported(self.descriptor, y, dtype)
         if why is not None:
             self.note(f"closed-form CPU gradient not used: {why}")
             return None
@@ -197,17 +212,17 @@ class PackedGrads:
         if len(now) != len(self.weights) or not all(torch.equal(a, b) for a, b in zip(now, self.weights, strict=True)):
             self.cache.clear()
             self.weights = [p.clone() for p in now]
-        return lambda x, want_f=True: self._call(x, wrap, want_f)
+        return lambda x, want_f=True: self._call(x, wrap, dtype, want_f)
 
-    def _call(self, y: Tensor, wrap, want_f: bool) -> tuple[Tensor | None, Tensor]:
-        key = (tuple(y.shape), tuple(wrap or ()))
+    def _call(self, y: Tensor, wrap, dtype: torch.dtype, want_f: bool) -> tuple[Tensor | None, Tensor]:
+        key = (tuple(y.shape), tuple(wrap or ()), dtype)
         if key not in self.broken:
             try:
                 packed = self.cache.get(key)
                 if packed is None:
                     if len(self.cache) >= MAX_SHAPES:
                         self.cache.pop(next(iter(self.cache)))
-                    packed = self.cache[key] = PackedDescriptor(self.descriptor, key[0], wrap)
+                    packed = self.cache[key] = PackedDescriptor(self.descriptor, key[0], wrap, dtype)
                 f, g = packed(y, want_f)
             except Exception as e:  # a missing or failing kernel: autograd for this shape from now on
                 self.broken.add(key)
@@ -218,7 +233,7 @@ class PackedGrads:
                     return f, g
                 self.checked.add(key)
                 ref_f, ref_g = self._autograd(y, wrap)
-                if grad_agrees(g, ref_g):
+                if grad_agrees(g, ref_g, dtype):
                     return f, g
                 self.broken.add(key)
                 self.cache.pop(key, None)

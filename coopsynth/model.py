@@ -169,12 +169,13 @@ class CoopModel:
         return max(1, CPU_CHUNK // max(1, y[0, 0].numel()))
 
     def closed_form(self, y: Tensor, wrap: tuple[bool, ...] | None = None):
-        """The CPU float32 closed-form energy gradient for chains like y (`coopsynth.cpugrad`), or
-        None where autograd runs: on CUDA, under bf16, channels-last, or with `closed_form` off."""
+        """The CPU closed-form energy gradient for chains like y (`coopsynth.cpugrad`), computed in
+        bf16 under bf16 precision and in float32 otherwise, or None where autograd runs: on CUDA,
+        channels-last, or with `closed_form` off."""
         a = self.accel
-        if y.device.type != "cpu" or not a.closed_form or a.precision == "bf16" or a.channels_last:
+        if y.device.type != "cpu" or not a.closed_form or a.channels_last:
             return None
-        return self._packed.for_input(y, wrap)
+        return self._packed.for_input(y, wrap, torch.bfloat16 if a.precision == "bf16" else torch.float32)
 
     def revise_windowed(
         self,

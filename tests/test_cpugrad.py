@@ -17,19 +17,27 @@ from coopsynth.networks import Descriptor, depth_to_space, pad, space_to_depth
 from tests.conftest import tiny_net
 
 
-def _kernels_run() -> bool:
-    """Does this PyTorch have the packed oneDNN kernels, and do they run here?"""
-    d, y = Descriptor(tiny_net()), torch.zeros(1, 3, 8, 8)
-    if cpugrad.unsupported(d, y) is not None:
+def _kernels_run(dtype: torch.dtype = torch.float32) -> bool:
+    """Does this PyTorch have the packed oneDNN kernels, and do they run here (in dtype)? Probed
+    with the raw operators, not through cpugrad, so that a bug there fails the tests instead of
+    skipping them."""
+    if cpugrad.unsupported(Descriptor(tiny_net()), torch.zeros(1, 3, 8, 8), dtype) is not None:
         return False
+    ops, z, one = torch.ops.mkldnn, [0, 0], [1, 1]
+    x, w = torch.ones(1, 4, 6, 6, dtype=dtype), torch.ones(8, 4, 2, 2, dtype=dtype)
     try:
-        PackedDescriptor(d, tuple(y.shape))(y)
+        h = ops._convolution_pointwise(
+            x, ops._reorder_convolution_weight(w, z, one, one, 1, [1, 4, 6, 6]), None, z, one, one, 1, "none", [], ""
+        )
+        wt = ops._reorder_convolution_transpose_weight(w, z, z, one, one, 1, [1, 8, 5, 5])
+        gx = ops._convolution_transpose_pointwise(h, wt, None, z, z, one, one, 1, "none", [], "")
     except Exception:
         return False
-    return True
+    return gx.shape == x.shape and bool((gx > 0).all())
 
 
 needs_onednn = pytest.mark.skipif(not _kernels_run(), reason="no packed oneDNN kernels in this PyTorch")
+needs_onednn_bf16 = pytest.mark.skipif(not _kernels_run(torch.bfloat16), reason="no bf16 units or packed bf16 kernels here")
 
 
 def _descriptor(cfg, seed=0):
@@ -73,6 +81,36 @@ def test_closed_form_matches_autograd_in_float64(cfg, shape, wrap):
     scale = g_ref.abs().max().item()
     torch.testing.assert_close(g.double(), g_ref, rtol=1e-4, atol=1e-5 * scale)
     torch.testing.assert_close(f.double(), f_ref, rtol=1e-4, atol=1e-5 * f_ref.abs().max().item())
+
+
+def _autocast_reference(d: Descriptor, y: torch.Tensor, wrap):
+    """f and df/dY by autograd under bf16 autocast (what `--precision bf16` ran before)."""
+    y = y.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+        f = d(y, wrap).float()
+    (g,) = torch.autograd.grad(f.sum(), y)
+    return f.detach(), g
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@needs_onednn_bf16
+@pytest.mark.parametrize(("cfg", "shape", "wrap"), CASES)
+def test_closed_form_in_bf16_matches_autocast_autograd(cfg, shape, wrap):
+    """In bf16 the closed form rounds like autocast does: both sit about 0.4-1.5% (in norm) from
+    the float64 gradient on these cases, and within 0.4% of each other."""
+    d = _descriptor(cfg)
+    y = torch.randn(shape)
+    f, g = PackedDescriptor(d, shape, wrap, torch.bfloat16)(y)
+    assert f.dtype == g.dtype == torch.float32 and g.shape == y.shape  # returned in float32
+    f_ac, g_ac = _autocast_reference(d, y, wrap)
+    f_64, g_64 = _reference(d, y, wrap)
+    assert _rel(g, g_ac) < 0.01
+    assert _rel(g, g_64) < 0.03 and _rel(g_ac, g_64) < 0.03
+    assert _rel(g, g_64) > 1e-4  # it did compute in bf16, not float32
+    assert _rel(f, f_64) < 0.02
 
 
 @pytest.mark.parametrize("wrap", [(False, False), (True, True), (True, False), (False, True)])
@@ -123,11 +161,34 @@ def test_model_revision_takes_the_closed_form_and_matches_autograd():
     assert len(m._packed.cache) == 2 and len(m._packed.checked) == 2  # both wraps ran in closed form
 
 
-def test_closed_form_is_off_where_autograd_must_run():
+def test_closed_form_is_off_where_autograd_must_run(monkeypatch):
     y = torch.zeros(1, 3, 8, 8)
     assert _model(Accel(closed_form=False)).closed_form(y) is None
-    assert _model(Accel(precision="bf16")).closed_form(y) is None
     assert _model(Accel(channels_last=True)).closed_form(y) is None
+    monkeypatch.setattr(cpugrad, "cpu_has_bf16", lambda: False)  # bf16 emulated in software: autograd
+    m = _model(Accel(precision="bf16"))
+    assert m.closed_form(y) is None
+    assert m.accel.fallbacks == ["closed-form CPU gradient not used: this CPU has no bfloat16 units"]
+
+
+@needs_onednn_bf16
+def test_bf16_revision_takes_the_bf16_closed_form():
+    m = _model(Accel(precision="bf16"))
+    y0 = torch.randn(3, 3, 16, 16)
+    out = _revise(m, y0)
+    with m.using(replace(m.accel, closed_form=False)):
+        ref = _revise(m, y0)  # bf16 autocast through autograd
+    assert m.accel.fallbacks == []
+    assert list(m._packed.checked) == [((3, 3, 16, 16), (), torch.bfloat16)]
+    assert _rel(out - y0, ref - y0) < 0.02  # the chains' moves agree to bf16 rounding
+
+
+def test_bf16_gets_a_looser_agreement_bound():
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(4, 3, 32, 32, generator=g)
+    off = ref + 0.03 * ref.norm() / ref.numel() ** 0.5 * torch.randn(ref.shape, generator=g)  # 3% in norm
+    assert grad_agrees(off, ref, torch.bfloat16) and not grad_agrees(off, ref)
+    assert not grad_agrees(1.2 * ref, ref, torch.bfloat16)
 
 
 @needs_onednn
@@ -164,7 +225,7 @@ def test_a_wrong_closed_form_is_caught_on_first_use_and_autograd_takes_over(monk
     assert m.accel.fallbacks == ["the closed-form CPU gradient disagreed with autograd"]
     monkeypatch.setattr(PackedDescriptor, "__call__", right)
     m.closed_form(y)(y)
-    assert (tuple(y.shape), ()) in m._packed.broken and not m._packed.cache  # that shape stays on autograd
+    assert (tuple(y.shape), (), torch.float32) in m._packed.broken and not m._packed.cache  # that shape stays on autograd
 
 
 @needs_onednn
