@@ -7,7 +7,7 @@
                   under autocast (the Langevin state, the losses and the optimiser stay fp32).
                   auto: tf32, and for sampling textures on a CPU with bf16 units (AVX512-BF16,
                   AMX) bf16, which measured the same SWD as fp32 sampling from the same model and
-                  latents, 1.7x faster (benchmarks/RESULTS.md); see `Accel.for_sampling`.
+                  latents, 1.6x faster (benchmarks/RESULTS.md); see `Accel.for_sampling`.
     channels_last NHWC / NDHWC tensors for both networks. Off by default: slower with these small
                   networks on an H200 (graph tf32 Langevin 0.80-0.93x of contiguous at 64-512 px)
                   and no consistent gain on a CPU (benchmarks/RESULTS.md, Speed).
@@ -109,7 +109,7 @@ class Accel:
     def for_sampling(self, device: torch.device, dims: int) -> Accel:
         """The settings to sample with: the same, except that an automatic precision samples
         textures in bf16 on a CPU with bf16 units (measured: the same SWD ratios as fp32 from the
-        same model and latents, 1.7x faster). Videos keep fp32: bf16 is not measured there."""
+        same model and latents, 1.6x faster). Videos keep fp32: bf16 is not measured there."""
         if self.auto and device.type == "cpu" and dims == 2 and cpu_has_bf16():
             return replace(self, precision="bf16", fallbacks=self.fallbacks)
         return self

@@ -200,7 +200,7 @@ def test_upsampled_conv_gradients_float64(scale, wrap, channels_last):
     def folded_fn(h):
         hp = pad(h, (1,) * d, wrap)
         if channels_last:  # the conv's output, which the interleave reads, then is channels-last too
-            hp = hp.contiguous(memory_format=torch.channels_last if d == 2 else torch.channels_last_3d)
+            hp = hp.contiguous(memory_format=torch.channels_last)
         return _upsampled_conv(conv, hp, scale)
 
     folded = folded_fn(h)
