@@ -272,7 +272,7 @@ def variants(device: torch.device) -> list[LangevinPath]:
 
 def peak_text(device: torch.device, peaks: dict[str, float]) -> str:
     if device.type == "cpu":
-        bf = f", bf16 {peaks['bf16']:.0f} GFLOP/s" if cpu_has_bf16() else ""
+        bf = f", bf16 {peaks['bf16']:.0f} GFLOP/s" if "bf16" in precisions(device) else ""
         return f"{peaks['fp32']:.0f} GFLOP/s (fp32; tf32 is fp32 on a CPU){bf}"
     return ", ".join(f"{k} {v / 1e3:.1f} TFLOP/s" for k, v in peaks.items()) + " (fp32: no tensor cores)"
 

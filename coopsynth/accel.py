@@ -89,7 +89,7 @@ class Accel:
     precision: str = "tf32"  # fp32 | tf32 | bf16 (see the module docstring)
     channels_last: bool = False  # NHWC memory format for both networks
     graphs: bool = False  # CUDA graph capture of the Langevin revision
-    closed_form: bool = True  # CPU float32: the Langevin gradient in closed form with packed weights (coopsynth.cpugrad)
+    closed_form: bool = True  # CPU: the Langevin gradient in closed form with packed weights, fp32 or bf16 (coopsynth.cpugrad)
     fallbacks: list[str] = field(default_factory=list)  # why a CUDA graph or the CPU closed form was not used, once each
     auto: bool = False  # the precision was left to coopsynth (`--precision auto`): see for_sampling
 
