@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -237,7 +238,7 @@ class LangevinPath:
     name: str
     accel: Accel | None  # None: the plain code (CPU only)
     twin: str | None = None  # CUDA: the eager path with the same precision and memory format; CPU: autograd
-    strided_first: bool = False  # the first layer as a plain stride-2 conv (no space-to-depth)
+    depth_all: bool = False  # every stride-2 layer through space-to-depth (the default: the first only)
 
 
 def variants(device: torch.device) -> list[LangevinPath]:
@@ -256,13 +257,16 @@ def variants(device: torch.device) -> list[LangevinPath]:
                 LangevinPath("bf16 closed-form gradient (sampling default here)", Accel(precision="bf16"), bf),
             ]
         return paths
-    e32, e_tf, e_tf_cl, e_bf = "eager fp32", "eager tf32", "eager tf32 channels-last", "eager bf16"
+    # CUDA: eager and graph twins per setting. The first row, the ratios' baseline, is PyTorch's
+    # defaults (tf32 convolutions, no graph), which is also coopsynth's eager path
+    e_tf, e32, e_bf = "eager tf32 (PyTorch's defaults)", "eager fp32", "eager bf16"
+    e_tf_cl = "eager tf32 channels-last"
     return [
-        LangevinPath(e32, Accel(precision="fp32")),
-        LangevinPath("graph fp32", Accel(precision="fp32", graphs=True), e32),
         LangevinPath(e_tf, Accel(precision="tf32")),
         LangevinPath("graph tf32 (default)", Accel(precision="tf32", graphs=True), e_tf),
-        LangevinPath("graph tf32, strided first layer", Accel(precision="tf32", graphs=True), e_tf, True),
+        LangevinPath("graph tf32, every layer space-to-depth", Accel(precision="tf32", graphs=True), e_tf, depth_all=True),
+        LangevinPath(e32, Accel(precision="fp32")),
+        LangevinPath("graph fp32", Accel(precision="fp32", graphs=True), e32),
         LangevinPath(e_tf_cl, Accel(precision="tf32", channels_last=True)),
         LangevinPath("graph tf32 channels-last", Accel(precision="tf32", channels_last=True, graphs=True), e_tf_cl),
         LangevinPath(e_bf, Accel(precision="bf16")),
@@ -278,28 +282,30 @@ def peak_text(device: torch.device, peaks: dict[str, float]) -> str:
 
 
 @contextlib.contextmanager
-def strided_first_layer(on: bool):
-    """Compute the descriptor's first layer as the plain stride-2 conv instead of space-to-depth."""
-    if not on:
-        yield
-        return
-    saved = networks._strided_conv
-    networks._strided_conv = lambda layer, x: layer(x)
+def depth_everywhere(on: bool):
+    """Compute every stride-2 descriptor layer through space-to-depth, not only the first (whose
+    few input channels are what the default form is for)."""
+    saved = networks.folds_to_depth
+    if on:
+        networks.folds_to_depth = lambda layer, shape: (
+            layer.stride[-2:] == (2, 2)
+            and not (layer.kernel_size[-2] % 2 or layer.kernel_size[-1] % 2 or shape[-2] % 2 or shape[-1] % 2)
+        )
     try:
         yield
     finally:
-        networks._strided_conv = saved
+        networks.folds_to_depth = saved
 
 
 def path_call(device: torch.device, path: LangevinPath, fn: Callable[[], object]) -> Callable[[], object]:
-    """fn under the path's global settings (the tf32 switches, the first-layer formulation), set
+    """fn under the path's process-wide settings (the tf32 switches, the layers' formulation), set
     at every call so that paths can take turns."""
     tf32 = path.accel is not None and path.accel.precision != "fp32"
 
     def call() -> object:
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-        with strided_first_layer(path.strided_first):
+        with depth_everywhere(path.depth_all):
             return fn()
 
     return call
@@ -381,21 +387,24 @@ def generator_forms(device: torch.device, sizes: list[int], cfg) -> list[str]:
     """The generator's up-sampling blocks in both formulations, in interleaved rounds: nearest
     up-sampling then the 3x3 conv (the plain form) against the conv folded onto the input's
     resolution (`networks._upsampled_conv`, which the generator uses from SUBPIXEL_MIN input
-    positions up). The same numbers (tested); a training iteration per crop size up to 256 px
-    and a 1024x1024 sample."""
+    positions up on a CPU). The same numbers (tested); a training iteration per crop size up to
+    256 px and a 1024x1024 sample."""
     default = networks.SUBPIXEL_MIN
+    cpu_min = default["cpu"]
 
-    def form(threshold: int, fn: Callable[[], object]) -> Callable[[], object]:
+    def form(threshold: float, fn: Callable[[], object]) -> Callable[[], object]:
         def call() -> object:
-            networks.SUBPIXEL_MIN = threshold
+            networks.SUBPIXEL_MIN = {device.type: threshold}
             return fn()
 
         return call
 
+    folds = device.type in default  # the default on this device: folded (from cpu_min positions up) or plain
     lines = [
         "\nGenerator up-sampling blocks, in interleaved rounds: nearest up-sampling then the 3x3 conv, against the conv "
-        f"folded onto the input's resolution (the default from {default} input positions per channel up; the same numbers).\n",
-        "| what | up-sample then conv | folded (default) | speed-up |",
+        f"folded onto the input's resolution from {cpu_min} input positions per channel up (the same numbers). "
+        f"The default on {device.type.upper()}: {'folded' if folds else 'up-sample then conv'}.\n",
+        f"| what | up-sample then conv{'' if folds else ' (default)'} | folded{' (default)' if folds else ''} | folded's speed-up |",
         "|---|---|---|---|",
     ]
     try:
@@ -416,7 +425,7 @@ def generator_forms(device: torch.device, sizes: list[int], cfg) -> list[str]:
             big = name.startswith("1024")
             try:
                 t = timeit_all(
-                    {"plain": form(10**12, fn), "folded": form(default, fn)},
+                    {"plain": form(math.inf, fn), "folded": form(cpu_min, fn)},
                     device,
                     repeat=3 if big else 6,
                     min_time=0.0 if big else 0.1,

@@ -21,6 +21,10 @@
                   Python and no kernel launches per step. Falls back to eager code when capture
                   fails or one of the first two replays disagrees with eager code.
 
+cuDNN's autotuning (`torch.backends.cudnn.benchmark`) is left off: on an H100 it picked the same
+kernels as cuDNN's rules at 128 and 512 px (benchmarks/cuda_profile.py), and once it made a capture
+fail at 512 px (benchmarks/RESULTS.md, CUDA on an H100).
+
 The graph reads the descriptor's weights where they live, so optimiser steps (in place) are seen
 by every replay; its noise is drawn before the replay into a static buffer, from the same stream
 the eager code would use, so both paths give the same numbers up to float rounding.
@@ -228,8 +232,19 @@ class GraphedLangevin:
                 run()
         torch.cuda.current_stream(y.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = run()
+        rng = torch.cuda.default_generators[y.device.index if y.device.index is not None else torch.cuda.current_device()]
+        kept, stream = rng.clone_state(), torch.cuda.current_stream(y.device)
+        try:
+            with torch.cuda.graph(graph):
+                static_out = run()
+        except Exception:
+            # a capture that fails half-way leaves the device's default generator marked as
+            # capturing, so that every later random draw on the device fails ("Offset increment
+            # outside graph capture"): give it back its state from before (the chain draws
+            # none), and the stream the failed exit may have left current
+            rng.graphsafe_set_state(kept)
+            torch.cuda.set_stream(stream)
+            raise
         return _Captured(graph, static_y, static_noise, static_bounds, static_out)
 
 

@@ -206,8 +206,11 @@ def depth_weight(w: Tensor) -> Tensor:
 # Nearest 2x up-sampling then a 3-tap convolution (taps w0 w1 w2), per output phase a (even or odd
 # position): the output at 2i + a reads the input at i - 1 + a and i + a, with 2 taps: (w0, w1 + w2)
 # for a = 0, (w0 + w1, w2) for a = 1.
-# from this many input positions per channel _upsampled_conv pays (ad-hoc, one block, batch 4: 1.7x at 16x16, 0.7x at 8x8)
-SUBPIXEL_MIN = 256
+# Per device type, from how many input positions per channel a generator block uses _upsampled_conv.
+# CPU: from 16x16 (ad-hoc, one block, batch 4: 1.7x at 16x16, 0.7x at 8x8). CUDA: never (on an
+# H100 it made training iterations 1.3x slower, benchmarks/RESULTS.md: its strided interleave and
+# that view's gradient cost more than the arithmetic it saves). Types not listed: never.
+SUBPIXEL_MIN = {"cpu": 256}
 
 
 def _upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...]) -> Tensor:
@@ -277,7 +280,7 @@ class Generator(nn.Module):
             h = h + F.leaky_relu(conv(pad(h, one, wrap)), self.cfg.slope)  # residual, same shape
         for i, conv in enumerate(self.blocks):
             scale = self._scale(i)
-            if self.cfg.g_upsample == "nearest" and h[0, 0].numel() >= SUBPIXEL_MIN:
+            if self.cfg.g_upsample == "nearest" and h[0, 0].numel() >= SUBPIXEL_MIN.get(h.device.type, math.inf):
                 h = _upsampled_conv(conv, pad(h, one, wrap), scale)  # (B, w, [2t,] 2h, 2w), the same numbers
             else:
                 h = conv(pad(self._up(h, scale, wrap), one, wrap))  # (B, w, [2t,] 2h, 2w)

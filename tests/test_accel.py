@@ -284,6 +284,23 @@ def test_cuda_graph_second_replay_is_checked():
 
 
 @cuda
+def test_cuda_capture_failing_half_way_leaves_random_draws_working():
+    """A chain that waits for the host (an .item() in the energy) runs eagerly but cannot be
+    captured: the capture fails after it began, the eager result comes back, and the device's
+    default generator still draws (a failed capture used to leave it marked as capturing, so
+    every later draw raised "Offset increment outside graph capture")."""
+    m, eager = _cuda_pair()
+    energy = m.energy
+    m.energy = lambda y, wrap=None: energy(y, wrap) + 0.0 * y.sum().item()
+    torch.cuda.manual_seed(7)
+    before = torch.randn(5, device="cuda")
+    torch.testing.assert_close(_cuda_run(m, 1), _cuda_run(eager, 1), rtol=1e-4, atol=1e-4)
+    assert len(m.accel.fallbacks) == 1 and "capture failed" in m.accel.fallbacks[0]
+    torch.cuda.manual_seed(7)
+    torch.testing.assert_close(torch.randn(5, device="cuda"), before)
+
+
+@cuda
 def test_cuda_training_step_runs_with_graphs_and_bf16():
     from coopsynth.trainer import CoopTrainer, TrainConfig
     from tests.conftest import texture_image
