@@ -22,8 +22,8 @@
                   fails or one of the first two replays disagrees with eager code.
 
 cuDNN's autotuning (`torch.backends.cudnn.benchmark`) is left off: on an H100 it picked the same
-kernels as cuDNN's rules at 128 and 512 px (benchmarks/cuda_profile.py), and once it made a capture
-fail at 512 px (benchmarks/RESULTS.md, CUDA on an H100).
+kernels as cuDNN's rules at 128 and 512 px (benchmarks/cuda_profile.py), and the one capture seen
+failing (512 px) failed with it on (benchmarks/RESULTS.md, CUDA on an H100).
 
 The graph reads the descriptor's weights where they live, so optimiser steps (in place) are seen
 by every replay; its noise is drawn before the replay into a static buffer, from the same stream
