@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import math
 import sys
 import time
@@ -238,7 +239,7 @@ class LangevinPath:
     name: str
     accel: Accel | None  # None: the plain code (CPU only)
     twin: str | None = None  # CUDA: the eager path with the same precision and memory format; CPU: autograd
-    depth_all: bool = False  # every stride-2 layer through space-to-depth (the default: the first only)
+    form: str = ""  # another formulation of the descriptor, the same numbers (see descriptor_form)
 
 
 def variants(device: torch.device) -> list[LangevinPath]:
@@ -264,7 +265,9 @@ def variants(device: torch.device) -> list[LangevinPath]:
     return [
         LangevinPath(e_tf, Accel(precision="tf32")),
         LangevinPath("graph tf32 (default)", Accel(precision="tf32", graphs=True), e_tf),
-        LangevinPath("graph tf32, every layer space-to-depth", Accel(precision="tf32", graphs=True), e_tf, depth_all=True),
+        LangevinPath("graph tf32, every layer space-to-depth", Accel(precision="tf32", graphs=True), e_tf, "depth_all"),
+        LangevinPath("graph tf32, first layer on 16 channels", Accel(precision="tf32", graphs=True), e_tf, "first16"),
+        LangevinPath("graph tf32, replicate padding by copies", Accel(precision="tf32", graphs=True), e_tf, "pad_copies"),
         LangevinPath(e32, Accel(precision="fp32")),
         LangevinPath("graph fp32", Accel(precision="fp32", graphs=True), e32),
         LangevinPath(e_tf_cl, Accel(precision="tf32", channels_last=True)),
@@ -281,20 +284,96 @@ def peak_text(device: torch.device, peaks: dict[str, float]) -> str:
     return ", ".join(f"{k} {v / 1e3:.1f} TFLOP/s" for k, v in peaks.items()) + " (fp32: no tensor cores)"
 
 
+class _PadByCopies(torch.autograd.Function):
+    """Replicate padding of the trailing axes as one copy into the padded tensor plus copies of
+    its edges, and its gradient as one copy plus sums over the border (F.pad's CUDA backward
+    scatters with atomics: 16% of a 512 px Langevin step on an H100, benchmarks/RESULTS.md)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, amounts: tuple[tuple[int, int], ...]) -> torch.Tensor:
+        n, sizes = len(amounts), x.shape[-len(amounts) :]
+        out = x.new_empty(*x.shape[:-n], *(s + lo + hi for s, (lo, hi) in zip(sizes, amounts, strict=True)))
+        inner = tuple(slice(lo, lo + s) for s, (lo, _) in zip(sizes, amounts, strict=True))
+        out[(..., *inner)] = x
+        for i, ((lo, hi), s) in enumerate(zip(amounts, sizes, strict=True)):  # axis by axis: corners too
+            before, after = (slice(None),) * i, inner[i + 1 :]
+            if lo:
+                out[(..., *before, slice(0, lo), *after)] = out[(..., *before, slice(lo, lo + 1), *after)]
+            if hi:
+                out[(..., *before, slice(lo + s, None), *after)] = out[(..., *before, slice(lo + s - 1, lo + s), *after)]
+        ctx.amounts, ctx.sizes = amounts, sizes
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        amounts, sizes = ctx.amounts, ctx.sizes
+        n = len(amounts)
+        inner = tuple(slice(lo, lo + s) for s, (lo, _) in zip(sizes, amounts, strict=True))
+        gx = g[(..., *inner)].clone()
+        for where in itertools.product(("in", "lo", "hi"), repeat=n):  # every border region onto its edge
+            if where == ("in",) * n or any(w != "in" and not amounts[i][w == "hi"] for i, w in enumerate(where)):
+                continue
+            src = [
+                inner[i] if w == "in" else slice(0, amounts[i][0]) if w == "lo" else slice(inner[i].stop, None)
+                for i, w in enumerate(where)
+            ]
+            dst = [
+                slice(None) if w == "in" else slice(0, 1) if w == "lo" else slice(sizes[i] - 1, sizes[i])
+                for i, w in enumerate(where)
+            ]
+            axes = [g.dim() - n + i for i, w in enumerate(where) if w != "in"]
+            gx[(..., *dst)] += g[(..., *src)].sum(axes, keepdim=True)
+        return gx, None
+
+
+def pad_by_copies(x: torch.Tensor, amount: tuple, wrap: tuple[bool, ...]) -> torch.Tensor:
+    """networks.pad with its replicated axes padded by _PadByCopies (circular ones as before)."""
+    pairs = [a if isinstance(a, tuple) else (a, a) for a in amount]
+    x = networks_pad(x, tuple(p if w else (0, 0) for p, w in zip(pairs, wrap, strict=True)), wrap)
+    rep = tuple((0, 0) if w else p for p, w in zip(pairs, wrap, strict=True))
+    return _PadByCopies.apply(x, rep) if any(lo or hi for lo, hi in rep) else x
+
+
+def first_layer_16(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """networks._strided_conv with the space-to-depth input's channels (12 for colour) padded with
+    zeros to a multiple of 16, weights likewise: on an H100 cuDNN runs the 12-channel first layer
+    on fp32 SIMT kernels (27% of a 512 px step, benchmarks/RESULTS.md)."""
+    if x.dim() != 4 or not networks.folds_to_depth(layer, x.shape):
+        return networks_strided_conv(layer, x)
+    xs, w = networks.space_to_depth(x), networks.depth_weight(layer.weight)  # (B, 4C, h, w), (O, 4C, k/2, k/2)
+    extra = -xs.shape[1] % 16
+    xs, w = F.pad(xs, (0, 0, 0, 0, 0, extra)), F.pad(w, (0, 0, 0, 0, 0, extra))
+    return F.conv2d(xs, w, layer.bias)
+
+
+networks_pad, networks_strided_conv, networks_folds_to_depth = networks.pad, networks._strided_conv, networks.folds_to_depth
+
+
 @contextlib.contextmanager
-def depth_everywhere(on: bool):
-    """Compute every stride-2 descriptor layer through space-to-depth, not only the first (whose
-    few input channels are what the default form is for)."""
-    saved = networks.folds_to_depth
-    if on:
+def descriptor_form(form: str):
+    """The descriptor computed another way, with the same numbers up to rounding:
+    depth_all   every stride-2 layer through space-to-depth, not only the first
+    first16     the first layer's space-to-depth input padded with zero channels to 16 (first_layer_16)
+    pad_copies  replicate padding by copies (pad_by_copies)"""
+    if form == "depth_all":
         networks.folds_to_depth = lambda layer, shape: (
             layer.stride[-2:] == (2, 2)
             and not (layer.kernel_size[-2] % 2 or layer.kernel_size[-1] % 2 or shape[-2] % 2 or shape[-1] % 2)
         )
+    elif form == "first16":
+        networks._strided_conv = first_layer_16
+    elif form == "pad_copies":
+        networks.pad = pad_by_copies
+    elif form:
+        raise ValueError(form)
     try:
         yield
     finally:
-        networks.folds_to_depth = saved
+        networks.pad, networks._strided_conv, networks.folds_to_depth = (
+            networks_pad,
+            networks_strided_conv,
+            networks_folds_to_depth,
+        )
 
 
 def path_call(device: torch.device, path: LangevinPath, fn: Callable[[], object]) -> Callable[[], object]:
@@ -305,7 +384,7 @@ def path_call(device: torch.device, path: LangevinPath, fn: Callable[[], object]
     def call() -> object:
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-        with depth_everywhere(path.depth_all):
+        with descriptor_form(path.form):
             return fn()
 
     return call
