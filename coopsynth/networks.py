@@ -208,8 +208,9 @@ def depth_weight(w: Tensor) -> Tensor:
 # for a = 0, (w0 + w1, w2) for a = 1.
 # Per device type, from how many input positions per channel a generator block uses _upsampled_conv.
 # CPU: from 16x16 (ad-hoc, one block, batch 4: 1.7x at 16x16, 0.7x at 8x8). CUDA: never (on an
-# H100 it made training iterations 1.3x slower, benchmarks/RESULTS.md: its strided interleave and
-# that view's gradient cost more than the arithmetic it saves). Types not listed: never.
+# H100 it made training iterations 1.2-1.35x slower at 64-256 px crops, benchmarks/RESULTS.md: its
+# strided interleave and that view's gradient cost more than the arithmetic it saves). Types not
+# listed: never.
 SUBPIXEL_MIN = {"cpu": 256}
 
 
