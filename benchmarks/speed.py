@@ -336,8 +336,9 @@ def pad_by_copies(x: torch.Tensor, amount: tuple, wrap: tuple[bool, ...]) -> tor
 
 def first_layer_16(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """networks._strided_conv with the space-to-depth input's channels (12 for colour) padded with
-    zeros to a multiple of 16, weights likewise: on an H100 cuDNN runs the 12-channel first layer
-    on fp32 SIMT kernels (27% of a 512 px step, benchmarks/RESULTS.md)."""
+    zeros to a multiple of 16, weights likewise. On an H100, cuDNN ran three of a 512 px step's
+    convolutions in plain fp32, not on tensor cores (27% of its GPU time, benchmarks/RESULTS.md).
+    The 12-channel first layer is the likely one; this form tests that."""
     if x.dim() != 4 or not networks.folds_to_depth(layer, x.shape):
         return networks_strided_conv(layer, x)
     xs, w = networks.space_to_depth(x), networks.depth_weight(layer.weight)  # (B, 4C, h, w), (O, 4C, k/2, k/2)
