@@ -526,14 +526,16 @@ def ms(t: float) -> str:
     return f"{t * 1e3:.0f}" if t >= 0.1 else f"{t * 1e3:.3g}"
 
 
-def phase_row(device: torch.device, cfg, size: int) -> str:
+def phase_row(device: torch.device, cfg, size: int, accels: list[Accel]) -> str:
     """One row of the phase table: where an iteration's time goes at one crop size. The four
     phases and the matrix product of the default precision take turns round by round, so the
-    roofline compares like with like."""
+    roofline compares like with like. The models' speed settings go into `accels` as they are made,
+    so that their fallbacks (a failed CUDA graph capture, say) can be reported, even after a fault."""
     data = torch.rand(3, max(size, 64) * 2, max(size, 64) * 2)
     c = type(cfg)(**{**cfg.__dict__, "crop": size})
     tr = CoopTrainer(data, c, device=device, seed=0)
     m = tr.model
+    accels.append(m.accel)
     crop = tr.crop_size
     z = m.latent(c.batch, crop, tr.gen)
     y0 = m.generate(z, crop)
@@ -570,6 +572,7 @@ def phase_row(device: torch.device, cfg, size: int) -> str:
     achieved = flops_step * steps_per_s / 1e9
     mp = crop[0] * crop[1] / 1e6
     sm = CoopModel(c.net, m.mean, m.std, device)
+    accels.append(sm.accel)
     sm.generator.load_state_dict(m.generator.state_dict())
     sm.descriptor.load_state_dict(m.descriptor.state_dict())
     t_s0 = timeit(lambda: sm.sample(1, crop, refine=0, langevin=lang), device, repeat=3)
@@ -594,10 +597,14 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: 
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for size in sizes:
+        accels: list[Accel] = []
         try:
-            lines.append(phase_row(device, cfg, size))
+            lines.append(phase_row(device, cfg, size, accels))
         except Exception as e:  # one size this machine cannot run (or a fault): say so, go on
             lines.append(f"| {size} | failed: {type(e).__name__}: {str(e).splitlines()[0][:100]} |")
+        fell = sorted({f for a in accels for f in a.fallbacks})
+        if fell:  # a slower path taken on the way (its reason), or what led up to a fault: in the size cell
+            lines[-1] = lines[-1].replace(f"| {size} |", f"| {size} (fell back: {'; '.join(fell)}) |", 1)
         print(lines[-1], flush=True)
     # the headline sampling figure: one 1024x1024 texture inside the process, in each precision
     # (`--precision`); bf16 on a CPU needs AVX512-BF16 or AMX to pay off
