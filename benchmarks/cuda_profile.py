@@ -28,17 +28,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import header, publish  # noqa: E402
-from speed import conv_flops, sync, timeit_all  # noqa: E402
+from speed import conv_flops, descriptor_form, sync, timeit_all  # noqa: E402
 
 from coopsynth.accel import Accel, agrees_in_norm  # noqa: E402
 from coopsynth.model import CoopModel  # noqa: E402
 from coopsynth.trainer import preset  # noqa: E402
 
-SETTINGS = (  # (name, precision, channels-last, cuDNN autotuning: torch.backends.cudnn.benchmark)
-    ("tf32 (default)", "tf32", False, False),
-    ("tf32, cuDNN autotuning", "tf32", False, True),
-    ("bf16", "bf16", False, False),
-    ("bf16 channels-last", "bf16", True, False),
+SETTINGS = (  # (name, precision, channels-last, cuDNN autotuning (torch.backends.cudnn.benchmark), speed.descriptor_form)
+    ("tf32 (default)", "tf32", False, False, ""),
+    ("tf32, first layer on 16 channels + replicate padding by copies", "tf32", False, False, "first16+pad_copies"),
+    ("tf32, cuDNN autotuning", "tf32", False, True, ""),
+    ("bf16", "bf16", False, False, ""),
+    ("bf16 channels-last", "bf16", True, False, ""),
 )
 TOP = 10  # kernels listed per setting
 
@@ -57,13 +58,14 @@ def kernel_table(cfg, size: int) -> list[str]:
     lang, steps = cfg.langevin(), cfg.langevin_steps
     y0 = torch.randn(cfg.batch, 3, size, size, device="cuda")
     lines = []
-    for name, precision, cl, autotune in SETTINGS:
+    for name, precision, cl, autotune, form in SETTINGS:
         switches(precision, autotune)
         m = model(cfg, Accel(precision=precision, channels_last=cl))
         gen = torch.Generator(device="cuda").manual_seed(0)
 
-        def run(m=m, gen=gen):
-            return m.revise(y0, steps=steps, generator=gen, **lang)
+        def run(m=m, gen=gen, form=form):
+            with descriptor_form(form):
+                return m.revise(y0, steps=steps, generator=gen, **lang)
 
         rounds = 3
         wall = timeit_all({"r": run}, torch.device("cuda"))["r"] / steps

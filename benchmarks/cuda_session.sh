@@ -2,10 +2,11 @@
 # Everything a lent GPU is used for, in one call, most important first (device time is scarce;
 # each stage writes its log as it goes, so a run cut short still returns what it finished):
 #   1. the CUDA-only tests (graph == eager, training steps with graphs in tf32 and bf16)
-#   2. benchmarks/cuda_profile.py: the kernels of a Langevin step per setting, 128 and 512 px
-#   3. benchmarks/speed.py on CUDA (phase split, Langevin paths side by side, among them the
-#      descriptor forms that target the H100 kernel profile: first layer on 16 channels,
-#      replicate padding by copies; 8192 px sample)
+#   2. benchmarks/cuda_profile.py: the kernels of a Langevin step per setting, 128 and 512 px,
+#      among them the descriptor forms that target the H100 kernel profile
+#   3. benchmarks/speed.py on CUDA (phase split, Langevin paths side by side, among them those
+#      forms: first layer on 16 channels, replicate padding by copies, both, also in
+#      channels-last and bf16; 8192 px sample)
 #   4. a default `coopsynth texture` run on CUDA through the CLI, timed
 #   5. benchmarks/quality.py --quick on CUDA at the default precision
 #   6. benchmarks/cuda_profile.py --compile: the descriptor through torch.compile (at most 100 s)

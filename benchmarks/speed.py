@@ -268,12 +268,20 @@ def variants(device: torch.device) -> list[LangevinPath]:
         LangevinPath("graph tf32, every layer space-to-depth", Accel(precision="tf32", graphs=True), e_tf, "depth_all"),
         LangevinPath("graph tf32, first layer on 16 channels", Accel(precision="tf32", graphs=True), e_tf, "first16"),
         LangevinPath("graph tf32, replicate padding by copies", Accel(precision="tf32", graphs=True), e_tf, "pad_copies"),
+        LangevinPath("graph tf32, first16 + padding by copies", Accel(precision="tf32", graphs=True), e_tf, "first16+pad_copies"),
         LangevinPath(e32, Accel(precision="fp32")),
         LangevinPath("graph fp32", Accel(precision="fp32", graphs=True), e32),
         LangevinPath(e_tf_cl, Accel(precision="tf32", channels_last=True)),
         LangevinPath("graph tf32 channels-last", Accel(precision="tf32", channels_last=True, graphs=True), e_tf_cl),
+        LangevinPath(
+            "graph tf32 channels-last, first16 + padding by copies",
+            Accel(precision="tf32", channels_last=True, graphs=True),
+            e_tf_cl,
+            "first16+pad_copies",
+        ),
         LangevinPath(e_bf, Accel(precision="bf16")),
         LangevinPath("graph bf16", Accel(precision="bf16", graphs=True), e_bf),
+        LangevinPath("graph bf16, first16 + padding by copies", Accel(precision="bf16", graphs=True), e_bf, "first16+pad_copies"),
     ]
 
 
@@ -292,7 +300,10 @@ class _PadByCopies(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, amounts: tuple[tuple[int, int], ...]) -> torch.Tensor:
         n, sizes = len(amounts), x.shape[-len(amounts) :]
-        out = x.new_empty(*x.shape[:-n], *(s + lo + hi for s, (lo, hi) in zip(sizes, amounts, strict=True)))
+        shape = (*x.shape[:-n], *(s + lo + hi for s, (lo, hi) in zip(sizes, amounts, strict=True)))
+        fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+        keep = fmt is not None and n == x.dim() - 2 and x.is_contiguous(memory_format=fmt) and not x.is_contiguous()
+        out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt if keep else torch.contiguous_format)
         inner = tuple(slice(lo, lo + s) for s, (lo, _) in zip(sizes, amounts, strict=True))
         out[(..., *inner)] = x
         for i, ((lo, hi), s) in enumerate(zip(amounts, sizes, strict=True)):  # axis by axis: corners too
@@ -355,18 +366,20 @@ def descriptor_form(form: str):
     """The descriptor computed another way, with the same numbers up to rounding:
     depth_all   every stride-2 layer through space-to-depth, not only the first
     first16     the first layer's space-to-depth input padded with zero channels to 16 (first_layer_16)
-    pad_copies  replicate padding by copies (pad_by_copies)"""
-    if form == "depth_all":
+    pad_copies  replicate padding by copies (pad_by_copies)
+    several joined by "+" apply together."""
+    forms = set(form.split("+")) - {""}  # "first16+pad_copies": both
+    if forms - {"depth_all", "first16", "pad_copies"}:
+        raise ValueError(form)
+    if "depth_all" in forms:
         networks.folds_to_depth = lambda layer, shape: (
             layer.stride[-2:] == (2, 2)
             and not (layer.kernel_size[-2] % 2 or layer.kernel_size[-1] % 2 or shape[-2] % 2 or shape[-1] % 2)
         )
-    elif form == "first16":
+    if "first16" in forms:
         networks._strided_conv = first_layer_16
-    elif form == "pad_copies":
+    if "pad_copies" in forms:
         networks.pad = pad_by_copies
-    elif form:
-        raise ValueError(form)
     try:
         yield
     finally:

@@ -32,8 +32,18 @@ def test_padding_by_copies_equals_networks_pad(shape, amount, wrap):
     assert torch.autograd.gradcheck(lambda t: speed.pad_by_copies(t, amount, wrap), (x,))
 
 
+def test_padding_by_copies_keeps_channels_last():
+    x = torch.randn(2, 5, 6, 7).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    out = speed.pad_by_copies(x, (1, 2), (False, False))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, networks.pad(x, (1, 2), (False, False)))
+    with pytest.raises(ValueError, match="nope"):
+        with speed.descriptor_form("first16+nope"):
+            pass
+
+
 @pytest.mark.parametrize("dims", [2, 3])
-@pytest.mark.parametrize("form", ["depth_all", "first16", "pad_copies"])
+@pytest.mark.parametrize("form", ["depth_all", "first16", "pad_copies", "first16+pad_copies"])
 def test_descriptor_forms_give_the_same_energy_and_gradient(dims, form):
     torch.manual_seed(0)
     d = Descriptor(NetConfig(dims=dims, d_widths=(4, 6, 8))).double()
