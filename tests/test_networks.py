@@ -227,3 +227,16 @@ def test_generator_gives_the_same_samples_with_either_block_formulation(monkeypa
     monkeypatch.setattr(networks, "SUBPIXEL_MIN", {})
     plain = g(z)
     torch.testing.assert_close(folded, plain, rtol=1e-10, atol=1e-10)
+
+
+def test_generator_folds_its_up_sampling_on_a_cpu_only(monkeypatch):
+    """The folded blocks measured faster on a CPU and slower on CUDA (benchmarks/RESULTS.md):
+    off a CPU (here the meta device, which only computes shapes) the plain form runs."""
+    calls = []
+    real = networks._upsampled_conv
+    monkeypatch.setattr(networks, "_upsampled_conv", lambda *a: calls.append(1) or real(*a))
+    g = Generator(NetConfig())
+    z = torch.randn(1, g.cfg.z_channels, 16, 16)
+    assert g(z).shape == (1, 3, 128, 128) and len(calls) == len(g.blocks)  # 16x16 inputs up: every block folds
+    calls.clear()
+    assert g.to("meta")(z.to("meta")).shape == (1, 3, 128, 128) and not calls
