@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import math
 import sys
 import time
@@ -31,6 +30,7 @@ from common import header, publish  # noqa: E402
 
 from coopsynth import networks  # noqa: E402
 from coopsynth.accel import Accel, cpu_has_bf16, keep_freed_memory  # noqa: E402
+from coopsynth.cpugrad import unpad  # noqa: E402
 from coopsynth.langevin import descriptor_langevin  # noqa: E402
 from coopsynth.model import CoopModel  # noqa: E402
 from coopsynth.networks import Descriptor, pad  # noqa: E402
@@ -294,8 +294,9 @@ def peak_text(device: torch.device, peaks: dict[str, float]) -> str:
 
 class _PadByCopies(torch.autograd.Function):
     """Replicate padding of the trailing axes as one copy into the padded tensor plus copies of
-    its edges, and its gradient as one copy plus sums over the border (F.pad's CUDA backward
-    scatters with atomics: 16% of a 512 px Langevin step on an H100, benchmarks/RESULTS.md)."""
+    its edges, and its gradient as one copy plus border sums folded onto the edges (cpugrad.unpad).
+    F.pad's CUDA backward scatters with atomics: 16% of a 512 px Langevin step on an H100
+    (benchmarks/RESULTS.md)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, amounts: tuple[tuple[int, int], ...]) -> torch.Tensor:
@@ -312,29 +313,13 @@ class _PadByCopies(torch.autograd.Function):
                 out[(..., *before, slice(0, lo), *after)] = out[(..., *before, slice(lo, lo + 1), *after)]
             if hi:
                 out[(..., *before, slice(lo + s, None), *after)] = out[(..., *before, slice(lo + s - 1, lo + s), *after)]
-        ctx.amounts, ctx.sizes = amounts, sizes
+        ctx.amounts = amounts
         return out
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        amounts, sizes = ctx.amounts, ctx.sizes
-        n = len(amounts)
-        inner = tuple(slice(lo, lo + s) for s, (lo, _) in zip(sizes, amounts, strict=True))
-        gx = g[(..., *inner)].clone()
-        for where in itertools.product(("in", "lo", "hi"), repeat=n):  # every border region onto its edge
-            if where == ("in",) * n or any(w != "in" and not amounts[i][w == "hi"] for i, w in enumerate(where)):
-                continue
-            src = [
-                inner[i] if w == "in" else slice(0, amounts[i][0]) if w == "lo" else slice(inner[i].stop, None)
-                for i, w in enumerate(where)
-            ]
-            dst = [
-                slice(None) if w == "in" else slice(0, 1) if w == "lo" else slice(sizes[i] - 1, sizes[i])
-                for i, w in enumerate(where)
-            ]
-            axes = [g.dim() - n + i for i, w in enumerate(where) if w != "in"]
-            gx[(..., *dst)] += g[(..., *src)].sum(axes, keepdim=True)
-        return gx, None
+        # padding's adjoint, as the CPU closed form folds it (in place, hence on a copy of g)
+        return unpad(g.clone(), ctx.amounts, (False,) * len(ctx.amounts)), None
 
 
 def pad_by_copies(x: torch.Tensor, amount: tuple, wrap: tuple[bool, ...]) -> torch.Tensor:
@@ -413,7 +398,7 @@ def langevin_paths(device: torch.device, sizes: list[int], cfg) -> list[str]:
     lines = [
         f"\nLangevin revision paths, batch {cfg.batch}, L = {cfg.langevin_steps}. Per size, the paths and the matrix products "
         "take turns round by round. Roofline: against the matrix-product peak of the path's precision measured in those "
-        "rounds. Ratios: to the first path of the size, and to the path's twin (CUDA: the same path without the graph; "
+        "rounds. Ratios: to the first path of the size, and to the path's twin (CUDA: the eager path of the same precision and layout; "
         "CPU: the same precision through autograd).\n",
         "| size | path | Langevin steps/s | achieved GFLOP/s | peak GFLOP/s | roofline | vs first | vs twin |",
         "|---|---|---|---|---|---|---|---|",

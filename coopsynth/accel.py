@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -75,17 +76,25 @@ def keep_freed_memory(threshold: int = MALLOC_KEEP) -> bool:
 
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     """Does this CPU have bfloat16 arithmetic units (x86 AVX512-BF16 or AMX)? Read from the Linux
-    CPU flags; anywhere they cannot be read, no (bf16 emulated in software is slower than fp32)."""
+    CPU flags (this machine's once per process); anywhere they cannot be read, no (bf16 emulated
+    in software is slower than fp32)."""
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
+        return _this_cpu_has_bf16()
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
             return bool(flags & {"avx512_bf16", "amx_bf16"})
     return False
+
+
+@functools.cache
+def _this_cpu_has_bf16() -> bool:
+    """cpu_has_bf16 for this machine: asked once per Langevin revision under bf16, and the CPU
+    does not change while the process runs."""
+    try:
+        return cpu_has_bf16(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return False
 
 
 @dataclass
