@@ -97,6 +97,16 @@ def _this_cpu_has_bf16() -> bool:
         return False
 
 
+def precision_warning(device: torch.device, precision: str, cpuinfo: str | None = None) -> str | None:
+    """A one-line warning where the asked-for precision runs slowly on this device, or None: bf16
+    on a CPU without bf16 units is emulated in software (a 1024x1024 sample with refinement took
+    3.3 s against 1.0 s in fp32 on such a CPU, an AVX-512 Xeon; benchmarks/RESULTS.md, Speed,
+    2026-11-27). `cpuinfo`: the Linux CPU flags to judge by (default: this machine's)."""
+    if device.type == "cpu" and precision == "bf16" and not cpu_has_bf16(cpuinfo):
+        return "--precision bf16: this CPU has no bf16 units, so bf16 is emulated and slower than fp32 here (auto picks fp32)"
+    return None
+
+
 @dataclass
 class Accel:
     precision: str = "tf32"  # fp32 | tf32 | bf16 (see the module docstring)

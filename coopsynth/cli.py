@@ -39,6 +39,13 @@ def _fail(msg: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _precision_note(device: str, precision: str) -> None:
+    """Warn before any work where the asked-for precision runs slowly on this device."""
+    note = pipeline.precision_note(device, precision)
+    if note and distributed.world()[0] == 0:
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+
+
 def friendly(fn):
     """Turn the core's errors into one red line and an exit code, never a traceback."""
 
@@ -240,6 +247,7 @@ def texture(
 ) -> None:
     """Train on a texture image, then write new samples, model.pt, progress.png and log.jsonl."""
     hw = pipeline.parse_size(size)
+    _precision_note(device, precision)
     opts = dict(
         preset=preset, steps=steps, minutes=minutes, langevin_steps=langevin_steps, seed=seed, device=device, precision=precision
     )
@@ -322,6 +330,7 @@ def video(
     A folder of video files trains one model per clip (a folder of image frames is one video)."""
     hw = pipeline.parse_size(size)
     pipeline.check_smooth(smooth)
+    _precision_note(device, precision)
     opts = dict(
         preset=preset,
         steps=steps,
@@ -379,6 +388,7 @@ def train(
 ) -> None:
     """Train only: write model.pt, progress.png and log.jsonl (sample later with `coopsynth sample`)."""
     t0 = time.perf_counter()
+    _precision_note(device, precision)
     job = _train_job(
         input,
         output,
@@ -419,6 +429,7 @@ def sample(
     """Sample from a trained model without retraining: a generator pass, then --refine Langevin steps."""
     t0 = time.perf_counter()
     hw = pipeline.parse_size(size)
+    _precision_note(device, precision)
     m, blob = pipeline.load_model(model, device, precision)
     full = pipeline.sample_size(blob, hw, frames)
     sj = pipeline.SampleJob(output, samples, full, seed, tile=tile, loop=loop, refine=refine, smooth=smooth, fps=fps, force=force)
@@ -489,6 +500,7 @@ def complete(
 ) -> None:
     """Fill the missing pixels of an image or video by learning from its visible pixels."""
     t0 = time.perf_counter()
+    _precision_note(device, precision)
     out = output or pipeline.default_output(input)
     job = pipeline.CompleteJob(
         input,

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import distributed, metrics
-from .accel import Accel
+from .accel import Accel, precision_warning
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .completion import SEAM_LENGTH, default_refine, default_smooth
 from .errors import CoopsynthError
@@ -62,6 +62,12 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise CoopsynthError(f"--device {name}: use auto, cpu or cuda")
     return torch.device(name)
+
+
+def precision_note(device: str, precision: str) -> str | None:
+    """A warning to show before any work where `precision` runs slowly on `device` (see
+    `accel.precision_warning`), or None."""
+    return precision_warning(resolve_device(device), precision)
 
 
 def parse_size(text: str | None, what: str = "--size") -> tuple[int, int] | None:

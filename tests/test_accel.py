@@ -102,6 +102,17 @@ def test_cpu_bf16_units_are_read_from_the_flags():
     assert not cpu_has_bf16("model name : some CPU\n")  # no flags line: no
 
 
+def test_bf16_on_a_cpu_without_bf16_units_gets_a_warning():
+    from coopsynth.accel import precision_warning
+
+    cpu, without, with_ = torch.device("cpu"), "flags : sse2 avx2 avx512f\n", "flags : avx512f avx512_bf16\n"
+    assert "no bf16 units" in precision_warning(cpu, "bf16", without)
+    assert precision_warning(cpu, "bf16", with_) is None
+    for precision in ("auto", "fp32", "tf32"):  # auto never picks emulated bf16
+        assert precision_warning(cpu, precision, without) is None
+    assert precision_warning(torch.device("cuda"), "bf16", without) is None  # a GPU's bf16 is its own
+
+
 def test_auto_precision_samples_textures_in_bf16_where_the_cpu_has_it(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(accel_module, "cpu_has_bf16", lambda cpuinfo=None: True)

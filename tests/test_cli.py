@@ -48,6 +48,19 @@ def test_sample_from_checkpoint_sizes_and_determinism(trained, tmp_path):
     assert not torch.equal(a, read_image(tmp_path / "a" / "sample_001.png"))
 
 
+@pytest.mark.parametrize("has_bf16", [False, True])
+def test_sample_in_bf16_warns_first_where_the_cpu_has_no_bf16_units(trained, tmp_path, monkeypatch, has_bf16):
+    from coopsynth import accel
+
+    monkeypatch.setattr(accel, "_this_cpu_has_bf16", lambda: has_bf16)
+    args = ["sample", str(trained / "out" / "model.pt"), "-o", str(tmp_path), "--samples", "1", "--refine", "1"]
+    r = runner.invoke(app, [*args, "--device", "cpu", "--precision", "bf16"])
+    assert r.exit_code == 0, r.output
+    assert ("no bf16 units" in r.output) is not has_bf16
+    assert (tmp_path / "sample_000.png").is_file()
+    assert "no bf16 units" not in runner.invoke(app, [*args, "--force"]).output  # auto never warns
+
+
 @pytest.mark.parametrize("size", ["48x40", "45x37"])
 def test_tile_output_wraps(trained, tmp_path, size):
     """The seam (last column -> first column) differs no more than neighbouring inner columns."""
