@@ -34,7 +34,7 @@ from coopsynth.cpugrad import unpad  # noqa: E402
 from coopsynth.langevin import descriptor_langevin  # noqa: E402
 from coopsynth.model import CoopModel  # noqa: E402
 from coopsynth.networks import Descriptor, pad  # noqa: E402
-from coopsynth.trainer import CoopTrainer, preset  # noqa: E402
+from coopsynth.trainer import CoopTrainer, adam, preset  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -518,6 +518,57 @@ def generator_forms(device: torch.device, sizes: list[int], cfg) -> list[str]:
     return lines
 
 
+def adam_forms(device: torch.device, cfg) -> list[str]:
+    """Adam as PyTorch runs it by default against fused Adam (`trainer.adam`, the default where
+    this PyTorch has it), in interleaved rounds: one optimiser step of each network, and a whole
+    training iteration at the preset's crop with both networks' optimisers swapped."""
+    fused = adam([torch.zeros(1, device=device, requires_grad=True)], 1e-3, (0.5, 0.999)).param_groups[0].get("fused")
+    lines = [
+        f"\nAdam, in interleaved rounds: PyTorch's default implementation against fused Adam (one kernel per step; "
+        f"{'the default here' if fused else 'not available here: the default implementation runs'}). The same update up to rounding.\n",
+        "| what | PyTorch's default Adam | fused Adam | fused's speed-up |",
+        "|---|---|---|---|",
+    ]
+    if not fused:
+        return lines[:1]
+    tr = CoopTrainer(torch.rand(3, 4 * cfg.crop, 4 * cfg.crop), cfg, device=device, seed=0)
+    betas = (cfg.beta1, 0.999)
+    cases: list[tuple[str, dict[str, Callable[[], object]]]] = []
+    for name, net in (("descriptor", tr.model.descriptor), ("generator", tr.model.generator)):
+        params = [p.detach().clone().requires_grad_(True) for p in net.parameters()]
+        for p in params:
+            p.grad = torch.randn_like(p) * 1e-3
+        opts = {"default": torch.optim.Adam(params, lr=1e-4, betas=betas), "fused": adam(params, 1e-4, betas)}
+        n = sum(p.numel() for p in params)
+        cases.append((f"one step, {name} ({n:,} weights in {len(params)} tensors)", {k: o.step for k, o in opts.items()}))
+    pairs = {
+        "default": (
+            torch.optim.Adam(tr.opt_d.param_groups[0]["params"], lr=cfg.lr_d, betas=betas),
+            torch.optim.Adam(tr.opt_g.param_groups[0]["params"], lr=cfg.lr_g, betas=betas),
+        ),
+        "fused": (tr.opt_d, tr.opt_g),
+    }
+
+    def iteration(kind: str) -> Callable[[], object]:
+        def call() -> object:
+            tr.opt_d, tr.opt_g = pairs[kind]
+            return tr.step()
+
+        return call
+
+    cases.append((f"training iteration, {cfg.crop} px crop", {k: iteration(k) for k in pairs}))
+    try:
+        for name, fns in cases:
+            t = timeit_all(fns, device, repeat=10 if name.startswith("one") else 6)
+            lines.append(
+                f"| {name} | {t['default'] * 1e3:.3g} ms | {t['fused'] * 1e3:.3g} ms | {t['default'] / t['fused']:.2f}x |"
+            )
+            print(lines[-1], flush=True)
+    finally:
+        tr.opt_d, tr.opt_g = pairs["fused"]
+    return lines
+
+
 def ms(t: float) -> str:
     """Seconds as milliseconds: whole ones from 100 up, else three significant figures (GPU phases
     are fractions of one)."""
@@ -622,6 +673,7 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: 
     if big:
         lines.append(big_sample(device, big))
     lines += generator_forms(device, sizes, cfg)
+    lines += adam_forms(device, cfg)
     lines += langevin_paths(device, sizes, cfg)
     return "\n".join(lines) + "\n"
 

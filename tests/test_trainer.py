@@ -606,3 +606,42 @@ def test_clipping_off_and_warm_up_leave_gradients_alone():
     t = CoopTrainer(texture_image(), tiny_cfg(clip=0.0), seed=0)
     assert "clipped" not in t.step()
     assert t.grad_norms == [0.0, 0.0] and "grad_norms" in t.state_dict()
+
+
+def test_fused_adam_updates_as_the_default_adam_and_keeps_its_kind_across_loads(monkeypatch):
+    from coopsynth.trainer import adam, load_optimizer
+
+    torch.manual_seed(0)
+    start = [torch.randn(5, 4), torch.randn(7)]
+    nets = {k: [torch.nn.Parameter(t.clone()) for t in start] for k in ("fused", "default")}
+    opts = {"fused": adam(nets["fused"], 0.01, (0.5, 0.999)), "default": torch.optim.Adam(nets["default"], 0.01, (0.5, 0.999))}
+    assert opts["fused"].param_groups[0]["fused"]  # torch 2.13 has fused Adam on a CPU
+    for _ in range(5):
+        grads = [torch.randn_like(t) for t in start]
+        for k in opts:
+            for p, g in zip(nets[k], grads, strict=True):
+                p.grad = g.clone()
+            opts[k].step()
+    for a, b, s in zip(nets["fused"], nets["default"], start, strict=True):
+        assert not torch.equal(a, s)  # it moved
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+    # a state dict from the other kind loads without changing the optimiser's own kind
+    load_optimizer(opts["fused"], opts["default"].state_dict())
+    assert opts["fused"].param_groups[0]["fused"]
+    load_optimizer(opts["default"], opts["fused"].state_dict())
+    assert not opts["default"].param_groups[0].get("fused")
+    for k in opts:  # and steps on from the loaded moments
+        for p in nets[k]:
+            p.grad = torch.ones_like(p)
+        opts[k].step()
+
+    real = torch.optim.Adam
+
+    def no_fused(params, *a, fused=None, **kw):  # a PyTorch without fused Adam for this device
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, *a, **kw)
+
+    monkeypatch.setattr(torch.optim, "Adam", no_fused)
+    assert not adam([torch.nn.Parameter(torch.zeros(3))], 0.01, (0.5, 0.999)).param_groups[0].get("fused")
