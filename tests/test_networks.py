@@ -191,7 +191,8 @@ def test_upsampled_conv_equals_upsampling_then_the_conv(scale, wrap):
 def test_upsampled_conv_gradients_float64(scale, wrap, channels_last):
     """Input and weight gradients of the folded form are those of up-sampling then the conv,
     whatever the memory layout of its input (the interleave is a strided view of the conv's
-    output, built from that output's own strides)."""
+    output, built from that output's own strides); a channels-last input gives a channels-last
+    output (how a CPU samples), any other a contiguous one."""
     torch.manual_seed(0)
     d = len(scale)
     conv = (torch.nn.Conv2d if d == 2 else torch.nn.Conv3d)(2, 3, 3).double()
@@ -205,7 +206,7 @@ def test_upsampled_conv_gradients_float64(scale, wrap, channels_last):
 
     folded = folded_fn(h)
     plain = conv(pad(F.interpolate(h, scale_factor=scale, mode="nearest"), (1,) * d, wrap))
-    assert folded.is_contiguous()
+    assert folded.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     for out_grads, want in zip(
         torch.autograd.grad(folded.pow(2).sum(), (h, conv.weight, conv.bias)),
         torch.autograd.grad(plain.pow(2).sum(), (h, conv.weight, conv.bias)),
@@ -227,6 +228,41 @@ def test_generator_gives_the_same_samples_with_either_block_formulation(monkeypa
     monkeypatch.setattr(networks, "SUBPIXEL_MIN", {})
     plain = g(z)
     torch.testing.assert_close(folded, plain, rtol=1e-10, atol=1e-10)
+
+
+def test_cpu_sampling_runs_the_generator_channels_last_with_the_same_result(monkeypatch):
+    """Image sampling on a CPU runs the generator channels-last (faster there, benchmarks/speed.py),
+    window by window too: the same samples as the contiguous layout up to rounding, handed on
+    contiguous; videos and bf16 keep the contiguous layout."""
+    from coopsynth import model as model_module
+    from coopsynth.accel import Accel
+    from coopsynth.model import CoopModel
+
+    seen = []
+    real = networks._upsampled_conv
+    monkeypatch.setattr(
+        networks,
+        "_upsampled_conv",
+        lambda c, hp, s: seen.append(hp.is_contiguous(memory_format=torch.channels_last)) or real(c, hp, s),
+    )
+    monkeypatch.setattr(networks, "SUBPIXEL_MIN", {"cpu": 0})
+    monkeypatch.setattr(model_module, "WINDOW", 3)  # several windows with halos: slices of a channels-last Z
+    torch.manual_seed(0)
+    m = CoopModel(tiny_net(), torch.full((3,), 0.5), torch.full((3,), 0.2), torch.device("cpu"), Accel(precision="fp32"))
+    z = m.latent(2, (28, 36))
+    got = m.generate(z, (27, 33))
+    assert seen and all(seen)  # every folded block read a channels-last input
+    assert got.is_contiguous() and got.shape == (2, 3, 27, 33)
+    seen.clear()
+    monkeypatch.setattr(model_module, "SAMPLE_CHANNELS_LAST", set())
+    want = m.generate(z, (27, 33))
+    assert seen and not any(seen)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(model_module, "SAMPLE_CHANNELS_LAST", {"cpu"})
+    seen.clear()
+    m.accel = Accel(precision="bf16")
+    m.generate(z, (27, 33))
+    assert seen and not any(seen)  # bf16: contiguous
 
 
 def test_generator_folds_its_up_sampling_on_a_cpu_only(monkeypatch):
