@@ -462,6 +462,18 @@ def langevin_paths(device: torch.device, sizes: list[int], cfg) -> list[str]:
     return lines
 
 
+def pair_row(
+    name: str, first: Callable[[], object], second: Callable[[], object], device: torch.device, repeat: int, min_time: float
+) -> str:
+    """One row of a side-by-side table: two ways of doing `name`, timed in interleaved rounds
+    (`timeit_all`), and the second's speed-up; a fault is said in the row, and the table goes on."""
+    try:
+        t = timeit_all({"first": first, "second": second}, device, repeat=repeat, min_time=min_time)
+    except Exception as e:
+        return f"| {name} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]} | | |"
+    return f"| {name} | {ms(t['first'])} ms | {ms(t['second'])} ms | {t['first'] / t['second']:.2f}x |"
+
+
 def generator_forms(device: torch.device, sizes: list[int], cfg) -> list[str]:
     """The generator's up-sampling blocks in both formulations, in interleaved rounds: nearest
     up-sampling then the 3x3 conv (the plain form) against the conv folded onto the input's
@@ -502,17 +514,7 @@ def generator_forms(device: torch.device, sizes: list[int], cfg) -> list[str]:
             )
         for name, fn in cases:
             big = name.startswith("1024")
-            try:
-                t = timeit_all(
-                    {"plain": form(math.inf, fn), "folded": form(cpu_min, fn)},
-                    device,
-                    repeat=3 if big else 6,
-                    min_time=0.0 if big else 0.1,
-                )
-            except Exception as e:  # a fault in one case: say so, go on
-                lines.append(f"| {name} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]} | | |")
-            else:
-                lines.append(f"| {name} | {ms(t['plain'])} ms | {ms(t['folded'])} ms | {t['plain'] / t['folded']:.2f}x |")
+            lines.append(pair_row(name, form(math.inf, fn), form(cpu_min, fn), device, 3 if big else 6, 0.0 if big else 0.1))
             print(lines[-1], flush=True)
     finally:
         networks.SUBPIXEL_MIN = default
@@ -562,12 +564,7 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
     try:
         for name, plain, last in cases:
             big = name.startswith("1024")
-            try:
-                t = timeit_all({"plain": plain, "cl": last}, device, repeat=4 if big else 10, min_time=0.0 if big else 0.1)
-            except Exception as e:  # a fault in one case: say so, go on
-                lines.append(f"| {name} | failed: {type(e).__name__}: {str(e).splitlines()[0][:80]} | | |")
-            else:
-                lines.append(f"| {name} | {ms(t['plain'])} ms | {ms(t['cl'])} ms | {t['plain'] / t['cl']:.2f}x |")
+            lines.append(pair_row(name, plain, last, device, 4 if big else 10, 0.0 if big else 0.1))
             print(lines[-1], flush=True)
     finally:
         model_module.SAMPLE_CHANNELS_LAST = default
@@ -589,14 +586,14 @@ def adam_forms(device: torch.device, cfg) -> list[str]:
         return lines[:1]
     tr = CoopTrainer(torch.rand(3, 4 * cfg.crop, 4 * cfg.crop), cfg, device=device, seed=0)
     betas = (cfg.beta1, 0.999)
-    cases: list[tuple[str, dict[str, Callable[[], object]]]] = []
+    cases: list[tuple[str, Callable[[], object], Callable[[], object]]] = []
     for name, net in (("descriptor", tr.model.descriptor), ("generator", tr.model.generator)):
         params = [p.detach().clone().requires_grad_(True) for p in net.parameters()]
         for p in params:
             p.grad = torch.randn_like(p) * 1e-3
         opts = {"default": torch.optim.Adam(params, lr=1e-4, betas=betas), "fused": adam(params, 1e-4, betas)}
         n = sum(p.numel() for p in params)
-        cases.append((f"one step, {name} ({n:,} weights in {len(params)} tensors)", {k: o.step for k, o in opts.items()}))
+        cases.append((f"one step, {name} ({n:,} weights in {len(params)} tensors)", opts["default"].step, opts["fused"].step))
     pairs = {
         "default": (
             torch.optim.Adam(tr.opt_d.param_groups[0]["params"], lr=cfg.lr_d, betas=betas),
@@ -612,13 +609,10 @@ def adam_forms(device: torch.device, cfg) -> list[str]:
 
         return call
 
-    cases.append((f"training iteration, {cfg.crop} px crop", {k: iteration(k) for k in pairs}))
+    cases.append((f"training iteration, {cfg.crop} px crop", iteration("default"), iteration("fused")))
     try:
-        for name, fns in cases:
-            t = timeit_all(fns, device, repeat=10 if name.startswith("one") else 6)
-            lines.append(
-                f"| {name} | {t['default'] * 1e3:.3g} ms | {t['fused'] * 1e3:.3g} ms | {t['default'] / t['fused']:.2f}x |"
-            )
+        for name, default_fn, fused_fn in cases:
+            lines.append(pair_row(name, default_fn, fused_fn, device, 10 if name.startswith("one") else 6, 0.1))
             print(lines[-1], flush=True)
     finally:
         tr.opt_d, tr.opt_g = pairs["fused"]
