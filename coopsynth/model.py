@@ -24,7 +24,7 @@ REFINE_WINDOW = 1024  # pixels per side of one Langevin refinement window (plus 
 VIDEO_WINDOW_VOXELS = 2**23  # videos: output voxels per generator / Langevin time window (plus halo)
 CPU_CHUNK = 2**18  # CPU Langevin: pixels per gradient pass (beyond this the caches thrash; speed.py)
 # Device types whose image sampling runs the generator channels-last (fp32/tf32; training keeps the
-# contiguous layout, whose backward was faster): benchmarks/speed.py, "Generator layout"
+# contiguous layout, whose backward was faster): benchmarks/speed.py, "Generator memory layout"
 SAMPLE_CHANNELS_LAST = {"cpu"}
 
 
@@ -121,7 +121,7 @@ class CoopModel:
         if self.net.dims == 3:  # long videos: windows over time too, in latent frames
             up_t, up_h, up_w = self.net.up
             time_window = max(1, video_window_frames(z.shape[-2] * up_h, z.shape[-1] * up_w) // up_t)
-        # bf16 keeps the contiguous layout: not measured channels-last (this CPU has no bf16 units)
+        # bf16 keeps the contiguous layout: not measured channels-last (the CPU it was measured on has no bf16 units)
         last = self.net.dims == 2 and self.device.type in SAMPLE_CHANNELS_LAST and self.accel.precision != "bf16"
         if last:
             z = z.contiguous(memory_format=torch.channels_last)  # (B, zc, h, w), stored (B, h, w, zc)
