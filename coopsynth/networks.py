@@ -220,7 +220,8 @@ def _upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...]) -> Tens
     2^k output phases of the k up-sampled axes, each with its 2-tap kernel along those axes (the
     3-tap kernel folded), then interleaved. Equal up to float rounding for replicate and circular
     padding alike (padding commutes with nearest up-sampling), with (2/3)^k of the arithmetic.
-    `scale`: 1 or 2 per trailing axis."""
+    `scale`: 1 or 2 per trailing axis. The output is channels-last where a 2-D hp is (CPU
+    sampling), else contiguous."""
     d = len(scale)
     ups = [a for a, s in enumerate(scale) if s == 2]
     o = conv.out_channels
