@@ -35,7 +35,7 @@ from coopsynth.cpugrad import unpad  # noqa: E402
 from coopsynth.langevin import descriptor_langevin  # noqa: E402
 from coopsynth.model import CoopModel  # noqa: E402
 from coopsynth.networks import Descriptor, pad  # noqa: E402
-from coopsynth.trainer import CoopTrainer, adam, preset  # noqa: E402
+from coopsynth.trainer import CoopTrainer, preset  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -571,14 +571,23 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
     return lines
 
 
+def fused_adam(params: list[torch.Tensor], lr: float, betas: tuple[float, float]) -> torch.optim.Adam | None:
+    """PyTorch's fused Adam for these parameters, or None where this PyTorch has none for their device."""
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return None
+
+
 def adam_forms(device: torch.device, cfg) -> list[str]:
-    """Adam as PyTorch runs it by default against fused Adam (`trainer.adam`, the default where
-    this PyTorch has it), in interleaved rounds: one optimiser step of each network, and a whole
-    training iteration at the preset's crop with both networks' optimisers swapped."""
-    fused = adam([torch.zeros(1, device=device, requires_grad=True)], 1e-3, (0.5, 0.999)).param_groups[0].get("fused")
+    """PyTorch's default Adam (what training uses) against fused Adam, in interleaved rounds: one
+    optimiser step of each network, and a whole training iteration at the preset's crop with both
+    networks' optimisers swapped. Fused Adam is not the default: on a CPU it saved about 1% of an
+    iteration, and its runs scored worse on two textures (benchmarks/RESULTS.md, 2026-11-27)."""
+    fused = fused_adam([torch.zeros(1, device=device, requires_grad=True)], 1e-3, (0.5, 0.999)) is not None
     lines = [
-        f"\nAdam, in interleaved rounds: PyTorch's default implementation against fused Adam (one kernel per step; "
-        f"{'the default here' if fused else 'not available here: the default implementation runs'}). The same update up to rounding.\n",
+        "\nAdam, in interleaved rounds: PyTorch's default implementation (what training uses) against fused Adam "
+        f"(one kernel per step; {'not the default' if fused else 'not available here'}). The same update up to rounding.\n",
         "| what | PyTorch's default Adam | fused Adam | fused's speed-up |",
         "|---|---|---|---|",
     ]
@@ -591,15 +600,15 @@ def adam_forms(device: torch.device, cfg) -> list[str]:
         params = [p.detach().clone().requires_grad_(True) for p in net.parameters()]
         for p in params:
             p.grad = torch.randn_like(p) * 1e-3
-        opts = {"default": torch.optim.Adam(params, lr=1e-4, betas=betas), "fused": adam(params, 1e-4, betas)}
+        opts = {"default": torch.optim.Adam(params, lr=1e-4, betas=betas), "fused": fused_adam(params, 1e-4, betas)}
         n = sum(p.numel() for p in params)
         cases.append((f"one step, {name} ({n:,} weights in {len(params)} tensors)", opts["default"].step, opts["fused"].step))
     pairs = {
-        "default": (
-            torch.optim.Adam(tr.opt_d.param_groups[0]["params"], lr=cfg.lr_d, betas=betas),
-            torch.optim.Adam(tr.opt_g.param_groups[0]["params"], lr=cfg.lr_g, betas=betas),
+        "default": (tr.opt_d, tr.opt_g),
+        "fused": (
+            fused_adam(tr.opt_d.param_groups[0]["params"], cfg.lr_d, betas),
+            fused_adam(tr.opt_g.param_groups[0]["params"], cfg.lr_g, betas),
         ),
-        "fused": (tr.opt_d, tr.opt_g),
     }
 
     def iteration(kind: str) -> Callable[[], object]:
@@ -615,7 +624,7 @@ def adam_forms(device: torch.device, cfg) -> list[str]:
             lines.append(pair_row(name, default_fn, fused_fn, device, 10 if name.startswith("one") else 6, 0.1))
             print(lines[-1], flush=True)
     finally:
-        tr.opt_d, tr.opt_g = pairs["fused"]
+        tr.opt_d, tr.opt_g = pairs["default"]
     return lines
 
 

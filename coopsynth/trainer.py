@@ -78,27 +78,6 @@ class TrainConfig:
         return {"delta": self.delta if delta is None else delta, "sigma": self.sigma, "noise": self.noise}
 
 
-def adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
-    """Adam, fused (one kernel over every tensor per step) where this PyTorch has that for the
-    parameters' device (CPUs from torch 2.4, CUDA), else PyTorch's default implementation. The same
-    update up to float rounding; on a CPU a step of either network takes about a third of the
-    default's time (benchmarks/speed.py, "Adam")."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # no fused Adam for this device or PyTorch
-        return torch.optim.Adam(params, lr=lr, betas=betas)
-
-
-def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
-    """opt.load_state_dict(state), keeping opt's own implementation (fused or not): a state dict
-    carries the options of the process that saved it, which another PyTorch or device may lack."""
-    kept = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in opt.param_groups]
-    opt.load_state_dict(state)
-    for group, flags in zip(opt.param_groups, kept, strict=True):
-        group.update(flags)
-
-
 def preset(name: str, dims: int = 2, channels: int = 3) -> TrainConfig:
     """Named trade-offs. `default` is what the README's quality numbers are measured on."""
     if dims == 2:
@@ -185,8 +164,8 @@ class CoopTrainer:
         self.gen = self.gens[0]
         self.model = CoopModel(cfg.net, mean, std, self.device, accel)
         betas = (cfg.beta1, 0.999)
-        self.opt_d = adam(self.model.descriptor.parameters(), cfg.lr_d, betas)
-        self.opt_g = adam(self.model.generator.parameters(), cfg.lr_g, betas)
+        self.opt_d = torch.optim.Adam(self.model.descriptor.parameters(), lr=cfg.lr_d, betas=betas)
+        self.opt_g = torch.optim.Adam(self.model.generator.parameters(), lr=cfg.lr_g, betas=betas)
         self.step_count = 0
         self.delta = cfg.delta  # current step size; lowered after a divergence
         self.gap = 0.0  # moving average of f_obs - f_syn per position: the descriptor's lead
@@ -427,8 +406,8 @@ class CoopTrainer:
     def load_state_dict(self, state: dict) -> None:
         self.descriptor.load_state_dict(state["descriptor"])
         self.generator.load_state_dict(state["generator"])
-        load_optimizer(self.opt_d, state["opt_d"])
-        load_optimizer(self.opt_g, state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.opt_g.load_state_dict(state["opt_g"])
         self.step_count = int(state["step"])
         self.delta = float(state["delta"])
         self.gap = float(state.get("gap", 0.0))
