@@ -252,14 +252,10 @@ def _upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...]) -> Tens
     if d == 2 and not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last):
         # a channels-last input stays channels-last: the same gather, written into that layout
         out = torch.empty(full, dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
-        so, dst_shape, dst_stride = out.stride(), shape[:2], [out.stride(0), out.stride(1)]
-        for a in range(d):  # out's axis a as (n_a [, 2]): the phase bit is the finer step
-            dst_shape.append(size[a])
-            dst_stride.append(so[2 + a] * scale[a])
-            if a in ups:
-                dst_shape.append(2)
-                dst_stride.append(so[2 + a])
-        out.as_strided(dst_shape, dst_stride).copy_(src)
+        dst = out
+        for a in reversed(ups):  # each up-sampled axis as (n_a, 2), src's shape: a view, in any layout
+            dst = dst.unflatten(2 + a, (size[a], 2))
+        dst.copy_(src)
         return out
     return src.reshape(full)
 
