@@ -5,6 +5,7 @@ CUDA graph, fp32/tf32/bf16 and channels-last on a GPU), as ratios measured in th
 
     python benchmarks/speed.py                 # CPU, sizes 64..512, default preset networks
     python benchmarks/speed.py --device cuda   # on a GPU (also run by default when one is present)
+    python benchmarks/speed.py --only threads  # CPU: the revision at 1 thread and at all, against the product
 
 Everything is measured in this one run, so the ratios compare like with like on a noisy machine.
 """
@@ -628,6 +629,70 @@ def adam_forms(device: torch.device, cfg) -> list[str]:
     return lines
 
 
+@contextlib.contextmanager
+def threads(n: int):
+    """Run the body with n intra-op threads, then restore the count."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def thread_scaling(sizes: list[int], cfg) -> list[str]:
+    """CPU: the default Langevin revision (closed-form gradient, fp32) and the fp32 matrix product
+    at one thread and at all of them, the four taking turns round by round; each roofline against
+    the product at the same thread count. It tells the two halves of a roofline apart: how near one
+    core comes to its own peak, and how much of that the other cores add (parallel scaling)."""
+    n = torch.get_num_threads()
+    lines = [
+        f"\nThread scaling of the Langevin revision (CPU, batch {cfg.batch}, L = {cfg.langevin_steps}, fp32 closed form). "
+        f"Per size, the revision and the fp32 matrix product at 1 and at {n} threads take turns round by round; "
+        "each roofline is against the product at the same thread count. Scaling: the speed-up from 1 thread. The 8 px row has "
+        "almost no arithmetic: its ms per step is the fixed cost of a step (Python, operator dispatch, oneDNN set-up per call), "
+        "paid at every size.\n",
+        "| size | threads | ms per step | Langevin steps/s | achieved GFLOP/s | peak GFLOP/s | roofline | revision scaling | product scaling |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    if n < 2:
+        return lines[:1] + ["This process has one thread: nothing to compare.\n"]
+    device = torch.device("cpu")
+    lang = cfg.langevin()
+    product, product_flops = matmul(device, "fp32")
+    for size in [8, *sizes]:
+        torch.manual_seed(0)
+        m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device, Accel(precision="fp32"))
+        y0 = torch.randn(cfg.batch, 3, size, size)
+        flops = 2 * conv_flops(m.descriptor, y0)  # forward + input gradient
+        gen = torch.Generator().manual_seed(0)
+
+        def at(k: int, fn: Callable[[], object]) -> Callable[[], object]:
+            def call() -> object:
+                with threads(k):
+                    return fn()
+
+            return call
+
+        revise = lambda: m.revise(y0, steps=cfg.langevin_steps, generator=gen, **lang)  # noqa: E731
+        fns = {f"{k} {what}": at(k, fn) for k in (1, n) for what, fn in (("revise", revise), ("product", product))}
+        try:
+            t = timeit_all(fns, device, repeat=6)
+        except Exception as e:  # a fault: say so, go on with the next size
+            lines.append(f"| {size} | timing failed: {type(e).__name__}: {str(e).splitlines()[0][:80]} | | | | | | | |")
+            print(lines[-1], flush=True)
+            continue
+        for k in (1, n):
+            sps = cfg.langevin_steps / t[f"{k} revise"]
+            peak = product_flops / t[f"{k} product"] / 1e9
+            scale = f"{t['1 revise'] / t[f'{k} revise']:.2f}x", f"{t['1 product'] / t[f'{k} product']:.2f}x"
+            lines.append(
+                f"| {size} | {k} | {1e3 / sps:.3f} | {sps:.1f} | {flops * sps / 1e9:.1f} | {peak:.0f} | {flops * sps / 1e9 / peak:.1%} | {scale[0]} | {scale[1]} |"
+            )
+            print(lines[-1], flush=True)
+    return lines
+
+
 def ms(t: float) -> str:
     """Seconds as milliseconds: whole ones from 100 up, else three significant figures (GPU phases
     are fractions of one)."""
@@ -735,6 +800,8 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: 
     lines += generator_layouts(device, cfg)
     lines += adam_forms(device, cfg)
     lines += langevin_paths(device, sizes, cfg)
+    if device.type == "cpu":
+        lines += thread_scaling(sizes, cfg)
     return "\n".join(lines) + "\n"
 
 
@@ -744,6 +811,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="64,128,256,512")
     ap.add_argument("--preset", default="default")
     ap.add_argument("--big", type=int, default=8192, help="side of the large-sample check (0: skip)")
+    ap.add_argument("--only", choices=["threads"], help="one table alone: threads (the CPU thread-scaling table)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -758,6 +826,10 @@ def main() -> None:
     for d in devices:
         if d == "cuda" and not torch.cuda.is_available():
             print("cuda: skipped (no CUDA device)")
+            continue
+        if args.only == "threads":
+            if d == "cpu":
+                text += "\n".join(thread_scaling(sizes, preset(args.preset))) + "\n"
             continue
         text += bench_device(torch.device(d), sizes, args.preset, args.big) + "\n"
     publish(text, not args.no_write)

@@ -57,3 +57,45 @@ def test_descriptor_forms_give_the_same_energy_and_gradient(dims, form):
         torch.testing.assert_close(e, e0)
         torch.testing.assert_close(g, g0)
     assert networks.pad is speed.networks_pad and networks._strided_conv is speed.networks_strided_conv  # put back
+
+
+def test_threads_sets_the_count_and_restores_it_after_a_fault():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="inside"):
+        with speed.threads(1):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+
+
+def test_thread_scaling_rows_come_from_the_timings(monkeypatch):
+    """The table's arithmetic, from made-up timings (the timing itself is the benchmark's job):
+    the revision twice as fast and the product 1.6x as fast on two threads."""
+    from coopsynth.trainer import preset
+
+    seen = []
+
+    def fake_timeit_all(fns, device, repeat=10, min_time=0.1):
+        for fn in fns.values():  # each call runs once, at its own thread count
+            fn()
+        seen.append(sorted(fns))
+        return {"1 revise": 0.06, "2 revise": 0.03, "1 product": 0.16, "2 product": 0.1}
+
+    monkeypatch.setattr(speed, "timeit_all", fake_timeit_all)
+    monkeypatch.setattr(speed, "matmul", lambda device, precision: (lambda: None, 1.6e9))
+    with speed.threads(2):
+        lines = speed.thread_scaling([16], preset("fast"))
+    assert seen == [["1 product", "1 revise", "2 product", "2 revise"]] * 2  # the 8 px row, then 16 px
+    rows = [line.split(" | ") for line in lines if line.startswith("| 16 ")]
+    assert [r[1] for r in rows] == ["1", "2"]
+    assert rows[0][2] == "10.000" and rows[1][2] == "5.000"  # ms per step: 60 ms / 6 steps, 30 / 6
+    assert rows[0][5] == "10" and rows[1][5] == "16"  # peak GFLOP/s: 1.6 GFLOP in 0.16 s and 0.1 s
+    assert rows[1][7] == "2.00x" and rows[1][8].startswith("1.60x")
+
+
+def test_thread_scaling_says_when_there_is_one_thread():
+    from coopsynth.trainer import preset
+
+    with speed.threads(1):
+        lines = speed.thread_scaling([16], preset("fast"))
+    assert lines[-1].startswith("This process has one thread")
