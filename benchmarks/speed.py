@@ -6,6 +6,7 @@ CUDA graph, fp32/tf32/bf16 and channels-last on a GPU), as ratios measured in th
     python benchmarks/speed.py                 # CPU, sizes 64..512, default preset networks
     python benchmarks/speed.py --device cuda   # on a GPU (also run by default when one is present)
     python benchmarks/speed.py --only threads  # CPU: the revision at 1 thread and at all, against the product
+    python benchmarks/speed.py --only layouts  # the generator, contiguous against channels-last
 
 Everything is measured in this one run, so the ratios compare like with like on a noisy machine.
 """
@@ -18,7 +19,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -525,32 +526,34 @@ def generator_forms(device: torch.device, sizes: list[int], cfg) -> list[str]:
 def generator_layouts(device: torch.device, cfg) -> list[str]:
     """The generator in the contiguous layout against channels-last, in interleaved rounds: image
     sampling (`model.SAMPLE_CHANNELS_LAST`, the device types that sample channels-last) and, for
-    the training side, one forward and backward pass at the preset's crop and batch."""
-    default = model_module.SAMPLE_CHANNELS_LAST
-    cl = device.type in default
+    training, one forward and backward pass at the preset's batch and at its crop and twice that,
+    with the output conv channels-last (`networks.OUTPUT_CHANNELS_LAST`: the last block writes
+    channels-last) and with every block channels-last (a channels-last Z)."""
+    defaults = model_module.SAMPLE_CHANNELS_LAST, networks.OUTPUT_CHANNELS_LAST
+    cl, out_cl = (device.type in d for d in defaults)
     lines = [
-        "\nGenerator memory layout, in interleaved rounds: contiguous (NCHW) against channels-last (NHWC). Sampling "
-        f"on {device.type.upper()} runs {'channels-last' if cl else 'contiguous'} by default (fp32/tf32; training always "
-        "contiguous). The same numbers up to rounding.\n",
+        "\nGenerator memory layout, in interleaved rounds: contiguous (NCHW) against channels-last (NHWC). By default on "
+        f"{device.type.upper()} sampling runs {'channels-last' if cl else 'contiguous'} (fp32/tf32) and training runs "
+        f"{'the output conv channels-last, the rest contiguous' if out_cl else 'contiguous'}. The same numbers up to rounding.\n",
         "| what | contiguous | channels-last | channels-last's speed-up |",
         "|---|---|---|---|",
     ]
     m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device, Accel.for_device(device, "tf32"))
-    z = m.latent(cfg.batch, (cfg.crop, cfg.crop))
 
-    def layout(last: bool, fn: Callable[[], object]) -> Callable[[], object]:
+    def layout(sample_last: bool, output_last: bool, fn: Callable[[], object]) -> Callable[[], object]:
         def call() -> object:
-            model_module.SAMPLE_CHANNELS_LAST = {device.type} if last else set()
+            model_module.SAMPLE_CHANNELS_LAST = {device.type} if sample_last else set()
+            networks.OUTPUT_CHANNELS_LAST = {device.type} if output_last else set()
             return fn()
 
         return call
 
-    def train_pass(last: bool) -> Callable[[], object]:
-        zz = z.contiguous(memory_format=torch.channels_last) if last else z
+    def train_pass(z: torch.Tensor) -> Callable[[], object]:
+        target = torch.randn(cfg.batch, 3, *(n * u for n, u in zip(z.shape[2:], cfg.net.up, strict=True)), device=device)
 
-        def call() -> object:
+        def call() -> object:  # the trainer's MCMC-teaching loss: a contiguous target first
             m.generator.zero_grad(set_to_none=True)
-            return m.generator(zz).pow(2).mean().backward()
+            return (target - m.generator(z)).pow(2).mean().backward()
 
         return call
 
@@ -560,15 +563,30 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
         def sample(r: int = refine) -> object:
             return m.sample(1, (1024, 1024), refine=r, langevin=cfg.langevin())
 
-        cases.append((f"1024x1024 sample, refine {refine}", layout(False, sample), layout(True, sample)))
-    cases.append((f"generator forward + backward, batch {cfg.batch}, {cfg.crop} px crop", train_pass(False), train_pass(True)))
+        cases.append((f"1024x1024 sample, refine {refine}", layout(False, False, sample), layout(True, True, sample)))
+    for crop in (cfg.crop, 2 * cfg.crop):
+        z = m.latent(cfg.batch, (crop, crop))
+        plain = layout(False, False, train_pass(z))
+        what = f"generator forward + backward, batch {cfg.batch}, {crop} px crop"
+        cases.append((f"{what}: the output conv channels-last", plain, layout(False, True, train_pass(z))))
+        every = train_pass(z.contiguous(memory_format=torch.channels_last))
+        cases.append((f"{what}: every block channels-last", plain, layout(False, True, every)))
+        tr = CoopTrainer(torch.rand(3, 2 * crop, 2 * crop), replace(cfg, crop=crop), device=device, seed=0)
+        step = tr.step
+        cases.append(
+            (
+                f"training iteration, {crop} px crop: the output conv channels-last",
+                layout(False, False, step),
+                layout(False, True, step),
+            )
+        )
     try:
         for name, plain, last in cases:
             big = name.startswith("1024")
             lines.append(pair_row(name, plain, last, device, 4 if big else 10, 0.0 if big else 0.1))
             print(lines[-1], flush=True)
     finally:
-        model_module.SAMPLE_CHANNELS_LAST = default
+        model_module.SAMPLE_CHANNELS_LAST, networks.OUTPUT_CHANNELS_LAST = defaults
     return lines
 
 
@@ -811,7 +829,11 @@ def main() -> None:
     ap.add_argument("--sizes", default="64,128,256,512")
     ap.add_argument("--preset", default="default")
     ap.add_argument("--big", type=int, default=8192, help="side of the large-sample check (0: skip)")
-    ap.add_argument("--only", choices=["threads"], help="one table alone: threads (the CPU thread-scaling table)")
+    ap.add_argument(
+        "--only",
+        choices=["threads", "layouts"],
+        help="one table alone: threads (CPU thread scaling) or layouts (the generator's)",
+    )
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -830,6 +852,9 @@ def main() -> None:
         if args.only == "threads":
             if d == "cpu":
                 text += "\n".join(thread_scaling(sizes, preset(args.preset))) + "\n"
+            continue
+        if args.only == "layouts":
+            text += f"{d.upper()}:\n" + "\n".join(generator_layouts(torch.device(d), preset(args.preset))) + "\n"
             continue
         text += bench_device(torch.device(d), sizes, args.preset, args.big) + "\n"
     publish(text, not args.no_write)

@@ -128,7 +128,7 @@ class CoopModel:
         with torch.no_grad(), self.accel.autocast(self.device):
             y = self.generator.windowed(z, WINDOW, wrap, time_window).float()
         y = y[(slice(None), slice(None)) + tuple(slice(0, s) for s in size)]
-        return y.contiguous() if last else y  # the Langevin refinement reads the contiguous layout
+        return y.contiguous()  # the Langevin refinement reads the contiguous layout (a no-op where y is)
 
     def revise(
         self,

@@ -212,16 +212,23 @@ def depth_weight(w: Tensor) -> Tensor:
 # strided interleave and that view's gradient cost more than the arithmetic it saves). Types not
 # listed: never.
 SUBPIXEL_MIN = {"cpu": 256}
+# Per device type: does the generator's last folded block write its output channels-last (images,
+# not bf16), so that the output conv (to the data's few channels) runs channels-last, forward and
+# backward? On a CPU the contiguous form of that conv is oneDNN's slowest kernel of training (its
+# backward zero-fills and scatters); channels-last made the generator's forward and backward
+# 1.08-1.10x faster at 64 and 128 px crops, while channels-last for every block made it 0.72-0.87x
+# (benchmarks/speed.py, "Generator memory layout"). The interleave is a copy either way.
+OUTPUT_CHANNELS_LAST = {"cpu"}
 
 
-def _upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...]) -> Tensor:
+def _upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...], channels_last: bool = False) -> Tensor:
     """conv(pad(nearest_up(h, scale))) from hp = pad(h) (padded by one on every axis), without
     the up-sampled tensor: one convolution at h's resolution whose output channels are the
     2^k output phases of the k up-sampled axes, each with its 2-tap kernel along those axes (the
     3-tap kernel folded), then interleaved. Equal up to float rounding for replicate and circular
     padding alike (padding commutes with nearest up-sampling), with (2/3)^k of the arithmetic.
-    `scale`: 1 or 2 per trailing axis. The output is channels-last where a 2-D hp is (CPU
-    sampling), else contiguous."""
+    `scale`: 1 or 2 per trailing axis. A 2-D output is channels-last where hp is (CPU sampling)
+    or `channels_last` asks for it (except in bf16), else contiguous."""
     d = len(scale)
     ups = [a for a, s in enumerate(scale) if s == 2]
     o = conv.out_channels
@@ -249,8 +256,9 @@ def _upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...]) -> Tens
             stride.append(sy[1] * o * 2 ** (len(ups) - 1 - ups.index(a)) + sy[2 + a])
     src = y.as_strided(shape, stride, y.storage_offset())
     full = (y.shape[0], o, *(n * s for n, s in zip(size, scale, strict=True)))
-    if d == 2 and not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last):
-        # a channels-last input stays channels-last: the same gather, written into that layout
+    given_last = not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last)
+    if d == 2 and (given_last or (channels_last and y.dtype != torch.bfloat16)):
+        # a channels-last input stays channels-last, or the caller asked: the same gather, written into that layout
         out = torch.empty(full, dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
         dst = out
         for a in reversed(ups):  # each up-sampled axis as (n_a, 2), src's shape: a view, in any layout
@@ -292,7 +300,8 @@ class Generator(nn.Module):
         for i, conv in enumerate(self.blocks):
             scale = self._scale(i)
             if self.cfg.g_upsample == "nearest" and h[0, 0].numel() >= SUBPIXEL_MIN.get(h.device.type, math.inf):
-                h = _upsampled_conv(conv, pad(h, one, wrap), scale)  # (B, w, [2t,] 2h, 2w), the same numbers
+                last = i == len(self.blocks) - 1 and h.device.type in OUTPUT_CHANNELS_LAST  # the output conv's layout
+                h = _upsampled_conv(conv, pad(h, one, wrap), scale, last)  # (B, w, [2t,] 2h, 2w), the same numbers
             else:
                 h = conv(pad(self._up(h, scale, wrap), one, wrap))  # (B, w, [2t,] 2h, 2w)
             h = F.leaky_relu(h, self.cfg.slope)

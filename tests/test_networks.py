@@ -184,6 +184,7 @@ def test_upsampled_conv_equals_upsampling_then_the_conv(scale, wrap):
     [
         ((2, 2), (False, True), False),
         ((2, 2), (False, True), True),
+        ((2, 2), (True, False), "asked"),
         ((1, 2, 2), (True, False, False), False),
         ((2, 2, 2), (False,) * 3, False),
     ],
@@ -192,7 +193,8 @@ def test_upsampled_conv_gradients_float64(scale, wrap, channels_last):
     """Input and weight gradients of the folded form are those of up-sampling then the conv,
     whatever the memory layout of its input (the interleave is a strided view of the conv's
     output, built from that output's own strides); a channels-last input gives a channels-last
-    output (how a CPU samples), any other a contiguous one."""
+    output (how a CPU samples), and so does a contiguous one where the caller asks ("asked": how
+    a CPU trains the last block); any other gives a contiguous one."""
     torch.manual_seed(0)
     d = len(scale)
     conv = (torch.nn.Conv2d if d == 2 else torch.nn.Conv3d)(2, 3, 3).double()
@@ -200,13 +202,14 @@ def test_upsampled_conv_gradients_float64(scale, wrap, channels_last):
 
     def folded_fn(h):
         hp = pad(h, (1,) * d, wrap)
-        if channels_last:  # the conv's output, which the interleave reads, then is channels-last too
+        if channels_last is True:  # the conv's output, which the interleave reads, then is channels-last too
             hp = hp.contiguous(memory_format=torch.channels_last)
-        return _upsampled_conv(conv, hp, scale)
+        return _upsampled_conv(conv, hp, scale, channels_last == "asked")
 
     folded = folded_fn(h)
     plain = conv(pad(F.interpolate(h, scale_factor=scale, mode="nearest"), (1,) * d, wrap))
     assert folded.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert channels_last != "asked" or not folded.is_contiguous()  # 1 x 3 x 6 x 8: the two layouts differ
     for out_grads, want in zip(
         torch.autograd.grad(folded.pow(2).sum(), (h, conv.weight, conv.bias)),
         torch.autograd.grad(plain.pow(2).sum(), (h, conv.weight, conv.bias)),
@@ -243,7 +246,7 @@ def test_cpu_sampling_runs_the_generator_channels_last_with_the_same_result(monk
     monkeypatch.setattr(
         networks,
         "_upsampled_conv",
-        lambda c, hp, s: seen.append(hp.is_contiguous(memory_format=torch.channels_last)) or real(c, hp, s),
+        lambda c, hp, s, *a: seen.append(hp.is_contiguous(memory_format=torch.channels_last)) or real(c, hp, s, *a),
     )
     monkeypatch.setattr(networks, "SUBPIXEL_MIN", {"cpu": 0})
     monkeypatch.setattr(model_module, "WINDOW", 3)  # several windows with halos: slices of a channels-last Z
@@ -263,6 +266,46 @@ def test_cpu_sampling_runs_the_generator_channels_last_with_the_same_result(monk
     m.accel = Accel(precision="bf16")
     m.generate(z, (27, 33))
     assert seen and not any(seen)  # bf16: contiguous
+
+
+def test_cpu_generator_runs_its_output_conv_channels_last_with_the_same_numbers(monkeypatch):
+    """On a CPU the last folded block writes channels-last, so the output conv runs channels-last
+    (faster there, benchmarks/speed.py), in training too: the same output and gradients as the
+    contiguous layout; earlier blocks and bf16 stay contiguous; `generate` hands on contiguous."""
+    from coopsynth import model as model_module
+    from coopsynth.accel import Accel
+    from coopsynth.model import CoopModel
+
+    monkeypatch.setattr(networks, "SUBPIXEL_MIN", {"cpu": 0})
+    seen = []
+    real = networks._upsampled_conv
+    monkeypatch.setattr(networks, "_upsampled_conv", lambda c, hp, s, last=False: seen.append(last) or real(c, hp, s, last))
+    torch.manual_seed(0)
+    g = Generator(tiny_net())
+    z = torch.randn(2, g.cfg.z_channels, 3, 4)
+    target = torch.randn(2, 3, 12, 16)
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        g.zero_grad(set_to_none=True)
+        out = g(z)
+        (out - target).pow(2).mean().backward()
+        return out.detach(), [p.grad.clone() for p in g.parameters()]
+
+    out, grads = run()
+    assert seen == [False] * (len(g.blocks) - 1) + [True]
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    monkeypatch.setattr(networks, "OUTPUT_CHANNELS_LAST", set())
+    want, want_grads = run()
+    assert want.is_contiguous()
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    monkeypatch.setattr(networks, "OUTPUT_CHANNELS_LAST", {"cpu"})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert g(z).is_contiguous()  # bf16: contiguous
+    monkeypatch.setattr(model_module, "SAMPLE_CHANNELS_LAST", set())  # a contiguous Z: only the last block is channels-last
+    m = CoopModel(tiny_net(), torch.full((3,), 0.5), torch.full((3,), 0.2), torch.device("cpu"), Accel(precision="fp32"))
+    assert m.generate(m.latent(2, (12, 16)), (12, 16)).is_contiguous()
 
 
 def test_generator_folds_its_up_sampling_on_a_cpu_only(monkeypatch):
