@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 
@@ -57,6 +58,34 @@ def test_generator_step_moves_g_of_z_toward_the_revision():
         with torch.no_grad():
             after = (t.generator(seen["z"]) - seen["y"]).pow(2).mean().item() / (2 * cfg.s**2)
         assert after < stats["loss_g"]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_step_scores_each_batch_with_its_own_energy(masked):
+    """The descriptor scores the data crops and the revised chains in one pass: each side's
+    reported energy is still its own batch's (per position)."""
+    torch.manual_seed(0)
+    mask = None
+    if masked:
+        mask = torch.ones(1, 48, 40, dtype=torch.bool)
+        mask[:, 20:28, 10:30] = False
+    t = CoopTrainer(texture_image(), tiny_cfg(), seed=1, mask=mask)
+    seen = {}
+    real_revise, real_batch = t.model.revise, t.observed_batch
+    t.model.revise = lambda y0, **kw: seen.setdefault("y", real_revise(y0, **kw))
+    t.observed_batch = lambda: seen.setdefault("obs", real_batch())
+    before = [p.detach().clone() for p in t.descriptor.parameters()]
+    stats = t.step()
+    (obs, m), y = seen["obs"], seen["y"]
+    syn = y if m is None else y * m
+    d = copy.deepcopy(t.descriptor)
+    with torch.no_grad():
+        for p, b in zip(d.parameters(), before, strict=True):
+            p.copy_(b)  # the weights the step scored with
+        npos = 16 * 16
+        assert stats["f_obs"] == pytest.approx((d(obs) / npos).mean().item(), rel=1e-5, abs=1e-6)
+        assert stats["f_syn"] == pytest.approx((d(syn) / npos).mean().item(), rel=1e-5, abs=1e-6)
+        assert abs(stats["f_obs"] - stats["f_syn"]) > 1e-3  # far enough apart for a swap to show
 
 
 def test_step_reports_all_figures():
