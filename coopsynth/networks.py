@@ -221,6 +221,26 @@ SUBPIXEL_MIN = {"cpu": 256}
 OUTPUT_CHANNELS_LAST = {"cpu"}
 
 
+def folded_weight(w: Tensor, ups: list[int]) -> Tensor:
+    """The kernels of _upsampled_conv: w (O, I, [3,] 3, 3) with the 3 taps of each up-sampled axis
+    (indices into the trailing axes) folded to 2 per output phase, as (P * O, I, ...), P = 2^len(ups),
+    phase-major with the first up-sampled axis most significant. One einsum against the 0/1 fold
+    matrices (a quarter of the time of per-phase stacks, forward and backward), in w's dtype."""
+    fold = w.new_tensor([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]])  # (phase, 2 taps, 3 taps)
+    letters = iter("abcdefghjklmnqrsuvwxyz")
+    axes = [next(letters) for _ in range(w.dim() - 2)]  # w's own tap axes
+    phases, taps, out_axes = [], [], list(axes)
+    for a in ups:
+        p, t = next(letters), next(letters)
+        phases.append(p)
+        taps.append(p + t + axes[a])
+        out_axes[a] = t
+    spec = ",".join([*taps, "oi" + "".join(axes)]) + "->" + "".join(phases) + "oi" + "".join(out_axes)
+    with torch.autocast(w.device.type, enabled=False):  # sums of taps, not a product to round
+        k = torch.einsum(spec, *([fold] * len(ups)), w)  # (2, ..., O, I, taps)
+    return k.reshape(-1, *k.shape[len(ups) + 1 :])
+
+
 def _upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...], channels_last: bool = False) -> Tensor:
     """conv(pad(nearest_up(h, scale))) from hp = pad(h) (padded by one on every axis), without
     the up-sampled tensor: one convolution at h's resolution whose output channels are the
@@ -232,16 +252,8 @@ def _upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...], channel
     d = len(scale)
     ups = [a for a, s in enumerate(scale) if s == 2]
     o = conv.out_channels
-    kernels = []
-    phases = list(itertools.product((0, 1), repeat=len(ups)))
-    for phase in phases:
-        w = conv.weight  # (O, I, [3,] 3, 3)
-        for a, p in zip(ups, phase, strict=True):
-            w0, w1, w2 = w.unbind(2 + a)  # that axis: 3 taps -> 2
-            w = torch.stack((w0, w1 + w2) if p == 0 else (w0 + w1, w2), 2 + a)
-        kernels.append(w)
-    bias = None if conv.bias is None else conv.bias.repeat(len(phases))
-    y = (F.conv2d if d == 2 else F.conv3d)(hp, torch.cat(kernels), bias)  # (B, P*O, [n+1 | n] per axis)
+    bias = None if conv.bias is None else conv.bias.repeat(2 ** len(ups))
+    y = (F.conv2d if d == 2 else F.conv3d)(hp, folded_weight(conv.weight, ups), bias)  # (B, P*O, [n+1 | n] per axis)
     size = [n - 2 for n in hp.shape[2:]]  # h's own size
     # out[b, o, .., 2i + p, ..] = y[b, phase * O + o, .., i + p, ..] along each up-sampled axis: a
     # strided view of y (phase p's crop starts p cells in), copied out once. One gather whose

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -217,6 +219,24 @@ def test_upsampled_conv_gradients_float64(scale, wrap, channels_last):
     ):
         torch.testing.assert_close(out_grads, want, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(folded_fn, (h,))
+
+
+@pytest.mark.parametrize("ups", [[0, 1], [1, 2], [0, 1, 2], [2]])
+def test_folded_weight_sums_the_taps_each_phase_reads(ups):
+    """Phase 0 of an up-sampled axis reads taps (w0, w1 + w2), phase 1 (w0 + w1, w2); phases are
+    laid out with the first up-sampled axis most significant; autocast leaves the sums in float32."""
+    torch.manual_seed(0)
+    w = torch.randn(2, 3, *(3,) * (2 if max(ups) < 2 else 3), dtype=torch.float64)
+    want = []
+    for phase in itertools.product((0, 1), repeat=len(ups)):
+        k = w
+        for a, p in zip(ups, phase, strict=True):
+            w0, w1, w2 = k.unbind(2 + a)
+            k = torch.stack((w0, w1 + w2) if p == 0 else (w0 + w1, w2), 2 + a)
+        want.append(k)
+    torch.testing.assert_close(networks.folded_weight(w, ups), torch.cat(want), rtol=0, atol=1e-14)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert networks.folded_weight(w.float(), ups).dtype == torch.float32
 
 
 @pytest.mark.parametrize("dims", [2, 3])
