@@ -734,8 +734,8 @@ def phase_row(device: torch.device, cfg, size: int, accels: list[Accel]) -> str:
     y = m.revise(y0, steps=c.langevin_steps, generator=tr.gen, **lang)
     obs, _ = tr.observed_batch()
 
-    def d_update():  # as the trainer does it: one pass over both batches
-        f_syn, f_obs = m.descriptor(torch.cat((y, obs))).split(y.shape[0])
+    def d_update():  # as the trainer does it: one pass over both batches where that pays
+        f_syn, f_obs = m.energies(y, obs)
         loss = f_syn.mean() - f_obs.mean()
         tr.opt_d.zero_grad()
         loss.backward()

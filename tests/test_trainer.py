@@ -635,3 +635,24 @@ def test_clipping_off_and_warm_up_leave_gradients_alone():
     t = CoopTrainer(texture_image(), tiny_cfg(clip=0.0), seed=0)
     assert "clipped" not in t.step()
     assert t.grad_norms == [0.0, 0.0] and "grad_norms" in t.state_dict()
+
+
+def test_energies_scores_batches_in_one_pass_while_they_fit_the_cpu_chunk(monkeypatch):
+    """`CoopModel.energies` gives each batch's own energies, in one descriptor pass while the
+    batches fit CPU_CHUNK pixels and in one pass per batch beyond (where one pass was slower)."""
+    from coopsynth import model as model_module
+    from coopsynth.model import CoopModel
+
+    torch.manual_seed(0)
+    m = CoopModel(tiny_net(), torch.full((3,), 0.5), torch.full((3,), 0.2))
+    a, b = torch.randn(2, 3, 16, 16), torch.randn(3, 3, 16, 16)
+    batches = []
+    real = m.descriptor.forward
+    monkeypatch.setattr(m.descriptor, "forward", lambda y, wrap=None: batches.append(y.shape[0]) or real(y, wrap))
+    for chunk, passes in ((5 * 256, [5]), (5 * 256 - 1, [2, 3])):
+        monkeypatch.setattr(model_module, "CPU_CHUNK", chunk)
+        batches.clear()
+        fa, fb = m.energies(a, b)
+        assert batches == passes
+        torch.testing.assert_close(fa, m.energy(a), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fb, m.energy(b), rtol=1e-5, atol=1e-5)
