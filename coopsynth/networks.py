@@ -214,10 +214,10 @@ def depth_weight(w: Tensor) -> Tensor:
 SUBPIXEL_MIN = {"cpu": 256}
 # Per device type: does the generator's last folded block write its output channels-last (images,
 # not bf16), so that the output conv (to the data's few channels) runs channels-last, forward and
-# backward? On a CPU the contiguous form of that conv is oneDNN's slowest kernel of training (its
-# backward zero-fills and scatters); channels-last made the generator's forward and backward
-# 1.08-1.10x faster at 64 and 128 px crops, while channels-last for every block made it 0.72-0.87x
-# (benchmarks/speed.py, "Generator memory layout"). The interleave is a copy either way.
+# backward? On a CPU that 32 -> 3 conv is slow in the contiguous layout (forward and backward, batch
+# 4: 4.2 ms against 3.1 channels-last at 64 px, 16.1 against 6.0 at 128, ad-hoc); the generator's
+# whole pass was 1.04-1.08x faster at 64 px crops and 0.95-1.04x at 128, while channels-last for every
+# block made it 0.70-0.93x (benchmarks/speed.py --only layouts). The interleave is a copy either way.
 OUTPUT_CHANNELS_LAST = {"cpu"}
 
 
