@@ -248,7 +248,7 @@ def _upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...], channel
     3-tap kernel folded), then interleaved. Equal up to float rounding for replicate and circular
     padding alike (padding commutes with nearest up-sampling), with (2/3)^k of the arithmetic.
     `scale`: 1 or 2 per trailing axis. A 2-D output is channels-last where hp is (CPU sampling)
-    or `channels_last` asks for it (except in bf16), else contiguous."""
+    or `channels_last` asks for it, else contiguous."""
     d = len(scale)
     ups = [a for a, s in enumerate(scale) if s == 2]
     o = conv.out_channels
@@ -269,7 +269,7 @@ def _upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...], channel
     src = y.as_strided(shape, stride, y.storage_offset())
     full = (y.shape[0], o, *(n * s for n, s in zip(size, scale, strict=True)))
     given_last = not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last)
-    if d == 2 and (given_last or (channels_last and y.dtype != torch.bfloat16)):
+    if d == 2 and (given_last or channels_last):
         # a channels-last input stays channels-last, or the caller asked: the same gather, written into that layout
         out = torch.empty(full, dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
         dst = out
@@ -312,7 +312,8 @@ class Generator(nn.Module):
         for i, conv in enumerate(self.blocks):
             scale = self._scale(i)
             if self.cfg.g_upsample == "nearest" and h[0, 0].numel() >= SUBPIXEL_MIN.get(h.device.type, math.inf):
-                last = i == len(self.blocks) - 1 and h.device.type in OUTPUT_CHANNELS_LAST  # the output conv's layout
+                # the output conv's layout (bf16 stays contiguous: not measured channels-last)
+                last = i == len(self.blocks) - 1 and h.device.type in OUTPUT_CHANNELS_LAST and h.dtype != torch.bfloat16
                 h = _upsampled_conv(conv, pad(h, one, wrap), scale, last)  # (B, w, [2t,] 2h, 2w), the same numbers
             else:
                 h = conv(pad(self._up(h, scale, wrap), one, wrap))  # (B, w, [2t,] 2h, 2w)

@@ -82,7 +82,7 @@ def test_step_scores_each_batch_with_its_own_energy(masked):
     with torch.no_grad():
         for p, b in zip(d.parameters(), before, strict=True):
             p.copy_(b)  # the weights the step scored with
-        npos = 16 * 16
+        npos = math.prod(t.crop_size)
         assert stats["f_obs"] == pytest.approx((d(obs) / npos).mean().item(), rel=1e-5, abs=1e-6)
         assert stats["f_syn"] == pytest.approx((d(syn) / npos).mean().item(), rel=1e-5, abs=1e-6)
         assert abs(stats["f_obs"] - stats["f_syn"]) > 1e-3  # far enough apart for a swap to show
