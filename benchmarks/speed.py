@@ -7,6 +7,7 @@ CUDA graph, fp32/tf32/bf16 and channels-last on a GPU), as ratios measured in th
     python benchmarks/speed.py --device cuda   # on a GPU (also run by default when one is present)
     python benchmarks/speed.py --only threads  # CPU: the revision at 1 thread and at all, against the product
     python benchmarks/speed.py --only layouts  # the generator, contiguous against channels-last
+    python benchmarks/speed.py --only interleave  # the generator's interleave: its own backward against autograd's
 
 Everything is measured in this one run, so the ratios compare like with like on a noisy machine.
 """
@@ -588,6 +589,58 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
     return lines
 
 
+def interleave_backward(device: torch.device, sizes: list[int], cfg) -> list[str]:
+    """The gradient of the channels-last interleave that ends the generator's last folded block in
+    training, in interleaved rounds: autograd's gradient of the strided view (it zero-fills a
+    tensor the size of the block's conv output and copies the whole gradient in one piece) against
+    the interleave's own backward (`networks.OWN_INTERLEAVE_BACKWARD`: slabs, border zeros only).
+    Per crop size: the generator's forward and backward with the trainer's loss, and a training
+    iteration. The same numbers (tested)."""
+    default = networks.OWN_INTERLEAVE_BACKWARD
+    if device.type not in networks.SUBPIXEL_MIN or device.type not in networks.OUTPUT_CHANNELS_LAST:
+        return [
+            f"\nThe interleave's backward: not used on {device.type.upper()} (no block there is folded into a channels-last output).\n"
+        ]
+    lines = [
+        "\nThe gradient of the generator's channels-last interleave (its last block in training), in interleaved rounds: "
+        "autograd's gradient of the strided view against the interleave's own backward (slabs of rows, border zeros only; "
+        f"the default on {device.type.upper()}: {'own' if device.type in default else 'autograd'}). The same numbers.\n",
+        "| what | autograd's | own | own's speed-up |",
+        "|---|---|---|---|",
+    ]
+
+    def form(own: bool, fn: Callable[[], object]) -> Callable[[], object]:
+        def call() -> object:
+            networks.OWN_INTERLEAVE_BACKWARD = {device.type} if own else set()
+            return fn()
+
+        return call
+
+    m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device, Accel.for_device(device, "tf32"))
+    try:
+        for crop in sizes:
+            z = m.latent(cfg.batch, (crop, crop))
+            target = torch.randn(cfg.batch, 3, crop, crop, device=device)
+
+            def train_pass(z: torch.Tensor = z, target: torch.Tensor = target) -> object:
+                m.generator.zero_grad(set_to_none=True)
+                return (target - m.generator(z)).pow(2).mean().backward()
+
+            rounds = 3 if crop > 256 else 10
+            name = f"generator forward + backward, batch {cfg.batch}, {crop} px crop"
+            lines.append(
+                pair_row(name, form(False, train_pass), form(True, train_pass), device, rounds, 0.0 if crop > 256 else 0.1)
+            )
+            print(lines[-1], flush=True)
+            tr = CoopTrainer(torch.rand(3, 2 * crop, 2 * crop), replace(cfg, crop=crop), device=device, seed=0)
+            name = f"training iteration, {crop} px crop"
+            lines.append(pair_row(name, form(False, tr.step), form(True, tr.step), device, rounds, 0.0 if crop > 256 else 0.1))
+            print(lines[-1], flush=True)
+    finally:
+        networks.OWN_INTERLEAVE_BACKWARD = default
+    return lines
+
+
 def fused_adam(params: list[torch.Tensor], lr: float, betas: tuple[float, float]) -> torch.optim.Adam | None:
     """PyTorch's fused Adam for these parameters, or None where this PyTorch has none for their device."""
     try:
@@ -815,6 +868,7 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: 
         lines.append(big_sample(device, big))
     lines += generator_forms(device, sizes, cfg)
     lines += generator_layouts(device, cfg)
+    lines += interleave_backward(device, sizes, cfg)
     lines += adam_forms(device, cfg)
     lines += langevin_paths(device, sizes, cfg)
     if device.type == "cpu":
@@ -830,8 +884,8 @@ def main() -> None:
     ap.add_argument("--big", type=int, default=8192, help="side of the large-sample check (0: skip)")
     ap.add_argument(
         "--only",
-        choices=["threads", "layouts"],
-        help="one table alone: threads (CPU thread scaling) or layouts (the generator's)",
+        choices=["threads", "layouts", "interleave"],
+        help="one table alone: threads (CPU thread scaling), layouts (the generator's) or interleave (its gradient)",
     )
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -854,6 +908,9 @@ def main() -> None:
             continue
         if args.only == "layouts":
             text += f"{d.upper()}:\n" + "\n".join(generator_layouts(torch.device(d), preset(args.preset))) + "\n"
+            continue
+        if args.only == "interleave":
+            text += f"{d.upper()}:\n" + "\n".join(interleave_backward(torch.device(d), sizes, preset(args.preset))) + "\n"
             continue
         text += bench_device(torch.device(d), sizes, args.preset, args.big) + "\n"
     publish(text, not args.no_write)

@@ -219,6 +219,14 @@ SUBPIXEL_MIN = {"cpu": 256}
 # whole pass was 1.04-1.08x faster at 64 px crops and 0.95-1.04x at 128, while channels-last for every
 # block made it 0.70-0.93x (benchmarks/speed.py --only layouts). The interleave is a copy either way.
 OUTPUT_CHANNELS_LAST = {"cpu"}
+# Per device type: does a channels-last interleave (above) run its own backward
+# (_InterleaveChannelsLast), rather than autograd's gradient of the strided view? Measured on CPUs
+# only (benchmarks/speed.py --only interleave); on CUDA no block is folded.
+OWN_INTERLEAVE_BACKWARD = {"cpu"}
+# Bytes of one slab of that backward's copy: ad-hoc, the channels-last gradient of a 256 px crop's
+# last block copied back in 7 ms in slabs of 0.5-1 MiB, 24 ms in one piece; 2 MiB slabs were no
+# faster, 4 MiB ones 1.8x slower at 512 px.
+COPY_SLAB = 1 << 20
 
 
 def folded_weight(w: Tensor, ups: list[int]) -> Tensor:
@@ -255,29 +263,76 @@ def _upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...], channel
     bias = None if conv.bias is None else conv.bias.repeat(2 ** len(ups))
     y = (F.conv2d if d == 2 else F.conv3d)(hp, folded_weight(conv.weight, ups), bias)  # (B, P*O, [n+1 | n] per axis)
     size = [n - 2 for n in hp.shape[2:]]  # h's own size
-    # out[b, o, .., 2i + p, ..] = y[b, phase * O + o, .., i + p, ..] along each up-sampled axis: a
-    # strided view of y (phase p's crop starts p cells in), copied out once. One gather whose
-    # gradient is one scatter: per-phase slices cost a zero-filled y-sized gradient each.
+    given_last = not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last)
+    full = (y.shape[0], o, *(n * s for n, s in zip(size, scale, strict=True)))
+    if d == 2 and len(ups) == 2 and (given_last or channels_last):
+        # a channels-last input stays channels-last, or the caller asked: the same gather, written into that layout
+        if y.device.type in OWN_INTERLEAVE_BACKWARD:
+            return _InterleaveChannelsLast.apply(y, o)
+        out = torch.empty(full, dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
+        out.unflatten(3, (size[1], 2)).unflatten(2, (size[0], 2)).copy_(_phase_view(y, o, ups, size))
+        return out
+    return _phase_view(y, o, ups, size).reshape(full)  # one copy; autograd's gradient of the view
+
+
+def _phase_view(y: Tensor, o: int, ups: list[int], size: list[int]) -> Tensor:
+    """The conv output y (B, P*O, [n+1 | n] per axis) of _upsampled_conv as (B, O, then per axis
+    n_a [, 2]): out[b, o, .., 2i + p, ..] = y[b, phase * O + o, .., i + p, ..] along each up-sampled
+    axis, a strided view of y (phase p's crop starts p cells in) built from y's own strides. One
+    copy of it is the interleaved output, whose gradient is one scatter: per-phase slices would
+    cost a zero-filled y-sized gradient each."""
     sy = y.stride()
-    shape, stride = [y.shape[0], o], [sy[0], sy[1]]  # (B, O, then per axis n_a [, 2])
-    for a in range(d):
+    shape, stride = [y.shape[0], o], [sy[0], sy[1]]
+    for a in range(len(size)):
         shape.append(size[a])
         stride.append(sy[2 + a])
         if a in ups:  # the phase bit of this axis: its channel block, and one cell further in
             shape.append(2)
             stride.append(sy[1] * o * 2 ** (len(ups) - 1 - ups.index(a)) + sy[2 + a])
-    src = y.as_strided(shape, stride, y.storage_offset())
-    full = (y.shape[0], o, *(n * s for n, s in zip(size, scale, strict=True)))
-    given_last = not y.is_contiguous() and y.is_contiguous(memory_format=torch.channels_last)
-    if d == 2 and (given_last or channels_last):
-        # a channels-last input stays channels-last, or the caller asked: the same gather, written into that layout
-        out = torch.empty(full, dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
-        dst = out
-        for a in reversed(ups):  # each up-sampled axis as (n_a, 2), src's shape: a view, in any layout
-            dst = dst.unflatten(2 + a, (size[a], 2))
-        dst.copy_(src)
+    return y.as_strided(shape, stride, y.storage_offset())
+
+
+def _copy_in_slabs(dst: Tensor, src: Tensor) -> None:
+    """dst.copy_(src) for tensors (B, O, rows, ...), over slabs of rows of about COPY_SLAB bytes."""
+    rows = max(1, COPY_SLAB // max(1, src[:, :, :1].numel() * src.element_size()))
+    for r in range(0, src.shape[2], rows):
+        k = min(rows, src.shape[2] - r)
+        dst.narrow(2, r, k).copy_(src.narrow(2, r, k))
+
+
+class _InterleaveChannelsLast(torch.autograd.Function):
+    """The interleave of a 2-D _upsampled_conv into a channels-last output, with its own backward.
+    Forward: one copy per phase (1.0-1.4x faster than one copy, whose innermost loop runs over
+    a phase bit's 2 cells; slabs, below, gain nothing here). Backward: the gradient copied back into a tensor laid out as y in
+    slabs of rows (a channels-last to contiguous copy reads with a stride: in slabs it stays in
+    cache, 3.5x faster at 256 and 512 px crops), zeroing only the cells no phase reads, where
+    autograd's gradient of the view zero-fills all of y and copies without slabs. A 64 px
+    training crop's last block, forward and backward: 1.07-1.09x; 128 px: 1.23-1.27x (ad-hoc)."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, o: int) -> Tensor:
+        b, _, n0, n1 = y.shape  # (B, 4*O, n0 + 1, n1 + 1)
+        n0, n1 = n0 - 1, n1 - 1
+        out = torch.empty(b, o, 2 * n0, 2 * n1, dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
+        dst = out.unflatten(3, (n1, 2)).unflatten(2, (n0, 2))  # (B, O, n0, 2, n1, 2)
+        src = _phase_view(y, o, [0, 1], [n0, n1])  # (B, O, n0, 2, n1, 2)
+        for p, q in itertools.product((0, 1), (0, 1)):
+            dst[:, :, :, p, :, q].copy_(src[:, :, :, p, :, q])  # (B, O, n0, n1)
+        ctx.geometry = (y.shape, y.stride(), o)
         return out
-    return src.reshape(full)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None]:
+        shape, stride, o = ctx.geometry
+        n0, n1 = shape[2] - 1, shape[3] - 1
+        gy = torch.empty_strided(shape, stride, dtype=g.dtype, device=g.device)  # (B, 4*O, n0 + 1, n1 + 1) as y
+        _copy_in_slabs(_phase_view(gy, o, [0, 1], [n0, n1]), g.unflatten(3, (n1, 2)).unflatten(2, (n0, 2)))
+        blocks = gy.unflatten(1, (2, 2, o))  # (B, p, q, O, n0 + 1, n1 + 1): phase 0 reads cells 0..n-1, phase 1 cells 1..n
+        blocks[:, 0, :, :, n0].zero_()
+        blocks[:, 1, :, :, 0].zero_()
+        blocks[:, :, 0, :, :, n1].zero_()
+        blocks[:, :, 1, :, :, 0].zero_()
+        return gy, None
 
 
 class Generator(nn.Module):

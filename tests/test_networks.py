@@ -1,4 +1,5 @@
 import itertools
+import math
 
 import pytest
 import torch
@@ -191,12 +192,21 @@ def test_upsampled_conv_equals_upsampling_then_the_conv(scale, wrap):
         ((2, 2, 2), (False,) * 3, False),
     ],
 )
-def test_upsampled_conv_gradients_float64(scale, wrap, channels_last):
+@pytest.mark.parametrize("own_backward", [True, False])
+def test_upsampled_conv_gradients_float64(scale, wrap, channels_last, own_backward, monkeypatch):
     """Input and weight gradients of the folded form are those of up-sampling then the conv,
     whatever the memory layout of its input (the interleave is a strided view of the conv's
     output, built from that output's own strides); a channels-last input gives a channels-last
     output (how a CPU samples), and so does a contiguous one where the caller asks ("asked": how
-    a CPU trains the last block); any other gives a contiguous one."""
+    a CPU trains the last block); any other gives a contiguous one. The interleave's backward
+    writes every cell of its gradient: fresh memory is NaN here, so a cell it misses shows. Its
+    copies run in slabs of one row here (COPY_SLAB), so the slab seams are held to it too. A
+    channels-last output gets the interleave's own backward where OWN_INTERLEAVE_BACKWARD says
+    so, autograd's gradient of the view elsewhere: both are held to the plain form."""
+    monkeypatch.setattr(networks, "COPY_SLAB", 1)
+    monkeypatch.setattr(networks, "OWN_INTERLEAVE_BACKWARD", {"cpu"} if own_backward else set())
+    empty_strided = torch.empty_strided
+    monkeypatch.setattr(torch, "empty_strided", lambda *a, **k: empty_strided(*a, **k).fill_(math.nan))
     torch.manual_seed(0)
     d = len(scale)
     conv = (torch.nn.Conv2d if d == 2 else torch.nn.Conv3d)(2, 3, 3).double()
@@ -212,6 +222,8 @@ def test_upsampled_conv_gradients_float64(scale, wrap, channels_last):
     plain = conv(pad(F.interpolate(h, scale_factor=scale, mode="nearest"), (1,) * d, wrap))
     assert folded.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     assert channels_last != "asked" or not folded.is_contiguous()  # 1 x 3 x 6 x 8: the two layouts differ
+    own = type(folded.grad_fn).__name__ == "_InterleaveChannelsLastBackward"
+    assert own == (own_backward and bool(channels_last) and d == 2)
     for out_grads, want in zip(
         torch.autograd.grad(folded.pow(2).sum(), (h, conv.weight, conv.bias)),
         torch.autograd.grad(plain.pow(2).sum(), (h, conv.weight, conv.bias)),

@@ -99,3 +99,25 @@ def test_thread_scaling_says_when_there_is_one_thread():
     with speed.threads(1):
         lines = speed.thread_scaling([16], preset("fast"))
     assert lines[-1].startswith("This process has one thread")
+
+
+def test_interleave_rows_time_each_form_with_its_setting_and_restore_it(monkeypatch):
+    """Each row times autograd's gradient (the setting off) against the own backward (on), from
+    made-up timings, and the setting is back to its default afterwards."""
+    from coopsynth.trainer import preset
+
+    seen = []
+
+    def fake_timeit_all(fns, device, repeat=10, min_time=0.1):
+        for name, fn in fns.items():
+            fn()
+            seen.append((name, set(networks.OWN_INTERLEAVE_BACKWARD)))
+        return {"first": 0.02, "second": 0.01}
+
+    monkeypatch.setattr(speed, "timeit_all", fake_timeit_all)
+    default = set(networks.OWN_INTERLEAVE_BACKWARD)
+    lines = speed.interleave_backward(torch.device("cpu"), [16], preset("fast"))
+    assert networks.OWN_INTERLEAVE_BACKWARD == default == {"cpu"}
+    assert seen == [("first", set()), ("second", {"cpu"})] * 2  # the generator pass, then an iteration
+    rows = [line for line in lines if line.startswith("| ") and "px crop" in line]
+    assert len(rows) == 2 and all(r.endswith("| 20 ms | 10 ms | 2.00x |") for r in rows)
