@@ -1,7 +1,6 @@
 """Data-parallel training with 2 gloo processes matches one process with the same total batch."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -11,12 +10,6 @@ from coopsynth import pipeline
 from tests.conftest import texture_image, tiny_net
 
 STEPS = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _job(out, batch, shards=1):
@@ -32,13 +25,17 @@ def _job(out, batch, shards=1):
     )
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+def _worker(rank: int, world: int, store: str, out: str) -> None:
+    """One process as torchrun starts it (its rank in the environment), joined through a file
+    rather than a TCP port: a free port picked beforehand can be taken by the time rank 0 binds it.
+    `distributed.init` then finds the group already joined, as it would a second time."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from pathlib import Path
 
     from coopsynth import distributed
 
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         pipeline.train(_job(Path(out), batch=2), data=texture_image(40, 48))
     finally:
@@ -47,8 +44,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_two_processes_match_one_process_with_same_total_batch(tmp_path):
-    port = _free_port()
-    mp.spawn(_worker, args=(2, port, str(tmp_path / "ddp")), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "ddp")), nprocs=2, join=True)
     ddp = torch.load(tmp_path / "ddp" / "model.pt", weights_only=True)
     assert ddp["meta"]["world_size"] == 2 and len(ddp["rng_ranks"]) == 2
 
