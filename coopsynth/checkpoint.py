@@ -10,6 +10,7 @@ Written to a temporary name and renamed, so a crash never leaves half a checkpoi
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -44,10 +45,20 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
     if path.is_dir():
         raise CoopsynthError(f"{path}: is a folder, not a checkpoint (did you mean {path / 'model.pt'}?)")
     try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as e:
+        raise CoopsynthError(f"{path}: cannot read ({e.strerror or e})") from None
+    if magic != b"PK\x03\x04":  # torch.save writes a zip archive
+        raise CoopsynthError(f"{path}: not a coopsynth checkpoint (not a file written by torch.save)")
+    try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and unsafe-global errors all mean "not ours"
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-        raise CoopsynthError(f"{path}: not a coopsynth checkpoint ({first})") from None
+    except pickle.UnpicklingError:  # weights_only refused an object: code could run on loading it
+        why = "it holds Python objects beyond tensors and plain values; not loaded, for safety"
+        raise CoopsynthError(f"{path}: not a coopsynth checkpoint ({why})") from None
+    except Exception as e:  # a truncated or damaged archive
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:120]
+        raise CoopsynthError(f"{path}: not a coopsynth checkpoint, or a damaged one ({first})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CoopsynthError(f"{path}: not a coopsynth checkpoint")
     if blob.get("version") != VERSION:

@@ -125,16 +125,30 @@ def test_checkpoint_is_plain_tensors_and_primitives(tmp_path):
     assert not list(tmp_path.glob(".*tmp*")), "no temporary file is left behind"
 
 
+class _Pickled:  # an object torch.save pickles, which weights_only loading refuses
+    pass
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
-        (b"", "not a coopsynth checkpoint"),
-        (b"hello, I am text", "not a coopsynth checkpoint"),
+        (b"", r"x\.pt: not a coopsynth checkpoint \(not a file written by torch\.save\)$"),
+        (b"hello, I am text", r"x\.pt: not a coopsynth checkpoint \(not a file written by torch\.save\)$"),
+        ("pickled", r"x\.pt: not a coopsynth checkpoint \(it holds Python objects beyond tensors and plain values"),
+        ("truncated", r"x\.pt: not a coopsynth checkpoint, or a damaged one \([^\n]+\)$"),
     ],
 )
 def test_foreign_checkpoints_are_refused(tmp_path, content, message):
+    """One line naming the file and the problem, without loading a pickled object."""
     p = tmp_path / "x.pt"
-    p.write_bytes(content)
+    if content == "pickled":
+        torch.save({"format": "coopsynth", "object": _Pickled()}, p)
+    elif content == "truncated":
+        t = CoopTrainer(texture_image(), tiny_cfg(), seed=0)
+        whole = save_checkpoint(tmp_path / "m.pt", t.state_dict(), "texture", {}).read_bytes()
+        p.write_bytes(whole[: len(whole) // 2])
+    else:
+        p.write_bytes(content)
     with pytest.raises(CoopsynthError, match=message):
         load_checkpoint(p)
 
