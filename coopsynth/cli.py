@@ -412,8 +412,18 @@ def train(
 @friendly
 def sample(
     model: Annotated[Path, typer.Argument(help="A model.pt written by coopsynth.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder.")] = Path("coopsynth-out/samples"),
-    samples: Samples = 4,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o",
+            "--output",
+            help="Output folder (sample_000.png, ...), or a file name such as big.png or clip.mp4 "
+            "(more than one sample: big_000.png, ...).",
+        ),
+    ] = Path("coopsynth-out/samples"),
+    samples: Annotated[
+        int | None, typer.Option("--samples", help="Number of samples to write (default: 4 into a folder, 1 into a file name).")
+    ] = None,
     size: Size = None,
     seed: Seed = 0,
     tile: Tile = False,
@@ -434,7 +444,13 @@ def sample(
     full = pipeline.sample_size(blob, hw, frames)
     sj = pipeline.SampleJob(output, samples, full, seed, tile=tile, loop=loop, refine=refine, smooth=smooth, fps=fps, force=force)
     written = pipeline.sample(m, blob, sj)
-    console.print(f"[green]wrote[/] {len(written)} samples to {output}/ in {time.perf_counter() - t0:.1f} s")
+    if len(written) == 1:
+        where = str(written[0])
+    elif pipeline.output_is_file(output):
+        where = f"{len(written)} samples, {written[0]} to {written[-1].name}"
+    else:
+        where = f"{len(written)} samples to {output}/"
+    console.print(f"[green]wrote[/] {where} in {time.perf_counter() - t0:.1f} s")
 
 
 @app.command()

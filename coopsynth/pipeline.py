@@ -484,8 +484,8 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
 
 @dataclass
 class SampleJob:
-    output: Path
-    samples: int = 4
+    output: Path  # a folder (sample_000.png, ...), or a file name whose suffix is a format of the model's kind
+    samples: int | None = None  # None: 1 into a file name, 4 into a folder
     size: tuple[int, ...] | None = None  # (H, W) or (T, H, W); None = the training input's
     seed: int = 0
     tile: bool = False  # tileable texture (wrap in space)
@@ -511,30 +511,65 @@ def sample(model: CoopModel, blob: dict, job: SampleJob) -> list[Path]:
     size = job.size or tuple(meta.get("size", [256, 256]))
     if len(size) != model.net.dims:
         raise CoopsynthError(f"a {kind} model needs a size of {model.net.dims} numbers, got {size}")
-    if job.samples <= 0:
-        raise CoopsynthError(f"--samples {job.samples}: must be at least 1")
     refine = cfg.refine if job.refine is None else job.refine
     if refine < 0:
         raise CoopsynthError(f"--refine {refine}: must be 0 or more")
     if job.smooth is not None and kind != "video":
         raise CoopsynthError("--smooth: only video models have motion to slow")
     smooth = check_smooth(cfg.sample_smooth if job.smooth is None else job.smooth)
-    out = Path(job.output)
-    ext = "png" if kind == "texture" else "mp4"
-    names = [out / f"sample_{i:03d}.{ext}" for i in range(job.samples)]
+    names = sample_names(Path(job.output), kind, job.samples)
     existing = [p for p in names if p.exists()]
     if existing and not job.force:
-        raise CoopsynthError(f"{existing[0]}: already exists (use --force to overwrite, or another -o folder)")
-    check_writable(out)
+        raise CoopsynthError(f"{existing[0]}: already exists (use --force to overwrite, or another -o)")
+    check_writable(names[0].parent)
     wrap = (job.tile, job.tile) if kind == "texture" else (job.loop, job.tile, job.tile)
     gen = torch.Generator(device=model.device).manual_seed(job.seed)
     langevin = cfg.langevin(float(blob.get("delta", cfg.delta)))
+    fps = float(job.fps or meta.get("fps") or 25.0)
+    preview = None if kind != "video" or output_is_file(Path(job.output)) else names[0].with_suffix(".gif")
     paths = []
     with model.using(model.accel.for_sampling(model.device, model.net.dims)):
-        for i in range(job.samples):
-            fps = job.fps or meta.get("fps")
-            paths.append(_write_sample(model, kind, out, i, size, refine, smooth, langevin, wrap, gen, fps))
+        for i, path in enumerate(names):
+            y = model.sample(1, tuple(size), refine=refine, langevin=langevin, wrap=wrap, generator=gen, smooth=smooth)[0]
+            if kind == "texture":
+                paths.append(write_image(path, y))
+                continue
+            paths.append(write_video(path, y, fps))
+            if i == 0 and preview is not None:  # a folder gets a GIF preview of the first
+                write_video(preview, y, fps)
     return paths
+
+
+def output_is_file(output: Path) -> bool:
+    """Is `sample`'s -o a file name (an image or video suffix, not an existing folder)?"""
+    from .io import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
+    return output.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES and not output.is_dir()
+
+
+def sample_names(output: Path, kind: str, samples: int | None) -> list[Path]:
+    """The files `sample` writes: sample_000.png (.mp4 for videos), ... in a folder, or into a file
+    name (an image or video suffix, see output_is_file) that file alone, or NAME_000.png, ... for
+    more than one sample. The suffix must be a format of the model's kind."""
+    from .io import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+
+    suffixes = IMAGE_SUFFIXES if kind == "texture" else VIDEO_SUFFIXES
+    as_file = output_is_file(output)
+    n = (1 if as_file else 4) if samples is None else samples
+    if n <= 0:
+        raise CoopsynthError(f"--samples {n}: must be at least 1")
+    if not as_file:
+        ext = "png" if kind == "texture" else "mp4"
+        return [output / f"sample_{i:03d}.{ext}" for i in range(n)]
+    if output.suffix.lower() not in suffixes:
+        what = "images" if kind == "texture" else "videos"
+        raise CoopsynthError(
+            f"{output}: a {kind} model writes {what} ({', '.join(sorted(suffixes))}), not '{output.suffix}' "
+            "(or give a folder for -o)"
+        )
+    if n == 1:
+        return [output]
+    return [output.with_name(f"{output.stem}_{i:03d}{output.suffix}") for i in range(n)]
 
 
 def check_smooth(smooth: float | None) -> float | None:
@@ -542,18 +577,6 @@ def check_smooth(smooth: float | None) -> float | None:
     if smooth is not None and not 0 <= smooth <= 100:
         raise CoopsynthError(f"--smooth {smooth:g}: must be between 0 and 100 latent frames")
     return smooth
-
-
-def _write_sample(model: CoopModel, kind: str, out: Path, i: int, size, refine, smooth, langevin, wrap, gen, fps) -> Path:
-    """Draw sample i and write it (videos: also a GIF preview of the first)."""
-    y = model.sample(1, tuple(size), refine=refine, langevin=langevin, wrap=wrap, generator=gen, smooth=smooth)[0]
-    if kind == "texture":
-        return write_image(out / f"sample_{i:03d}.png", y)
-    fps = float(fps or 25.0)
-    path = write_video(out / f"sample_{i:03d}.mp4", y, fps)
-    if i == 0:
-        write_video(out / "sample_000.gif", y, fps)
-    return path
 
 
 def expand_inputs(inputs: list[Path], kind: str) -> list[Path]:
@@ -667,8 +690,6 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
     from .completion import complete as recover
 
     kind, data, missing, meta = load_completion_input(job)
-    if job.samples <= 0:
-        raise CoopsynthError(f"--samples {job.samples}: must be at least 1")
     if job.average <= 0:
         raise CoopsynthError(f"--average {job.average}: must be at least 1")
     if job.refine is not None and job.refine < 0:  # refused before training, not after it

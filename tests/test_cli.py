@@ -233,3 +233,27 @@ def test_the_summary_line_says_fresh_starts_and_which_attempt_was_kept(monkeypat
     line = buf.getvalue().splitlines()[0]
     assert "started afresh 2 times after early collapses" in line
     assert ("attempt 1's samples came closest to the input: kept" in line) == (kept == 1)
+
+
+def test_sample_into_a_file_name_writes_that_file(trained, tmp_path):
+    """-o big.png: one sample, that file; --samples 2 with a file name: NAME_000, NAME_001 in its
+    format; a folder whose name has a dot stays a folder."""
+    model = str(trained / "out" / "model.pt")
+    r = runner.invoke(app, ["sample", model, "-o", str(tmp_path / "big.png"), "--size", "70x33", "--refine", "0"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png"]
+    assert read_image(tmp_path / "big.png").shape == (3, 33, 70) and "big.png" in r.output
+    r = runner.invoke(app, ["sample", model, "-o", str(tmp_path / "two.jpg"), "--samples", "2", "--refine", "0"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.png", "two_000.jpg", "two_001.jpg"]
+    assert (tmp_path / "two_000.jpg").read_bytes()[:2] == b"\xff\xd8"  # a JPEG, as the name says
+    r = runner.invoke(app, ["sample", model, "-o", str(tmp_path / "run.v2"), "--refine", "0"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "run.v2").iterdir()) == [f"sample_{i:03d}.png" for i in range(4)]
+
+
+def test_sample_into_a_file_name_of_the_wrong_kind_is_refused(trained, tmp_path):
+    r = runner.invoke(app, ["sample", str(trained / "out" / "model.pt"), "-o", str(tmp_path / "clip.mp4")])
+    assert r.exit_code == 1
+    assert "clip.mp4: a texture model writes images" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())

@@ -77,6 +77,19 @@ def test_sample_longer_than_input_and_loop(clip_dir, tmp_path):
     assert seam <= 1.5 * inner + 2 / 255
 
 
+def test_video_sample_into_a_file_name_writes_that_video_alone(clip_dir, tmp_path):
+    """-o one.mp4: that video and no GIF preview beside it (a folder gets one); -o one.gif: a GIF."""
+    model = str(clip_dir / "out" / "model.pt")
+    for name in ("one.mp4", "one.gif"):
+        r = runner.invoke(app, ["sample", model, "-o", str(tmp_path / name), "--frames", "6", "--size", "24x16"])
+        assert r.exit_code == 0, r.output
+        v, _ = read_video(tmp_path / name)
+        assert v.shape[1:] == (6, 16, 24)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.gif", "one.mp4"]
+    r = runner.invoke(app, ["sample", model, "-o", str(tmp_path / "still.png")])
+    assert r.exit_code == 1 and "a video model writes videos" in r.output
+
+
 def test_video_model_refuses_texture_options(clip_dir, tmp_path):
     r = runner.invoke(app, ["sample", str(clip_dir / "out" / "model.pt"), "-o", str(tmp_path), "--frames", "1"])
     assert r.exit_code == 1 and "at least 2 frames" in r.output
