@@ -119,20 +119,33 @@ Smooth = Annotated[
 ]
 
 
+WIDE = 120  # terminal columns from which the progress bar spells its figures out
+
+
 class _Bar:
     """A rich progress bar fed by pipeline's on_progress dicts."""
 
     def __init__(self, title: str, total: int | None, overall: tuple[int, int] | None = None):
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TextColumn("step {task.completed}/{task.fields[total_txt]}"),
-            TextColumn("f(obs) {task.fields[f_obs]:+.3f}  f(syn) {task.fields[f_syn]:+.3f}  G loss {task.fields[loss_g]:.3f}"),
-            TextColumn("{task.fields[left]} left"),
-            console=console,
-            transient=False,
-        )
+        if console.width >= WIDE:
+            columns = (
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                TextColumn("step {task.completed}/{task.fields[total_txt]}"),
+                TextColumn(
+                    "f(obs) {task.fields[f_obs]:+.3f}  f(syn) {task.fields[f_syn]:+.3f}  G loss {task.fields[loss_g]:.3f}"
+                ),
+                TextColumn("{task.fields[left]} left"),
+            )
+        else:  # an 80-column terminal (or a log): every figure still fits, in short
+            columns = (
+                TextColumn("[bold]{task.description}"),
+                BarColumn(bar_width=12),
+                TextColumn("{task.completed}/{task.fields[total_txt]}"),
+                TextColumn("obs {task.fields[f_obs]:+.3f} syn {task.fields[f_syn]:+.3f} G {task.fields[loss_g]:.3f}"),
+                TextColumn("{task.fields[left]} left"),
+            )
+        self.progress = Progress(*columns, console=console, transient=False)
         if overall is not None:  # several inputs: one more bar over all of them
             done, n = overall
             self.progress.add_task(

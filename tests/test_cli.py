@@ -257,3 +257,19 @@ def test_sample_into_a_file_name_of_the_wrong_kind_is_refused(trained, tmp_path)
     assert r.exit_code == 1
     assert "clip.mp4: a texture model writes images" in r.output and len(r.output.strip().splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_the_progress_bar_shows_every_figure_whole_at_80_columns_and_wider(monkeypatch, width):
+    """Iteration, both energies, the generator loss and the time left, none cut short by an
+    ellipsis (an 80-column terminal once showed `step 40/…  G loss 0.… le…`)."""
+    buf = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=buf, width=width, force_terminal=False))
+    with cli._Bar("training cork.png", 1200) as bar:
+        bar({"step": 40, "total": 1200, "f_obs": 0.0123, "f_syn": -0.0271, "loss_g": 0.0634, "seconds_left": 95.0})
+        bar.last = 0.0
+        bar({"step": 1200, "total": 1200, "f_obs": 0.0123, "f_syn": -0.0271, "loss_g": 0.0634, "seconds_left": 0.0})
+    last = buf.getvalue().rstrip().splitlines()[-1]
+    assert "…" not in last and len(last) <= width
+    for figure in ("1200/1200", "+0.012", "-0.027", "0.063", "0m00s left"):
+        assert figure in last, (figure, last)
