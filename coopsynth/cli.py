@@ -91,7 +91,9 @@ Resume = Annotated[bool, typer.Option("--resume", help="Continue from model.pt i
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing model in the output folder.")]
 Output = Annotated[Path | None, typer.Option("-o", "--output", help="Output folder (default: coopsynth-out/<input stem>/).")]
 Samples = Annotated[int, typer.Option("--samples", help="Number of samples to write.")]
-Size = Annotated[str | None, typer.Option("--size", help="Output size WIDTHxHEIGHT, any size (default: the input's).")]
+Size = Annotated[
+    str | None, typer.Option("--size", help="Output size WIDTHxHEIGHT (or N for NxN), any size (default: the input's).")
+]
 Tile = Annotated[bool, typer.Option("--tile", help="Seamless, tileable output: right edge continues into left, bottom into top.")]
 Frames = Annotated[
     int | None,

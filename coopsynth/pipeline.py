@@ -71,14 +71,14 @@ def precision_note(device: str, precision: str) -> str | None:
 
 
 def parse_size(text: str | None, what: str = "--size") -> tuple[int, int] | None:
-    """'WxH' -> (H, W); None stays None."""
+    """'WxH' -> (H, W), and 'N' -> (N, N); None stays None."""
     if text is None:
         return None
-    parts = text.lower().replace("×", "x").split("x")
+    parts = text.strip().lower().replace("×", "x").split("x")
     try:
-        w, h = (int(p) for p in parts)
+        w, h = (int(p) for p in (parts * 2 if len(parts) == 1 else parts))
     except ValueError:
-        raise CoopsynthError(f"{what} '{text}': expected WIDTHxHEIGHT, such as 512x512") from None
+        raise CoopsynthError(f"{what} '{text}': expected WIDTHxHEIGHT, such as 512x512 (or one number for a square)") from None
     if w <= 0 or h <= 0:
         raise CoopsynthError(f"{what} '{text}': width and height must be positive")
     if max(w, h) > MAX_SIDE or w * h > MAX_SAMPLE_PIXELS:

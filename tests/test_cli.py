@@ -273,3 +273,13 @@ def test_the_progress_bar_shows_every_figure_whole_at_80_columns_and_wider(monke
     assert "…" not in last and len(last) <= width
     for figure in ("1200/1200", "+0.012", "-0.027", "0.063", "0m00s left"):
         assert figure in last, (figure, last)
+
+
+@pytest.mark.parametrize(
+    "text, hw",
+    [("70x33", (33, 70)), ("70X33", (33, 70)), ("70×33", (33, 70)), ("48", (48, 48)), (" 48 ", (48, 48)), (None, None)],
+)
+def test_sizes_read_as_width_by_height_or_one_number_for_a_square(text, hw):
+    from coopsynth import pipeline
+
+    assert pipeline.parse_size(text) == hw
