@@ -255,8 +255,8 @@ def _upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...], channel
     2^k output phases of the k up-sampled axes, each with its 2-tap kernel along those axes (the
     3-tap kernel folded), then interleaved. Equal up to float rounding for replicate and circular
     padding alike (padding commutes with nearest up-sampling), with (2/3)^k of the arithmetic.
-    `scale`: 1 or 2 per trailing axis. A 2-D output is channels-last where hp is (CPU sampling)
-    or `channels_last` asks for it, else contiguous."""
+    `scale`: 1 or 2 per trailing axis. A 2-D output up-sampled along both axes is channels-last
+    where hp is (CPU sampling) or `channels_last` asks for it, else contiguous."""
     d = len(scale)
     ups = [a for a, s in enumerate(scale) if s == 2]
     o = conv.out_channels
@@ -302,12 +302,13 @@ def _copy_in_slabs(dst: Tensor, src: Tensor) -> None:
 
 class _InterleaveChannelsLast(torch.autograd.Function):
     """The interleave of a 2-D _upsampled_conv into a channels-last output, with its own backward.
-    Forward: one copy per phase (1.0-1.4x faster than one copy, whose innermost loop runs over
-    a phase bit's 2 cells; slabs, below, gain nothing here). Backward: the gradient copied back into a tensor laid out as y in
-    slabs of rows (a channels-last to contiguous copy reads with a stride: in slabs it stays in
-    cache, 3.5x faster at 256 and 512 px crops), zeroing only the cells no phase reads, where
-    autograd's gradient of the view zero-fills all of y and copies without slabs. A 64 px
-    training crop's last block, forward and backward: 1.07-1.09x; 128 px: 1.23-1.27x (ad-hoc)."""
+    Forward: one copy per phase (1.0-1.4x faster than one copy, whose innermost loop runs over a
+    phase bit's 2 cells; slabs gain nothing here). Backward: the gradient copied back into a tensor
+    laid out as y, in slabs of rows (a channels-last to contiguous copy reads with a stride: in
+    slabs it stays in cache, 3.4-3.5x faster at 256 and 512 px crops), zeroing only the cells no
+    phase reads, where autograd's gradient of the view zero-fills all of y and copies in one
+    piece. A training crop's last block, forward and backward: 1.06-1.09x at 64 px, 1.23-1.27x at
+    128 px (ad-hoc); whole passes and iterations: benchmarks/speed.py --only interleave."""
 
     @staticmethod
     def forward(ctx, y: Tensor, o: int) -> Tensor:
