@@ -529,22 +529,31 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
     sampling (`model.SAMPLE_CHANNELS_LAST`, the device types that sample channels-last) and, for
     training, one forward and backward pass at the preset's batch and at its crop and twice that,
     with the output conv channels-last (`networks.OUTPUT_CHANNELS_LAST`: the last block writes
-    channels-last) and with every block channels-last (a channels-last Z)."""
-    defaults = model_module.SAMPLE_CHANNELS_LAST, networks.OUTPUT_CHANNELS_LAST
-    cl, out_cl = (device.type in d for d in defaults)
+    channels-last) and with every block channels-last (a channels-last Z, as training runs where
+    `model.TRAIN_CHANNELS_LAST` says so)."""
+    defaults = model_module.SAMPLE_CHANNELS_LAST, networks.OUTPUT_CHANNELS_LAST, model_module.TRAIN_CHANNELS_LAST
+    cl, out_cl, train_cl = (device.type in d for d in defaults)
+    training = (
+        "every block channels-last"
+        if train_cl
+        else "the output conv channels-last, the rest contiguous"
+        if out_cl
+        else "contiguous"
+    )
     lines = [
         "\nGenerator memory layout, in interleaved rounds: contiguous (NCHW) against channels-last (NHWC). By default on "
         f"{device.type.upper()} sampling runs {'channels-last' if cl else 'contiguous'} (fp32/tf32) and training runs "
-        f"{'the output conv channels-last, the rest contiguous' if out_cl else 'contiguous'}. The same numbers up to rounding.\n",
+        f"{training}. The same numbers up to rounding.\n",
         "| what | contiguous | channels-last | channels-last's speed-up |",
         "|---|---|---|---|",
     ]
     m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device, Accel.for_device(device, "tf32"))
 
-    def layout(sample_last: bool, output_last: bool, fn: Callable[[], object]) -> Callable[[], object]:
+    def layout(sample_last: bool, output_last: bool, fn: Callable[[], object], train_last: bool = False) -> Callable[[], object]:
         def call() -> object:
             model_module.SAMPLE_CHANNELS_LAST = {device.type} if sample_last else set()
             networks.OUTPUT_CHANNELS_LAST = {device.type} if output_last else set()
+            model_module.TRAIN_CHANNELS_LAST = {device.type} if train_last else set()
             return fn()
 
         return call
@@ -579,19 +588,21 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
             step = tr.step
             name = f"training iteration, {crop} px crop: the output conv channels-last"
             cases.append((name, layout(False, False, step), layout(False, True, step)))
+            name = f"training iteration, {crop} px crop: every block channels-last"
+            cases.append((name, layout(False, False, step), layout(False, True, step, train_last=True)))
     try:
         for name, plain, last in cases:
             big = name.startswith("1024")
             lines.append(pair_row(name, plain, last, device, 4 if big else 10, 0.0 if big else 0.1))
             print(lines[-1], flush=True)
     finally:
-        model_module.SAMPLE_CHANNELS_LAST, networks.OUTPUT_CHANNELS_LAST = defaults
+        model_module.SAMPLE_CHANNELS_LAST, networks.OUTPUT_CHANNELS_LAST, model_module.TRAIN_CHANNELS_LAST = defaults
     return lines
 
 
 def interleave_backward(device: torch.device, sizes: list[int], cfg) -> list[str]:
-    """The gradient of the channels-last interleave that ends the generator's last folded block in
-    training, in interleaved rounds: autograd's gradient of the strided view (it zero-fills a
+    """The gradient of the generator's channels-last interleave (every folded block in training
+    where `model.TRAIN_CHANNELS_LAST` says so, else the last), in interleaved rounds: autograd's gradient of the strided view (it zero-fills a
     tensor the size of the block's conv output and copies the whole gradient in one piece) against
     the interleave's own backward (`networks.OWN_INTERLEAVE_BACKWARD`: slabs, border zeros only).
     Per crop size: the generator's forward and backward with the trainer's loss, and a training
@@ -602,7 +613,7 @@ def interleave_backward(device: torch.device, sizes: list[int], cfg) -> list[str
             f"\nThe interleave's backward: not used on {device.type.upper()} (no block there is folded into a channels-last output).\n"
         ]
     lines = [
-        "\nThe gradient of the generator's channels-last interleave (its last block in training), in interleaved rounds: "
+        "\nThe gradient of the generator's channels-last interleave (training's layout), in interleaved rounds: "
         "autograd's gradient of the strided view against the interleave's own backward (slabs of rows, border zeros only; "
         f"the default on {device.type.upper()}: {'own' if device.type in default else 'autograd'}). The same numbers.\n",
         "| what | autograd's | own | own's speed-up |",
@@ -620,6 +631,8 @@ def interleave_backward(device: torch.device, sizes: list[int], cfg) -> list[str
     try:
         for crop in sizes:
             z = m.latent(cfg.batch, (crop, crop))
+            if device.type in model_module.TRAIN_CHANNELS_LAST:  # as CoopModel.propose lays it out
+                z = z.contiguous(memory_format=torch.channels_last)
             target = torch.randn(cfg.batch, 3, crop, crop, device=device)
 
             def train_pass(z: torch.Tensor = z, target: torch.Tensor = target) -> object:

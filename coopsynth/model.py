@@ -23,10 +23,15 @@ WINDOW = 96  # latent cells per side of one generator window (768 px at 8x up-sa
 REFINE_WINDOW = 1024  # pixels per side of one Langevin refinement window (plus its halo)
 VIDEO_WINDOW_VOXELS = 2**23  # videos: output voxels per generator / Langevin time window (plus halo)
 CPU_CHUNK = 2**18  # CPU Langevin: pixels per gradient pass (beyond this the caches thrash; speed.py)
-# Device types whose image sampling runs the generator channels-last (fp32/tf32; training keeps the
-# contiguous layout but for the output conv, networks.OUTPUT_CHANNELS_LAST: every block channels-last
-# made the generator's backward slower): benchmarks/speed.py, "Generator memory layout"
+# Device types whose image sampling runs the generator channels-last (fp32/tf32):
+# benchmarks/speed.py, "Generator memory layout"
 SAMPLE_CHANNELS_LAST = {"cpu"}
+# Device types whose image training runs the generator channels-last too (a channels-last Z, so
+# every block; fp32/tf32). Where not, the output conv alone may (networks.OUTPUT_CHANNELS_LAST).
+# Every block channels-last made the generator's backward slower until the channels-last
+# interleave got its own backward; since, a training iteration is 1.03x faster at 64-256 px crops
+# than with the output conv alone (speed.py --only layouts, 2026-11-27)
+TRAIN_CHANNELS_LAST = {"cpu"}
 
 
 @contextlib.contextmanager
@@ -83,8 +88,15 @@ class CoopModel:
 
     def propose(self, z: Tensor, wrap: tuple[bool, ...] | None = None) -> Tensor:
         """g(Z) in float32 with the graph kept (training); `generate` is the no-graph, any-size one."""
+        if self._channels_last(TRAIN_CHANNELS_LAST):
+            z = z.contiguous(memory_format=torch.channels_last)  # (B, zc, h, w), stored (B, h, w, zc)
         with self.accel.autocast(self.device):
             return self.generator(z, wrap).float()
+
+    def _channels_last(self, devices: set[str]) -> bool:
+        """Does the generator run channels-last here? Images on these device types; bf16 keeps the
+        contiguous layout: not measured channels-last (the CPU it was measured on has no bf16 units)."""
+        return self.net.dims == 2 and self.device.type in devices and self.accel.precision != "bf16"
 
     # ---- pixels --------------------------------------------------------------------------------
 
@@ -131,9 +143,7 @@ class CoopModel:
         if self.net.dims == 3:  # long videos: windows over time too, in latent frames
             up_t, up_h, up_w = self.net.up
             time_window = max(1, video_window_frames(z.shape[-2] * up_h, z.shape[-1] * up_w) // up_t)
-        # bf16 keeps the contiguous layout: not measured channels-last (the CPU it was measured on has no bf16 units)
-        last = self.net.dims == 2 and self.device.type in SAMPLE_CHANNELS_LAST and self.accel.precision != "bf16"
-        if last:
+        if self._channels_last(SAMPLE_CHANNELS_LAST):
             z = z.contiguous(memory_format=torch.channels_last)  # (B, zc, h, w), stored (B, h, w, zc)
         with torch.no_grad(), self.accel.autocast(self.device):
             y = self.generator.windowed(z, WINDOW, wrap, time_window).float()

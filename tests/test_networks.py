@@ -340,6 +340,47 @@ def test_cpu_generator_runs_its_output_conv_channels_last_with_the_same_numbers(
     assert m.generate(m.latent(2, (12, 16)), (12, 16)).is_contiguous()
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cpu_training_proposes_with_every_block_channels_last_and_the_same_numbers(monkeypatch, precision):
+    """model.TRAIN_CHANNELS_LAST: on a CPU `propose` lays Z out channels-last, so every folded block
+    runs channels-last (its interleave's own backward too); the same proposal and generator
+    gradients as the contiguous layout up to rounding. bf16 keeps the contiguous layout."""
+    from coopsynth import model as model_module
+    from coopsynth.accel import Accel
+    from coopsynth.model import CoopModel
+
+    monkeypatch.setattr(networks, "SUBPIXEL_MIN", {"cpu": 0})
+    layouts = []
+    real = networks._upsampled_conv
+
+    def spy(c, hp, s, last=False):
+        layouts.append(hp.is_contiguous(memory_format=torch.channels_last) and not hp.is_contiguous())
+        return real(c, hp, s, last)
+
+    monkeypatch.setattr(networks, "_upsampled_conv", spy)
+    torch.manual_seed(0)
+    m = CoopModel(tiny_net(), torch.full((3,), 0.5), torch.full((3,), 0.2), torch.device("cpu"), Accel(precision=precision))
+    z = m.latent(2, (12, 16))
+    target = torch.randn(2, 3, 12, 16)
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        layouts.clear()
+        m.generator.zero_grad(set_to_none=True)
+        y = m.propose(z)
+        (y - target).pow(2).mean().backward()
+        return y.detach(), [p.grad.clone() for p in m.generator.parameters()]
+
+    out, grads = run()
+    assert layouts == [precision == "fp32"] * len(m.generator.blocks)
+    monkeypatch.setattr(model_module, "TRAIN_CHANNELS_LAST", set())
+    want, want_grads = run()
+    assert layouts == [False] * len(m.generator.blocks)
+    tol = dict(rtol=1e-5, atol=1e-6) if precision == "fp32" else dict(rtol=0, atol=0)  # bf16: the same code both times
+    torch.testing.assert_close(out, want, **tol)
+    for a, b in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=10 * tol["rtol"], atol=tol["atol"])
+
+
 def test_generator_folds_its_up_sampling_on_a_cpu_only(monkeypatch):
     """The folded blocks measured faster on a CPU and slower on CUDA (benchmarks/RESULTS.md):
     off a CPU (here the meta device, which only computes shapes) the plain form runs."""
