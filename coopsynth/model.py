@@ -29,8 +29,9 @@ SAMPLE_CHANNELS_LAST = {"cpu"}
 # Device types whose image training runs the generator channels-last too (a channels-last Z, so
 # every block; fp32/tf32). Where not, the output conv alone may (networks.OUTPUT_CHANNELS_LAST).
 # Every block channels-last made the generator's backward slower until the channels-last
-# interleave got its own backward; since, a training iteration is 1.03x faster at 64-256 px crops
-# than with the output conv alone (speed.py --only layouts, 2026-11-27)
+# interleave got its own backward; since, a training iteration is 1.04x faster than contiguous at
+# a 64 px crop and 1.08x at 128 (speed.py --only layouts, 2026-11-27 07:32 UTC), 1.03x faster than
+# with the output conv alone at 64-256 px (ad-hoc)
 TRAIN_CHANNELS_LAST = {"cpu"}
 
 

@@ -216,8 +216,9 @@ SUBPIXEL_MIN = {"cpu": 256}
 # not bf16), so that the output conv (to the data's few channels) runs channels-last, forward and
 # backward? On a CPU that 32 -> 3 conv is slow in the contiguous layout (forward and backward, batch
 # 4: 4.2 ms against 3.1 channels-last at 64 px, 16.1 against 6.0 at 128, ad-hoc); the generator's
-# whole pass was 1.04-1.08x faster at 64 px crops and 0.95-1.04x at 128, while channels-last for every
-# block made it 0.70-0.93x (benchmarks/speed.py --only layouts). The interleave is a copy either way.
+# whole pass was 1.04-1.08x faster at 64 px crops and 0.95-1.04x at 128 (benchmarks/speed.py --only
+# layouts). The interleave is a copy either way. Training now lays Z out channels-last instead
+# (model.TRAIN_CHANNELS_LAST: every block), so this serves a contiguous Z (a library caller's).
 OUTPUT_CHANNELS_LAST = {"cpu"}
 # Per device type: does a channels-last interleave (above) run its own backward
 # (_InterleaveChannelsLast), rather than autograd's gradient of the strided view? Measured on CPUs
