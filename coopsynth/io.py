@@ -146,7 +146,10 @@ def write_image(path: str | Path, x: Tensor) -> Path:
         a = a[..., 0]
     path = Path(path)
     with atomic_path(path) as tmp:
-        iio.imwrite(tmp, a)
+        try:
+            iio.imwrite(tmp, a)
+        except (OSError, ValueError, RuntimeError, TypeError) as e:  # the format's writer refused (or is missing)
+            raise CoopsynthError(f"{path}: cannot write this image ({_short(e)})") from None
     return path
 
 
@@ -220,33 +223,43 @@ def _stack_frames(frames: list, path: Path, floats: bool = False) -> Tensor:
 
 def write_video(path: str | Path, video: Tensor, fps: float) -> Path:
     """Write (C, T, H, W) in [0, 1] as an H.264 MP4 (or a GIF by the suffix), atomically."""
-    import imageio.v2 as iio2
-
     a = to_uint8(video)  # (T, H, W, C)
     if a.shape[-1] == 1:
         a = np.repeat(a, 3, axis=-1)
     path = Path(path)
     with atomic_path(path) as tmp:
-        if path.suffix.lower() == ".gif":
-            import imageio.v3 as iio
-
-            iio.imwrite(tmp, a, duration=1000.0 / fps, loop=0)
-        else:
-            even = a.shape[1] % 2 == 0 and a.shape[2] % 2 == 0
-            w = iio2.get_writer(
-                tmp,
-                "ffmpeg",
-                fps=fps,
-                codec="libx264",
-                macro_block_size=1,
-                pixelformat="yuv420p" if even else "yuv444p",
-                output_params=["-crf", "12"],
-                ffmpeg_log_level="error",
-            )
-            for f in a:
-                w.append_data(f)
-            w.close()
+        try:
+            _write_frames(tmp, a, fps, gif=path.suffix.lower() == ".gif")
+        except (OSError, ValueError, RuntimeError, TypeError) as e:  # the encoder refused (or is missing)
+            raise CoopsynthError(f"{path}: cannot write this video ({_short(e)})") from None
     return path
+
+
+def _write_frames(tmp: Path, a: np.ndarray, fps: float, gif: bool) -> None:
+    """(T, H, W, 3) uint8 frames as a looping GIF or an H.264 MP4 at `tmp`."""
+    if gif:
+        import imageio.v3 as iio
+
+        iio.imwrite(tmp, a, duration=1000.0 / fps, loop=0)
+        return
+    import imageio.v2 as iio2
+
+    even = a.shape[1] % 2 == 0 and a.shape[2] % 2 == 0
+    w = iio2.get_writer(
+        tmp,
+        "ffmpeg",
+        fps=fps,
+        codec="libx264",
+        macro_block_size=1,
+        pixelformat="yuv420p" if even else "yuv444p",
+        output_params=["-crf", "12"],
+        ffmpeg_log_level="error",
+    )
+    try:
+        for f in a:
+            w.append_data(f)
+    finally:
+        w.close()
 
 
 def _short(e: BaseException) -> str:

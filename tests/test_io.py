@@ -74,6 +74,27 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_a_writer_that_refuses_gives_one_line_naming_the_file_and_leaves_nothing(tmp_path, monkeypatch, kind):
+    """A format's writer failing (a plugin missing from a future imageio, an encoder refusing)."""
+    import imageio.v2
+    import imageio.v3
+
+    def refuse(*a, **k):
+        raise ValueError("no backend for this format\nsecond line")
+
+    monkeypatch.setattr(imageio.v3, "imwrite", refuse)
+    monkeypatch.setattr(imageio.v2, "get_writer", refuse)
+    if kind == "image":
+        with pytest.raises(CoopsynthError, match=r"^.*out\.tif: cannot write this image \(no backend for this format\)$"):
+            write_image(tmp_path / "out.tif", torch.rand(3, 8, 8))
+    else:
+        for name in ("out.mp4", "out.gif"):
+            with pytest.raises(CoopsynthError, match=rf"^.*{name.replace('.', '[.]')}: cannot write this video \(no backend"):
+                write_video(tmp_path / name, torch.rand(3, 4, 8, 8), fps=5.0)
+    assert not list(tmp_path.iterdir())
+
+
 def test_video_round_trip(tmp_path):
     v = torch.rand(3, 6, 16, 24) * 0.2 + 0.4  # smooth-ish colours survive H.264 well
     write_video(tmp_path / "v.mp4", v, fps=12.0)
