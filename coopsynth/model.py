@@ -26,12 +26,14 @@ CPU_CHUNK = 2**18  # CPU Langevin: pixels per gradient pass (beyond this the cac
 # Device types whose image sampling runs the generator channels-last (fp32/tf32):
 # benchmarks/speed.py, "Generator memory layout"
 SAMPLE_CHANNELS_LAST = {"cpu"}
-# Device types whose image training runs the generator channels-last too (a channels-last Z, so
-# every block; fp32/tf32). Where not, the output conv alone may (networks.OUTPUT_CHANNELS_LAST).
-# Every block channels-last made the generator's backward slower until the channels-last
-# interleave got its own backward; since, a training iteration is 1.04x faster than contiguous at
-# a 64 px crop and 1.08x at 128 (speed.py --only layouts, 2026-11-27 07:32 UTC), 1.03x faster than
-# with the output conv alone at 64-256 px (ad-hoc)
+# Device types whose training runs the generator channels-last too (a channels-last Z, so every
+# block; fp32/tf32; images and videos). Where not, an image's output conv alone may
+# (networks.OUTPUT_CHANNELS_LAST). For images, every block channels-last made the generator's
+# backward slower until the channels-last interleave got its own backward; since, a training
+# iteration is 1.04x faster than contiguous at a 64 px crop and 1.08x at 128 (speed.py --only
+# layouts, 2026-11-27 07:32 UTC), 1.03x faster than with the output conv alone at 64-256 px
+# (ad-hoc). For videos (channels-last-3d) a default training iteration is 1.17x faster (ad-hoc),
+# mostly in the 3-channel output conv; video sampling was no faster, so it stays contiguous.
 TRAIN_CHANNELS_LAST = {"cpu"}
 
 
@@ -89,15 +91,19 @@ class CoopModel:
 
     def propose(self, z: Tensor, wrap: tuple[bool, ...] | None = None) -> Tensor:
         """g(Z) in float32 with the graph kept (training); `generate` is the no-graph, any-size one."""
-        if self._channels_last(TRAIN_CHANNELS_LAST):
-            z = z.contiguous(memory_format=torch.channels_last)  # (B, zc, h, w), stored (B, h, w, zc)
+        fmt = self._layout(TRAIN_CHANNELS_LAST, (2, 3))
+        if fmt is not None:
+            z = z.contiguous(memory_format=fmt)  # (B, zc, [t,] h, w), stored (B, [t,] h, w, zc)
         with self.accel.autocast(self.device):
             return self.generator(z, wrap).float()
 
-    def _channels_last(self, devices: set[str]) -> bool:
-        """Does the generator run channels-last here? Images on these device types; bf16 keeps the
-        contiguous layout: not measured channels-last (the CPU it was measured on has no bf16 units)."""
-        return self.net.dims == 2 and self.device.type in devices and self.accel.precision != "bf16"
+    def _layout(self, devices: set[str], dims: tuple[int, ...]) -> torch.memory_format | None:
+        """The channels-last format the generator runs in here (these device types, networks of
+        these dims), or None: contiguous. bf16 keeps the contiguous layout: not measured
+        channels-last (the CPU it was measured on has no bf16 units)."""
+        if self.device.type not in devices or self.net.dims not in dims or self.accel.precision == "bf16":
+            return None
+        return torch.channels_last if self.net.dims == 2 else torch.channels_last_3d
 
     # ---- pixels --------------------------------------------------------------------------------
 
@@ -144,7 +150,7 @@ class CoopModel:
         if self.net.dims == 3:  # long videos: windows over time too, in latent frames
             up_t, up_h, up_w = self.net.up
             time_window = max(1, video_window_frames(z.shape[-2] * up_h, z.shape[-1] * up_w) // up_t)
-        if self._channels_last(SAMPLE_CHANNELS_LAST):
+        if self._layout(SAMPLE_CHANNELS_LAST, (2,)) is not None:
             z = z.contiguous(memory_format=torch.channels_last)  # (B, zc, h, w), stored (B, h, w, zc)
         with torch.no_grad(), self.accel.autocast(self.device):
             y = self.generator.windowed(z, WINDOW, wrap, time_window).float()
