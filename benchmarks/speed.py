@@ -530,12 +530,11 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
     training, one forward and backward pass at the preset's batch and at its crop and twice that,
     with the output conv channels-last (`networks.OUTPUT_CHANNELS_LAST`: the last block writes
     channels-last) and with every block channels-last (a channels-last Z, as training runs where
-    `model.TRAIN_CHANNELS_LAST` says so); and a video training iteration, contiguous against
-    channels-last-3d."""
+    `model.TRAIN_CHANNELS_LAST` says so)."""
     defaults = model_module.SAMPLE_CHANNELS_LAST, networks.OUTPUT_CHANNELS_LAST, model_module.TRAIN_CHANNELS_LAST
     cl, out_cl, train_cl = (device.type in d for d in defaults)
     training = (
-        "every block channels-last (videos: channels-last-3d)"
+        "every block channels-last (images; videos contiguous)"
         if train_cl
         else "the output conv channels-last, the rest contiguous"
         if out_cl
@@ -591,10 +590,7 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
             cases.append((name, layout(False, False, step), layout(False, True, step)))
             name = f"training iteration, {crop} px crop: every block channels-last"
             cases.append((name, layout(False, False, step), layout(False, True, step, train_last=True)))
-    vcfg = preset("default", dims=3)  # videos: the layout is channels-last-3d, every block or none
-    vtr = CoopTrainer(torch.rand(3, 2 * vcfg.crop_frames, 2 * vcfg.crop, 2 * vcfg.crop), vcfg, device=device, seed=0)
-    name = f"video training iteration, preset default ({vcfg.batch} x {vcfg.crop_frames} x {vcfg.crop} x {vcfg.crop} crops): every block channels-last-3d"
-    cases.append((name, layout(False, False, vtr.step), layout(False, False, vtr.step, train_last=True)))
+
     try:
         for name, plain, last in cases:
             big = name.startswith("1024")

@@ -26,14 +26,14 @@ CPU_CHUNK = 2**18  # CPU Langevin: pixels per gradient pass (beyond this the cac
 # Device types whose image sampling runs the generator channels-last (fp32/tf32):
 # benchmarks/speed.py, "Generator memory layout"
 SAMPLE_CHANNELS_LAST = {"cpu"}
-# Device types whose training runs the generator channels-last too (a channels-last Z, so every
-# block; fp32/tf32; images and videos). Where not, an image's output conv alone may
-# (networks.OUTPUT_CHANNELS_LAST). For images, every block channels-last made the generator's
-# backward slower until the channels-last interleave got its own backward; since, a training
-# iteration is 1.04x faster than contiguous at a 64 px crop and 1.08x at 128 (speed.py --only
-# layouts, 2026-11-27 07:32 UTC), 1.03x faster than with the output conv alone at 64-256 px
-# (ad-hoc). For videos (channels-last-3d) a default training iteration is 1.17x faster (ad-hoc),
-# mostly in the 3-channel output conv; video sampling was no faster, so it stays contiguous.
+# Device types whose image training runs the generator channels-last too (a channels-last Z, so
+# every block; fp32/tf32). Where not, the output conv alone may (networks.OUTPUT_CHANNELS_LAST).
+# Every block channels-last made the generator's backward slower until the channels-last
+# interleave got its own backward; since, a training iteration is 1.04x faster than contiguous at
+# a 64 px crop and 1.08x at 128 (speed.py --only layouts, 2026-11-27 07:32 UTC), 1.03x faster than
+# with the output conv alone at 64-256 px (ad-hoc). Videos stay contiguous: channels-last-3d made
+# a default video iteration 1.17x faster (ad-hoc), but the flame clip scored worse on each of three
+# seeds (spatial SWD ratio 1.40-1.44 against 1.15-1.31; RESULTS.md, 2026-11-27 08:40 UTC)
 TRAIN_CHANNELS_LAST = {"cpu"}
 
 
@@ -91,9 +91,9 @@ class CoopModel:
 
     def propose(self, z: Tensor, wrap: tuple[bool, ...] | None = None) -> Tensor:
         """g(Z) in float32 with the graph kept (training); `generate` is the no-graph, any-size one."""
-        fmt = self._layout(TRAIN_CHANNELS_LAST, (2, 3))
+        fmt = self._layout(TRAIN_CHANNELS_LAST, (2,))
         if fmt is not None:
-            z = z.contiguous(memory_format=fmt)  # (B, zc, [t,] h, w), stored (B, [t,] h, w, zc)
+            z = z.contiguous(memory_format=fmt)  # (B, zc, h, w), stored (B, h, w, zc)
         with self.accel.autocast(self.device):
             return self.generator(z, wrap).float()
 

@@ -381,45 +381,27 @@ def test_cpu_training_proposes_with_every_block_channels_last_and_the_same_numbe
         torch.testing.assert_close(a, b, rtol=10 * tol["rtol"], atol=tol["atol"])
 
 
-@pytest.mark.parametrize("upsample", ["linear", "nearest"])
-def test_cpu_video_training_proposes_channels_last_3d_with_the_same_numbers(monkeypatch, upsample):
-    """model.TRAIN_CHANNELS_LAST for videos: `propose` lays Z out channels-last-3d (the default
-    video preset's linear up-sampling keeps that layout to the output); the same proposal and
-    generator gradients as the contiguous layout up to rounding. Sampling stays contiguous."""
-    from coopsynth import model as model_module
+def test_cpu_video_training_and_sampling_keep_the_contiguous_layout(monkeypatch):
+    """Videos stay contiguous in training and sampling (channels-last-3d training was faster but
+    scored worse on the flame clip, model.TRAIN_CHANNELS_LAST): the generator's output conv reads
+    a contiguous input."""
     from coopsynth.accel import Accel
     from coopsynth.model import CoopModel
 
-    monkeypatch.setattr(networks, "SUBPIXEL_MIN", {"cpu": 0})
     torch.manual_seed(0)
-    net = tiny_net(dims=3, g_upsample=upsample)
-    m = CoopModel(net, torch.full((3,), 0.5), torch.full((3,), 0.2), torch.device("cpu"), Accel(precision="fp32"))
-    z = m.latent(2, (4, 12, 16))
-    target = torch.randn(2, 3, 4, 12, 16)
+    m = CoopModel(
+        tiny_net(dims=3, g_upsample="linear"),
+        torch.full((3,), 0.5),
+        torch.full((3,), 0.2),
+        torch.device("cpu"),
+        Accel(precision="fp32"),
+    )
     seen = []
     real = m.generator.out.forward
-    monkeypatch.setattr(
-        m.generator.out, "forward", lambda h: seen.append(h.is_contiguous(memory_format=torch.channels_last_3d)) or real(h)
-    )
-
-    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
-        seen.clear()
-        m.generator.zero_grad(set_to_none=True)
-        y = m.propose(z)
-        (y - target).pow(2).mean().backward()
-        return y.detach(), [p.grad.clone() for p in m.generator.parameters()]
-
-    out, grads = run()
-    if upsample == "linear":
-        assert seen == [True]  # the output conv reads a channels-last-3d input
-    monkeypatch.setattr(model_module, "TRAIN_CHANNELS_LAST", set())
-    want, want_grads = run()
-    assert seen == [False]
-    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
-    for a, b in zip(grads, want_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    monkeypatch.setattr(model_module, "TRAIN_CHANNELS_LAST", {"cpu"})
-    assert m._layout(model_module.SAMPLE_CHANNELS_LAST, (2,)) is None  # videos sample contiguous
+    monkeypatch.setattr(m.generator.out, "forward", lambda h: seen.append(h.is_contiguous()) or real(h))
+    m.propose(m.latent(2, (4, 12, 16))).sum().backward()
+    m.generate(m.latent(1, (4, 12, 16)), (4, 12, 16))
+    assert seen == [True, True]
 
 
 def test_generator_folds_its_up_sampling_on_a_cpu_only(monkeypatch):
