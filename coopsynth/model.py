@@ -33,7 +33,8 @@ SAMPLE_CHANNELS_LAST = {"cpu"}
 # a 64 px crop and 1.08x at 128 (speed.py --only layouts, 2026-11-27 07:32 UTC), 1.03x faster than
 # with the output conv alone at 64-256 px (ad-hoc). Videos stay contiguous: channels-last-3d made
 # a default video iteration 1.17x faster (ad-hoc), but the flame clip scored worse on each of three
-# seeds (spatial SWD ratio 1.40-1.44 against 1.15-1.31; RESULTS.md, 2026-11-27 08:40 UTC)
+# seeds (spatial SWD ratio 1.40-1.44 against 1.15-1.31; RESULTS.md, the note after the 2026-11-27
+# 08:20 UTC video run)
 TRAIN_CHANNELS_LAST = {"cpu"}
 
 
@@ -91,19 +92,16 @@ class CoopModel:
 
     def propose(self, z: Tensor, wrap: tuple[bool, ...] | None = None) -> Tensor:
         """g(Z) in float32 with the graph kept (training); `generate` is the no-graph, any-size one."""
-        fmt = self._layout(TRAIN_CHANNELS_LAST, (2,))
-        if fmt is not None:
-            z = z.contiguous(memory_format=fmt)  # (B, zc, h, w), stored (B, h, w, zc)
+        if self._channels_last(TRAIN_CHANNELS_LAST):
+            z = z.contiguous(memory_format=torch.channels_last)  # (B, zc, h, w), stored (B, h, w, zc)
         with self.accel.autocast(self.device):
             return self.generator(z, wrap).float()
 
-    def _layout(self, devices: set[str], dims: tuple[int, ...]) -> torch.memory_format | None:
-        """The channels-last format the generator runs in here (these device types, networks of
-        these dims), or None: contiguous. bf16 keeps the contiguous layout: not measured
-        channels-last (the CPU it was measured on has no bf16 units)."""
-        if self.device.type not in devices or self.net.dims not in dims or self.accel.precision == "bf16":
-            return None
-        return torch.channels_last if self.net.dims == 2 else torch.channels_last_3d
+    def _channels_last(self, devices: set[str]) -> bool:
+        """Does the generator run channels-last here? Images on these device types. bf16 keeps the
+        contiguous layout: not measured channels-last (the CPU it was measured on has no bf16
+        units); videos too (see TRAIN_CHANNELS_LAST)."""
+        return self.net.dims == 2 and self.device.type in devices and self.accel.precision != "bf16"
 
     # ---- pixels --------------------------------------------------------------------------------
 
@@ -150,7 +148,7 @@ class CoopModel:
         if self.net.dims == 3:  # long videos: windows over time too, in latent frames
             up_t, up_h, up_w = self.net.up
             time_window = max(1, video_window_frames(z.shape[-2] * up_h, z.shape[-1] * up_w) // up_t)
-        if self._layout(SAMPLE_CHANNELS_LAST, (2,)) is not None:
+        if self._channels_last(SAMPLE_CHANNELS_LAST):
             z = z.contiguous(memory_format=torch.channels_last)  # (B, zc, h, w), stored (B, h, w, zc)
         with torch.no_grad(), self.accel.autocast(self.device):
             y = self.generator.windowed(z, WINDOW, wrap, time_window).float()
