@@ -603,9 +603,9 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
 
 def interleave_backward(device: torch.device, sizes: list[int], cfg) -> list[str]:
     """The gradient of the generator's channels-last interleave (every folded block in training
-    where `model.TRAIN_CHANNELS_LAST` says so, else the last), in interleaved rounds: autograd's gradient of the strided view (it zero-fills a
-    tensor the size of the block's conv output and copies the whole gradient in one piece) against
-    the interleave's own backward (`networks.OWN_INTERLEAVE_BACKWARD`: slabs, border zeros only).
+    where `model.TRAIN_CHANNELS_LAST` says so, else the last), in interleaved rounds: autograd's
+    gradient of the strided view (it zero-fills a tensor the size of the block's conv output and
+    copies the whole gradient in one piece) against the interleave's own backward (`networks.OWN_INTERLEAVE_BACKWARD`: slabs, border zeros only).
     Per crop size: the generator's forward and backward with the trainer's loss, and a training
     iteration. The same numbers (tested)."""
     default = networks.OWN_INTERLEAVE_BACKWARD

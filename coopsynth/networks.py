@@ -271,7 +271,7 @@ def _upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...], channel
         if y.device.type in OWN_INTERLEAVE_BACKWARD:
             return _InterleaveChannelsLast.apply(y, o)
         out = torch.empty(full, dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
-        out.unflatten(3, (size[1], 2)).unflatten(2, (size[0], 2)).copy_(_phase_view(y, o, ups, size))
+        _split_phases(out).copy_(_phase_view(y, o, ups, size))
         return out
     return _phase_view(y, o, ups, size).reshape(full)  # one copy; autograd's gradient of the view
 
@@ -293,9 +293,14 @@ def _phase_view(y: Tensor, o: int, ups: list[int], size: list[int]) -> Tensor:
     return y.as_strided(shape, stride, y.storage_offset())
 
 
+def _split_phases(x: Tensor) -> Tensor:
+    """An interleaved 2-D output (B, O, 2 n0, 2 n1) as (B, O, n0, 2, n1, 2), _phase_view's shape: a view, in any layout."""
+    return x.unflatten(3, (x.shape[3] // 2, 2)).unflatten(2, (x.shape[2] // 2, 2))
+
+
 def _copy_in_slabs(dst: Tensor, src: Tensor) -> None:
     """dst.copy_(src) for tensors (B, O, rows, ...), over slabs of rows of about COPY_SLAB bytes."""
-    rows = max(1, COPY_SLAB // max(1, src[:, :, :1].numel() * src.element_size()))
+    rows = max(1, COPY_SLAB * src.shape[2] // max(1, src.numel() * src.element_size()))
     for r in range(0, src.shape[2], rows):
         k = min(rows, src.shape[2] - r)
         dst.narrow(2, r, k).copy_(src.narrow(2, r, k))
@@ -316,7 +321,7 @@ class _InterleaveChannelsLast(torch.autograd.Function):
         b, _, n0, n1 = y.shape  # (B, 4*O, n0 + 1, n1 + 1)
         n0, n1 = n0 - 1, n1 - 1
         out = torch.empty(b, o, 2 * n0, 2 * n1, dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
-        dst = out.unflatten(3, (n1, 2)).unflatten(2, (n0, 2))  # (B, O, n0, 2, n1, 2)
+        dst = _split_phases(out)  # (B, O, n0, 2, n1, 2)
         src = _phase_view(y, o, [0, 1], [n0, n1])  # (B, O, n0, 2, n1, 2)
         for p, q in itertools.product((0, 1), (0, 1)):
             dst[:, :, :, p, :, q].copy_(src[:, :, :, p, :, q])  # (B, O, n0, n1)
@@ -328,7 +333,7 @@ class _InterleaveChannelsLast(torch.autograd.Function):
         shape, stride, o = ctx.geometry
         n0, n1 = shape[2] - 1, shape[3] - 1
         gy = torch.empty_strided(shape, stride, dtype=g.dtype, device=g.device)  # (B, 4*O, n0 + 1, n1 + 1) as y
-        _copy_in_slabs(_phase_view(gy, o, [0, 1], [n0, n1]), g.unflatten(3, (n1, 2)).unflatten(2, (n0, 2)))
+        _copy_in_slabs(_phase_view(gy, o, [0, 1], [n0, n1]), _split_phases(g))
         blocks = gy.unflatten(1, (2, 2, o))  # (B, p, q, O, n0 + 1, n1 + 1): phase 0 reads cells 0..n-1, phase 1 cells 1..n
         blocks[:, 0, :, :, n0].zero_()
         blocks[:, 1, :, :, 0].zero_()

@@ -690,6 +690,8 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
     from .completion import complete as recover
 
     kind, data, missing, meta = load_completion_input(job)
+    if job.samples <= 0:
+        raise CoopsynthError(f"--samples {job.samples}: must be at least 1")
     if job.average <= 0:
         raise CoopsynthError(f"--average {job.average}: must be at least 1")
     if job.refine is not None and job.refine < 0:  # refused before training, not after it

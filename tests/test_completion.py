@@ -350,6 +350,7 @@ def test_default_smoothing_for_a_mean_over_whole_missing_frames(tmp_path, monkey
         (["--mask", "{d}/small.png"], "the mask is 8x8 but the input is 40x32"),
         (["--key-color", "1,2"], "expected R,G,B"),
         ([], "no alpha channel"),
+        (["--mask", "{d}/mask.png", "--samples", "0"], "--samples 0: must be at least 1"),
         (["--mask", "{d}/mask.png", "--average", "0"], "--average 0: must be at least 1"),
         (["--mask", "{d}/mask.png", "--refine", "-1"], "--refine -1: must be 0 or more"),
         (["--mask", "{d}/mask.png", "--seam", "-2"], "--seam -2: must be 0 or more"),
