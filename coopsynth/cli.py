@@ -23,6 +23,7 @@ from . import distributed, pipeline
 from .accel import keep_freed_memory
 from .completion import SEAM_LENGTH
 from .errors import CoopsynthError
+from .io import check_writable
 
 app = typer.Typer(
     add_completion=False,
@@ -89,8 +90,16 @@ Precision = Annotated[
 ]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from model.pt in the output folder.")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing model in the output folder.")]
-Output = Annotated[Path | None, typer.Option("-o", "--output", help="Output folder (default: coopsynth-out/<input stem>/).")]
-Samples = Annotated[int, typer.Option("--samples", help="Number of samples to write.")]
+Output = Annotated[
+    Path | None,
+    typer.Option(
+        "-o",
+        "--output",
+        help="Output folder (default: coopsynth-out/<input stem>/), or a file name such as out.png (videos: out.mp4) for "
+        "the results alone (more than one: out_000.png, ...); model.pt then goes to the default folder.",
+    ),
+]
+RunFolder = Annotated[Path | None, typer.Option("-o", "--output", help="Output folder (default: coopsynth-out/<input stem>/).")]
 Size = Annotated[
     str | None, typer.Option("--size", help="Output size WIDTHxHEIGHT (or N for NxN), any size (default: the input's).")
 ]
@@ -187,8 +196,25 @@ def _train_job(input: Path, output: Path | None, **kw) -> pipeline.TrainJob:
     return pipeline.TrainJob(input=input, output=out, **kw)
 
 
-def _run_training(job: pipeline.TrainJob, overall: tuple[int, int] | None = None) -> dict:
+def _plan(path: Path, out: Path | None, kind: str, samples: int | None, folder_default: int, force: bool):
+    """Where a training command's run and samples go: (the run folder, the samples' -o: that
+    folder or a file name, their names), checked before training: the count, a file name's
+    format, and a file name's files already there (a folder's samples go with its model, which
+    --force or --resume already governs)."""
+    run, file = pipeline.split_output(out, path)
+    dest = file or run
+    names = pipeline.sample_names(dest, kind, samples if samples is not None else (1 if file else folder_default))
+    if file is not None:
+        pipeline.refuse_existing(names, force)
+    return run, dest, names
+
+
+def _run_training(job: pipeline.TrainJob, overall: tuple[int, int] | None = None, ready=None) -> dict:
+    """Check everything, then train under a progress bar. `ready()`, if given, runs after the
+    input's checks and before training: the last checks of the outputs."""
     prep = pipeline.prepare_training(job)  # every check before the bar appears
+    if ready is not None:
+        ready()
     for note in prep.meta.get("notes", []):
         console.print(f"[cyan]note:[/] {note}")
     if distributed.world()[0] != 0:  # torchrun: only rank 0 talks
@@ -224,7 +250,9 @@ def _summary(result: dict, written: list[Path], t0: float) -> None:
         )
     )
     console.print(f"model: {result['checkpoint']}")
-    if written:
+    if len(written) == 1:
+        console.print(f"sample: {written[0]}")
+    elif written:
         console.print(
             f"samples: {written[0].parent}/ ({', '.join(p.name for p in written[:4])}{' …' if len(written) > 4 else ''})"
         )
@@ -248,7 +276,9 @@ def texture(
     output: Output = None,
     steps: Steps = None,
     size: Size = None,
-    samples: Samples = 4,
+    samples: Annotated[
+        int | None, typer.Option("--samples", help="Number of samples to write (default: 4 into a folder, 1 into a file name).")
+    ] = None,
     seed: Seed = 0,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -270,13 +300,14 @@ def texture(
     def one(path: Path, out: Path | None, resume_: bool, overall: tuple[int, int] | None = None) -> tuple[dict, list[Path]]:
         if pipeline.input_kind(path) != "texture":
             raise CoopsynthError(f"{path}: this looks like a video; use `coopsynth video`")
-        job = _train_job(path, out, resume=resume_, force=force, **opts)
-        result = _run_training(job, overall)
+        run, dest, names = _plan(path, out, "texture", samples, 4, force)
+        job = _train_job(path, run, resume=resume_, force=force, **opts)
+        result = _run_training(job, overall, ready=lambda: check_writable(names[0].parent))
         if distributed.world()[0] != 0:
             return result, []
         trainer = result["trainer"]
         blob = {"config_obj": trainer.cfg, "kind": "texture", "meta": result["meta"], "delta": trainer.delta}
-        sj = pipeline.SampleJob(job.output, samples, hw, seed, tile=tile, refine=refine, force=True)  # the run was checked
+        sj = pipeline.SampleJob(dest, len(names), hw, seed, tile=tile, refine=refine, force=True)  # the run was checked
         return result, pipeline.sample(trainer.model, blob, sj)
 
     if len(inputs) == 1 and not inputs[0].is_dir():
@@ -289,6 +320,8 @@ def texture(
 
 def _batch(files: list[Path], output: Path | None, force: bool, resume: bool, one) -> None:
     """One model per input in <output>/<stem>/, a summary table, exit 1 if any failed."""
+    if output is not None and pipeline.output_is_file(output):
+        raise CoopsynthError(f"{output}: several inputs write a folder each; give a folder for -o")
     base = output or Path("coopsynth-out")
     table = Table(title=f"coopsynth: {len(files)} inputs")
     for col in ("input", "result", "iterations", "minutes", "output"):
@@ -327,7 +360,9 @@ def video(
     size: Size = None,
     fps: Fps = None,
     loop: Loop = False,
-    samples: Samples = 2,
+    samples: Annotated[
+        int | None, typer.Option("--samples", help="Number of videos to write (default: 2 into a folder, 1 into a file name).")
+    ] = None,
     seed: Seed = 0,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -345,6 +380,7 @@ def video(
     A folder of video files trains one model per clip (a folder of image frames is one video)."""
     hw = pipeline.parse_size(size)
     pipeline.check_smooth(smooth)
+    pipeline.check_frames(frames)
     _precision_note(device, precision)
     opts = dict(
         preset=preset,
@@ -363,14 +399,15 @@ def video(
             raise CoopsynthError(
                 f"{path}: this looks like an image; use `coopsynth texture` (or give a video file or a folder of frames)"
             )
-        job = _train_job(path, out, resume=resume_, force=force, **opts)
-        result = _run_training(job, overall)
+        run, dest, names = _plan(path, out, "video", samples, 2, force)
+        job = _train_job(path, run, resume=resume_, force=force, **opts)
+        result = _run_training(job, overall, ready=lambda: check_writable(names[0].parent))
         if distributed.world()[0] != 0:
             return result, []
         trainer = result["trainer"]
         blob = {"config_obj": trainer.cfg, "kind": "video", "meta": result["meta"], "delta": trainer.delta}
         full = pipeline.sample_size(blob, hw, frames)
-        sj = pipeline.SampleJob(job.output, samples, full, seed, loop=loop, refine=refine, smooth=smooth, fps=fps, force=True)
+        sj = pipeline.SampleJob(dest, len(names), full, seed, loop=loop, refine=refine, smooth=smooth, fps=fps, force=True)
         return result, pipeline.sample(trainer.model, blob, sj)
 
     from .io import VIDEO_SUFFIXES
@@ -388,7 +425,7 @@ def video(
 @friendly
 def train(
     input: Annotated[Path, typer.Argument(help="A texture image or a video (file or folder of frames).")],
-    output: Output = None,
+    output: RunFolder = None,
     steps: Steps = None,
     seed: Seed = 0,
     device: Device = "auto",
@@ -403,6 +440,11 @@ def train(
 ) -> None:
     """Train only: write model.pt, progress.png and log.jsonl (sample later with `coopsynth sample`)."""
     t0 = time.perf_counter()
+    if output is not None and pipeline.output_is_file(output):
+        raise CoopsynthError(
+            f"{output}: train writes a folder (model.pt, log.jsonl, progress.png); give a folder for -o, "
+            f"then `coopsynth sample FOLDER/model.pt -o {output.name}`"
+        )
     _precision_note(device, precision)
     job = _train_job(
         input,
@@ -565,6 +607,8 @@ def complete(
         if bar is not None:
             bar.__exit__(None, None, None)
     console.print(f"[green]done[/] in {time.perf_counter() - t0:.0f} s: {', '.join(str(p) for p in result['paths'])}")
+    if "checkpoint" in result:  # trained on the input (not --model)
+        console.print(f"model: {result['checkpoint']}")
 
 
 @app.command("eval")

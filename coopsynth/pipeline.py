@@ -518,9 +518,7 @@ def sample(model: CoopModel, blob: dict, job: SampleJob) -> list[Path]:
         raise CoopsynthError("--smooth: only video models have motion to slow")
     smooth = check_smooth(cfg.sample_smooth if job.smooth is None else job.smooth)
     names = sample_names(Path(job.output), kind, job.samples)
-    existing = [p for p in names if p.exists()]
-    if existing and not job.force:
-        raise CoopsynthError(f"{existing[0]}: already exists (use --force to overwrite, or another -o)")
+    refuse_existing(names, job.force)
     check_writable(names[0].parent)
     wrap = (job.tile, job.tile) if kind == "texture" else (job.loop, job.tile, job.tile)
     gen = torch.Generator(device=model.device).manual_seed(job.seed)
@@ -541,7 +539,7 @@ def sample(model: CoopModel, blob: dict, job: SampleJob) -> list[Path]:
 
 
 def output_is_file(output: Path) -> bool:
-    """Is `sample`'s -o a file name (an image or video suffix, not an existing folder)?"""
+    """Is an -o a file name (an image or video suffix, not an existing folder)?"""
     from .io import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
     return output.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES and not output.is_dir()
@@ -570,6 +568,24 @@ def sample_names(output: Path, kind: str, samples: int | None) -> list[Path]:
     if n == 1:
         return [output]
     return [output.with_name(f"{output.stem}_{i:03d}{output.suffix}") for i in range(n)]
+
+
+def refuse_existing(names: list[Path], force: bool) -> None:
+    """An error naming the first of `names` that exists, unless `force`."""
+    existing = [p for p in names if p.exists()]
+    if existing and not force:
+        raise CoopsynthError(f"{existing[0]}: already exists (use --force to overwrite, or another -o)")
+
+
+def split_output(output: Path | None, input_path: Path) -> tuple[Path, Path | None]:
+    """A training command's -o as (the run folder: model.pt, log.jsonl, progress.png; the file name
+    the results go to, or None). A folder (or nothing: coopsynth-out/<input stem>/) holds both;
+    a file name (see output_is_file) takes the results, and the run folder is the default one."""
+    if output is None:
+        return default_output(input_path), None
+    if output_is_file(output):
+        return default_output(input_path), output
+    return output, None
 
 
 def check_smooth(smooth: float | None) -> float | None:
@@ -614,6 +630,13 @@ def default_output(input_path: Path) -> Path:
     return Path("coopsynth-out") / stem
 
 
+def check_frames(frames: int | None) -> int | None:
+    """A `--frames` value, or an error saying why not (checked before a run, not after it)."""
+    if frames is not None and frames < 2:
+        raise CoopsynthError(f"--frames {frames}: a video needs at least 2 frames")
+    return frames
+
+
 def sample_size(blob: dict, hw: tuple[int, int] | None, frames: int | None) -> tuple[int, ...]:
     """The output size ([T,] H, W) for a model: the user's, else the training input's."""
     meta_size = list(blob.get("meta", {}).get("size", []))
@@ -621,9 +644,7 @@ def sample_size(blob: dict, hw: tuple[int, int] | None, frames: int | None) -> t
         if frames is not None:
             raise CoopsynthError("--frames is for video models; this is a texture model")
         return tuple(hw or meta_size)
-    if frames is not None and frames < 2:
-        raise CoopsynthError(f"--frames {frames}: a video needs at least 2 frames")
-    t = frames or meta_size[0]
+    t = check_frames(frames) or meta_size[0]
     return (t, *(hw or meta_size[1:]))
 
 
@@ -686,7 +707,9 @@ def load_completion_input(job: CompleteJob) -> tuple[str, Tensor, Tensor, dict]:
 
 def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: Callable | None = None) -> dict:
     """Learn from the visible pixels (or load job.model), recover the missing ones, write
-    completed.png / completed.mp4 (and completed_001 ... for more samples)."""
+    completed.png / completed.mp4 (and completed_001 ... for more samples) into job.output, or
+    into a file name given there (NAME_000 ... for more samples; the model then goes to the
+    default run folder, see split_output)."""
     from .completion import complete as recover
 
     kind, data, missing, meta = load_completion_input(job)
@@ -701,7 +724,13 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
     check_smooth(job.smooth)
     if job.smooth is not None and kind != "video":
         raise CoopsynthError(f"--smooth: only videos have motion to smooth, and {job.input} is an image")
-    out = Path(job.output)
+    out, file = split_output(Path(job.output), job.input)
+    if file is None:
+        ext = "png" if kind == "texture" else "mp4"
+        names = [out / (f"completed_{i:03d}.{ext}" if i else f"completed.{ext}") for i in range(job.samples)]
+    else:  # the file names are checked before any work: kind, count, files already there
+        names = sample_names(file, kind, job.samples)
+        refuse_existing(names, job.force)
     result: dict = {"kind": kind}
     if job.model is not None:
         model, blob = load_model(job.model, job.device, job.precision)
@@ -713,7 +742,7 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
             raise CoopsynthError(f"{job.model}: the model has {model.net.channels} channels, {job.input} has {data.shape[0]}")
         cfg: TrainConfig = blob["config_obj"]
         delta = float(blob.get("delta", cfg.delta))
-        check_writable(out)
+        check_writable(names[0].parent)
     else:
         tjob = TrainJob(
             input=job.input,
@@ -728,6 +757,7 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
         )
         prep = prepare_training(tjob, mask=~missing[None], data=data)
         prep.meta.update(meta)
+        check_writable(names[0].parent)
         if before_training is not None:
             before_training(prep)
         result = run_training(prep, on_progress)
@@ -749,10 +779,9 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
             smooth=smooth,
             generator=gen,
         )
-        name = "completed" if i == 0 else f"completed_{i:03d}"
         if kind == "texture":
-            paths.append(write_image(out / f"{name}.png", done))
+            paths.append(write_image(names[i], done))
         else:
-            paths.append(write_video(out / f"{name}.mp4", done, float(meta.get("fps", 25.0))))
+            paths.append(write_video(names[i], done, float(meta.get("fps", 25.0))))
     result["paths"] = paths
     return result

@@ -283,3 +283,46 @@ def test_sizes_read_as_width_by_height_or_one_number_for_a_square(text, hw):
     from coopsynth import pipeline
 
     assert pipeline.parse_size(text) == hw
+
+
+def test_texture_into_a_file_name_writes_that_file_and_keeps_the_model_in_the_default_folder(tmp_path, monkeypatch):
+    """-o big.png: the sample is that file (1 by default), the run's model.pt, log.jsonl and
+    progress.png go to coopsynth-out/<input stem>/; a second run does not overwrite big.png
+    without --force; --samples 2 writes NAME_000, NAME_001."""
+    monkeypatch.chdir(tmp_path)
+    write_image(tmp_path / "t.png", texture_image(32, 32))
+    args = ["texture", "t.png", "--steps", "2", "--preset", "fast"]
+    r = runner.invoke(app, [*args, "-o", "res/big.png", "--size", "40x24"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["big.png"]
+    assert read_image(tmp_path / "res" / "big.png").shape == (3, 24, 40)
+    run = tmp_path / "coopsynth-out" / "t"
+    assert sorted(p.name for p in run.iterdir()) == ["log.jsonl", "model.pt", "progress.png"]
+    assert "sample: res/big.png" in r.output and "model: coopsynth-out/t/model.pt" in r.output
+    before = (tmp_path / "res" / "big.png").read_bytes()
+    r = runner.invoke(app, [*args, "-o", "res/big.png"])
+    assert r.exit_code == 1 and "res/big.png: already exists" in r.output
+    assert (tmp_path / "res" / "big.png").read_bytes() == before
+    r = runner.invoke(app, [*args, "-o", "res/two.jpg", "--samples", "2", "--force"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["big.png", "two_000.jpg", "two_001.jpg"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["texture", "t.png", "--samples", "0"], "--samples 0: must be at least 1"),
+        (["texture", "t.png", "-o", "clip.mp4"], "clip.mp4: a texture model writes images"),
+        (["texture", "t.png", "t.png", "-o", "big.png"], "big.png: several inputs write a folder each"),
+        (["train", "t.png", "-o", "big.png"], "big.png: train writes a folder"),
+        (["video", "t.png", "--frames", "1"], "--frames 1: a video needs at least 2 frames"),
+    ],
+)
+def test_output_and_count_errors_come_before_training(tmp_path, monkeypatch, args, message):
+    """Nothing is trained or written when the outputs asked for cannot be written."""
+    monkeypatch.chdir(tmp_path)
+    write_image(tmp_path / "t.png", texture_image(32, 32))
+    r = runner.invoke(app, [*args, "--steps", "2"])
+    assert r.exit_code == 1, r.output
+    assert message in r.output and len(r.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.png"]

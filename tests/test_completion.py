@@ -370,3 +370,23 @@ def test_completion_errors(tmp_path, extra, message):
     assert r.exit_code == 1, r.output
     assert message in r.output and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_complete_into_a_file_name(tmp_path, monkeypatch):
+    """-o fixed.png writes the completion there (visible pixels kept) and the model to the default
+    folder; an existing file needs --force; the suffix must be an image's."""
+    monkeypatch.chdir(tmp_path)
+    img, missing = make_inputs(tmp_path)
+    r = runner.invoke(app, ["complete", "alpha.png", "-o", "fixed.png", "--steps", "2"])
+    assert r.exit_code == 0, r.output
+    done = read_image(tmp_path / "fixed.png")
+    assert torch.equal((done[:, ~missing] * 255).round(), (img[:, ~missing] * 255).round())
+    assert (tmp_path / "coopsynth-out" / "alpha" / "model.pt").is_file() and "model: coopsynth-out" in r.output
+    model = str(tmp_path / "coopsynth-out" / "alpha" / "model.pt")
+    r = runner.invoke(app, ["complete", "alpha.png", "--model", model, "-o", "fixed.png"])
+    assert r.exit_code == 1 and "fixed.png: already exists" in r.output
+    r = runner.invoke(app, ["complete", "alpha.png", "--model", model, "-o", "alt.png", "--samples", "2"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "alt_000.png").is_file() and (tmp_path / "alt_001.png").is_file()
+    r = runner.invoke(app, ["complete", "alpha.png", "--model", model, "-o", "fixed.mp4"])
+    assert r.exit_code == 1 and "writes images" in r.output and not (tmp_path / "fixed.mp4").exists()

@@ -239,3 +239,12 @@ def test_smooth_option_errors(clip_dir, tmp_path):
     assert r.exit_code == 1 and "--smooth -1: must be between 0 and 100" in r.output
     r = runner.invoke(app, ["video", str(clip_dir / "clip.mp4"), "-o", str(tmp_path / "b"), "--smooth", "-1"])
     assert r.exit_code == 1 and "--smooth" in r.output and not (tmp_path / "b").exists()  # refused before training
+
+
+def test_video_into_a_file_name_trains_and_writes_that_video(clip_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["video", str(clip_dir / "clip.mp4"), "-o", "new.mp4", "--steps", "1", "--frames", "6"])
+    assert r.exit_code == 0, r.output
+    assert read_video(tmp_path / "new.mp4")[0].shape[1] == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["coopsynth-out", "new.mp4"]  # no GIF preview beside a file
+    assert (tmp_path / "coopsynth-out" / "clip" / "model.pt").is_file()
