@@ -210,11 +210,11 @@ def _plan(path: Path, out: Path | None, kind: str, samples: int | None, folder_d
 
 
 def _run_training(job: pipeline.TrainJob, overall: tuple[int, int] | None = None, ready=None) -> dict:
-    """Check everything, then train under a progress bar. `ready()`, if given, runs after the
+    """Check everything, then train under a progress bar. `ready(prep)`, if given, runs after the
     input's checks and before training: the last checks of the outputs."""
     prep = pipeline.prepare_training(job)  # every check before the bar appears
     if ready is not None:
-        ready()
+        ready(prep)
     for note in prep.meta.get("notes", []):
         console.print(f"[cyan]note:[/] {note}")
     if distributed.world()[0] != 0:  # torchrun: only rank 0 talks
@@ -292,6 +292,7 @@ def texture(
 ) -> None:
     """Train on a texture image, then write new samples, model.pt, progress.png and log.jsonl."""
     hw = pipeline.parse_size(size)
+    pipeline.check_refine(refine)
     _precision_note(device, precision)
     opts = dict(
         preset=preset, steps=steps, minutes=minutes, langevin_steps=langevin_steps, seed=seed, device=device, precision=precision
@@ -302,7 +303,7 @@ def texture(
             raise CoopsynthError(f"{path}: this looks like a video; use `coopsynth video`")
         run, dest, names = _plan(path, out, "texture", samples, 4, force)
         job = _train_job(path, run, resume=resume_, force=force, **opts)
-        result = _run_training(job, overall, ready=lambda: check_writable(names[0].parent))
+        result = _run_training(job, overall, ready=lambda prep: check_writable(names[0].parent))
         if distributed.world()[0] != 0:
             return result, []
         trainer = result["trainer"]
@@ -381,6 +382,8 @@ def video(
     hw = pipeline.parse_size(size)
     pipeline.check_smooth(smooth)
     pipeline.check_frames(frames)
+    pipeline.check_refine(refine)
+    pipeline.check_fps(fps)
     _precision_note(device, precision)
     opts = dict(
         preset=preset,
@@ -401,7 +404,12 @@ def video(
             )
         run, dest, names = _plan(path, out, "video", samples, 2, force)
         job = _train_job(path, run, resume=resume_, force=force, **opts)
-        result = _run_training(job, overall, ready=lambda: check_writable(names[0].parent))
+
+        def ready(prep) -> None:  # the input's size is known: the output's can be checked
+            pipeline.sample_size({"kind": "video", "meta": prep.meta}, hw, frames)
+            check_writable(names[0].parent)
+
+        result = _run_training(job, overall, ready=ready)
         if distributed.world()[0] != 0:
             return result, []
         trainer = result["trainer"]

@@ -157,6 +157,9 @@ def write_image(path: str | Path, x: Tensor) -> Path:
 # videos
 
 
+MAX_FPS = 1000.0  # frames per second: above this players and encoders give up
+
+
 def read_video(path: str | Path, max_frames: int | None = None) -> tuple[Tensor, float]:
     """Read a video file or a folder of numbered frames: (C, T, H, W) float in [0, 1], and fps."""
     path = Path(path)
@@ -191,7 +194,7 @@ def read_video(path: str | Path, max_frames: int | None = None) -> tuple[Tensor,
         if not frames:
             raise CoopsynthError(f"{path}: not a readable video ({_short(e)})") from None
         # a truncated file: keep the frames read so far only if there are enough, else refuse
-    return _stack_frames(frames, path), fps
+    return _stack_frames(frames, path), fps if 0 < fps <= MAX_FPS else 25.0  # metadata can say nan, 0 or 90000
 
 
 def _read_frame_folder(path: Path, max_frames: int | None) -> tuple[Tensor, float]:
@@ -223,6 +226,8 @@ def _stack_frames(frames: list, path: Path, floats: bool = False) -> Tensor:
 
 def write_video(path: str | Path, video: Tensor, fps: float) -> Path:
     """Write (C, T, H, W) in [0, 1] as an H.264 MP4 (or a GIF by the suffix), atomically."""
+    if not 0 < fps <= MAX_FPS:
+        raise CoopsynthError(f"{path}: cannot write a video at {fps:g} frames per second (above 0, at most {MAX_FPS:g})")
     a = to_uint8(video)  # (T, H, W, C)
     if a.shape[-1] == 1:
         a = np.repeat(a, 3, axis=-1)

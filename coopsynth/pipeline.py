@@ -23,7 +23,7 @@ from .accel import Accel, precision_warning
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .completion import SEAM_LENGTH, default_refine, default_smooth
 from .errors import CoopsynthError
-from .io import check_writable, read_image, read_video, write_image, write_video
+from .io import MAX_FPS, check_writable, read_image, read_video, write_image, write_video
 from .model import CoopModel
 from .networks import NetConfig
 from .trainer import WATCHDOG_FLOOR, CollapseError, CoopTrainer, DivergenceError, TrainConfig, preset, with_overrides
@@ -511,9 +511,8 @@ def sample(model: CoopModel, blob: dict, job: SampleJob) -> list[Path]:
     size = job.size or tuple(meta.get("size", [256, 256]))
     if len(size) != model.net.dims:
         raise CoopsynthError(f"a {kind} model needs a size of {model.net.dims} numbers, got {size}")
-    refine = cfg.refine if job.refine is None else job.refine
-    if refine < 0:
-        raise CoopsynthError(f"--refine {refine}: must be 0 or more")
+    refine = cfg.refine if job.refine is None else check_refine(job.refine)
+    check_fps(job.fps)
     if job.smooth is not None and kind != "video":
         raise CoopsynthError("--smooth: only video models have motion to slow")
     smooth = check_smooth(cfg.sample_smooth if job.smooth is None else job.smooth)
@@ -630,6 +629,20 @@ def default_output(input_path: Path) -> Path:
     return Path("coopsynth-out") / stem
 
 
+def check_refine(refine: int | None) -> int | None:
+    """A `--refine` value, or an error saying why not (checked before a run, not after it)."""
+    if refine is not None and refine < 0:
+        raise CoopsynthError(f"--refine {refine}: must be 0 or more")
+    return refine
+
+
+def check_fps(fps: float | None) -> float | None:
+    """A `--fps` value, or an error saying why not (checked before a run, not after it)."""
+    if fps is not None and not 0 < fps <= MAX_FPS:
+        raise CoopsynthError(f"--fps {fps:g}: must be above 0 and at most {MAX_FPS:g}")
+    return fps
+
+
 def check_frames(frames: int | None) -> int | None:
     """A `--frames` value, or an error saying why not (checked before a run, not after it)."""
     if frames is not None and frames < 2:
@@ -645,7 +658,12 @@ def sample_size(blob: dict, hw: tuple[int, int] | None, frames: int | None) -> t
             raise CoopsynthError("--frames is for video models; this is a texture model")
         return tuple(hw or meta_size)
     t = check_frames(frames) or meta_size[0]
-    return (t, *(hw or meta_size[1:]))
+    h, w = hw or meta_size[1:]
+    if t * h * w > MAX_SAMPLE_PIXELS:
+        raise CoopsynthError(
+            f"a {t}-frame {w}x{h} video is too large (at most {MAX_SAMPLE_PIXELS} voxels: frames x width x height)"
+        )
+    return (t, h, w)
 
 
 # --------------------------------------------------------------------------------------------
@@ -717,8 +735,7 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
         raise CoopsynthError(f"--samples {job.samples}: must be at least 1")
     if job.average <= 0:
         raise CoopsynthError(f"--average {job.average}: must be at least 1")
-    if job.refine is not None and job.refine < 0:  # refused before training, not after it
-        raise CoopsynthError(f"--refine {job.refine}: must be 0 or more")
+    check_refine(job.refine)  # refused before training, not after it
     if not job.seam >= 0:
         raise CoopsynthError(f"--seam {job.seam:g}: must be 0 or more")
     check_smooth(job.smooth)

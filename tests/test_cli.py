@@ -316,6 +316,10 @@ def test_texture_into_a_file_name_writes_that_file_and_keeps_the_model_in_the_de
         (["texture", "t.png", "t.png", "-o", "big.png"], "big.png: several inputs write a folder each"),
         (["train", "t.png", "-o", "big.png"], "big.png: train writes a folder"),
         (["video", "t.png", "--frames", "1"], "--frames 1: a video needs at least 2 frames"),
+        (["texture", "t.png", "--refine", "-1"], "--refine -1: must be 0 or more"),
+        (["video", "t.png", "--refine", "-1"], "--refine -1: must be 0 or more"),
+        (["video", "t.png", "--fps", "-5"], "--fps -5: must be above 0 and at most 1000"),
+        (["video", "t.png", "--fps", "0"], "--fps 0: must be above 0"),
     ],
 )
 def test_output_and_count_errors_come_before_training(tmp_path, monkeypatch, args, message):

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from coopsynth.checkpoint import load_checkpoint
 from coopsynth.cli import app
+from coopsynth.errors import CoopsynthError
 from coopsynth.io import read_video, write_video
 from coopsynth.metrics import mean_motion
 from coopsynth.model import CoopModel, time_smoothed_noise
@@ -248,3 +249,21 @@ def test_video_into_a_file_name_trains_and_writes_that_video(clip_dir, tmp_path,
     assert read_video(tmp_path / "new.mp4")[0].shape[1] == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["coopsynth-out", "new.mp4"]  # no GIF preview beside a file
     assert (tmp_path / "coopsynth-out" / "clip" / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("fps", ["-5", "0", "5000"])
+def test_impossible_frame_rates_are_refused_in_one_line(clip_dir, tmp_path, fps):
+    r = runner.invoke(app, ["sample", str(clip_dir / "out" / "model.pt"), "-o", str(tmp_path / "a.mp4"), "--fps", fps])
+    assert r.exit_code == 1 and f"--fps {fps}: must be above 0" in r.output and "Traceback" not in r.output
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(CoopsynthError, match="cannot write a video at"):
+        write_video(tmp_path / "b.mp4", moving_clip(t=2), fps=float(fps))
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_video_too_large_to_hold_is_refused_before_training(clip_dir, tmp_path):
+    r = runner.invoke(app, ["sample", str(clip_dir / "out" / "model.pt"), "-o", str(tmp_path / "a"), "--frames", "10000000"])
+    assert r.exit_code == 1 and "10000000-frame 40x32 video is too large" in r.output
+    r = runner.invoke(app, ["video", str(clip_dir / "clip.mp4"), "-o", str(tmp_path / "b"), "--frames", "10000000"])
+    assert r.exit_code == 1 and "video is too large" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "b" / "model.pt").exists()
