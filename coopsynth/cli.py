@@ -504,6 +504,7 @@ def sample(
     """Sample from a trained model without retraining: a generator pass, then --refine Langevin steps."""
     t0 = time.perf_counter()
     hw = pipeline.parse_size(size)
+    pipeline.check_seed(seed)
     _precision_note(device, precision)
     m, blob = pipeline.load_model(model, device, precision)
     full = pipeline.sample_size(blob, hw, frames)
@@ -636,6 +637,7 @@ def eval_(
     """Score samples against held-out real texture (SWD ratio, copy index, diversity; videos: motion)."""
     from .evaluate import evaluate_files
 
+    pipeline.check_seed(seed)
     result = evaluate_files(heldout, samples, train_, mask, seed)
     if as_json:
         out_console.print_json(json.dumps(result))

@@ -26,7 +26,7 @@ from .errors import CoopsynthError
 from .io import MAX_FPS, check_writable, read_image, read_video, write_image, write_video
 from .model import CoopModel
 from .networks import NetConfig
-from .trainer import WATCHDOG_FLOOR, CollapseError, CoopTrainer, DivergenceError, TrainConfig, preset, with_overrides
+from .trainer import WATCHDOG_FLOOR, CollapseError, CoopTrainer, DivergenceError, TrainConfig, crop_size, preset, with_overrides
 
 RESTART_BEFORE = 0.5  # a watchdog end before this fraction of the run (steps or minutes, the further) starts training afresh
 MAX_RESTARTS = 2  # fresh starts per run; after them a watchdog end stands wherever it comes
@@ -204,6 +204,7 @@ class PreparedRun:
 
 def prepare_training(job: TrainJob, mask: Tensor | None = None, data: Tensor | None = None) -> PreparedRun:
     """Read and check the input, the options and the output folder; build (or resume) the trainer."""
+    check_seed(job.seed)
     if data is None:
         kind, data, meta = load_input(job)
     else:
@@ -216,6 +217,7 @@ def prepare_training(job: TrainJob, mask: Tensor | None = None, data: Tensor | N
     if ckpt_path.exists() and not (job.resume or job.force):
         raise CoopsynthError(f"{ckpt_path}: already exists (use --resume to continue it or --force to start over)")
     cfg = make_config(job, kind, data.shape[0])
+    crop_size(cfg, tuple(data.shape[1:]), str(job.input))  # an input too small for the networks, named
     start_seconds = 0.0
     state = None
     if job.resume and ckpt_path.exists():
@@ -511,6 +513,7 @@ def sample(model: CoopModel, blob: dict, job: SampleJob) -> list[Path]:
     size = job.size or tuple(meta.get("size", [256, 256]))
     if len(size) != model.net.dims:
         raise CoopsynthError(f"a {kind} model needs a size of {model.net.dims} numbers, got {size}")
+    check_seed(job.seed)
     refine = cfg.refine if job.refine is None else check_refine(job.refine)
     check_fps(job.fps)
     if job.smooth is not None and kind != "video":
@@ -629,6 +632,16 @@ def default_output(input_path: Path) -> Path:
     return Path("coopsynth-out") / stem
 
 
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: int) -> int:
+    """A `--seed` value, or an error saying why not."""
+    if not 0 <= seed <= MAX_SEED:
+        raise CoopsynthError(f"--seed {seed}: must be between 0 and {MAX_SEED}")
+    return seed
+
+
 def check_refine(refine: int | None) -> int | None:
     """A `--refine` value, or an error saying why not (checked before a run, not after it)."""
     if refine is not None and refine < 0:
@@ -736,6 +749,7 @@ def complete(job: CompleteJob, on_progress: ProgressFn = None, before_training: 
     if job.average <= 0:
         raise CoopsynthError(f"--average {job.average}: must be at least 1")
     check_refine(job.refine)  # refused before training, not after it
+    check_seed(job.seed)
     if not job.seam >= 0:
         raise CoopsynthError(f"--seam {job.seam:g}: must be 0 or more")
     check_smooth(job.smooth)

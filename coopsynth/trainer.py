@@ -108,6 +108,23 @@ def with_overrides(cfg: TrainConfig, **kw) -> TrainConfig:
     return replace(cfg, **{k: v for k, v in kw.items() if v is not None})
 
 
+def crop_size(cfg: TrainConfig, shape: tuple[int, ...], what: str = "the input") -> tuple[int, ...]:
+    """Training crop ([T,] H, W) for data of spatial `shape`: cfg.crop (and crop_frames), shrunk to
+    the data, a multiple of the generator's up-sampling factor; an error naming `what` where the
+    data is smaller than one factor."""
+    n = cfg.net
+    want = (cfg.crop, cfg.crop) if n.dims == 2 else (cfg.crop_frames, cfg.crop, cfg.crop)
+    axes = ("height", "width") if n.dims == 2 else ("frames", "height", "width")
+    out = []
+    for w, have, u, axis in zip(want, shape, n.up, axes, strict=True):
+        c = min(w, have) // u * u
+        if c < u:
+            unit = "frames" if axis == "frames" else "pixels"
+            raise CoopsynthError(f"{what}: {axis} {have} {unit} is too small to learn from (the minimum is {u})")
+        out.append(c)
+    return tuple(out)
+
+
 def standardise_stats(x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-channel mean and std (C,) of data (C, ...) in [0, 1], over visible pixels if masked."""
     flat = x.flatten(1)
@@ -189,17 +206,7 @@ class CoopTrainer:
     # ---- data ---------------------------------------------------------------------------------
 
     def _crop_size(self) -> tuple[int, ...]:
-        """Training crop ([T,] H, W): cfg.crop (and crop_frames), shrunk to the data, a multiple of
-        the generator's up-sampling factor."""
-        n = self.cfg.net
-        want = (self.cfg.crop, self.cfg.crop) if n.dims == 2 else (self.cfg.crop_frames, self.cfg.crop, self.cfg.crop)
-        out = []
-        for w, have, u in zip(want, self.data.shape[1:], n.up, strict=True):
-            c = min(w, have) // u * u
-            if c < u:
-                raise CoopsynthError(f"the input is {have} pixels (or frames) along an axis; the minimum is {u}")
-            out.append(c)
-        return tuple(out)
+        return crop_size(self.cfg, tuple(self.data.shape[1:]))
 
     def _crop_starts(self) -> Tensor | None:
         """Masked data: the flat indices of the crop positions to draw from, those that see the most
