@@ -191,6 +191,50 @@ class _Bar:
         )
 
 
+class _SampleBar:
+    """A transient rich progress bar fed by pipeline.sample's on_progress dicts: the sample, its
+    phase and window, and the time left (a large sample takes minutes)."""
+
+    def __init__(self):
+        columns = (
+            TextColumn("[bold]sampling"),
+            BarColumn(bar_width=None if console.width >= WIDE else 12),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[what]}"),
+            TextColumn("{task.fields[left]} left"),
+        )
+        self.progress = Progress(*columns, console=console, transient=True)
+        self.task = self.progress.add_task("sampling", total=1.0, what="", left="?")
+        self.t0 = self.last = time.perf_counter()
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def __call__(self, info: dict) -> None:
+        now = time.perf_counter()
+        if now - self.last < 0.2:
+            return
+        self.last = now
+        f = info["fraction"]
+        left = (now - self.t0) * (1 - f) / f if f > 0.01 else None
+        what = f"sample {info['sample']}/{info['samples']} {info['phase']}"
+        if info["windows"] > 1:
+            what += f" window {info['done']}/{info['windows']}"
+        self.progress.update(
+            self.task, completed=f, what=what, left="?" if left is None else f"{int(left // 60)}m{int(left % 60):02d}s"
+        )
+
+
+def _sample(model, blob: dict, job: pipeline.SampleJob) -> list[Path]:
+    """pipeline.sample under a progress bar."""
+    with _SampleBar() as bar:
+        return pipeline.sample(model, blob, job, on_progress=bar)
+
+
 def _train_job(input: Path, output: Path | None, **kw) -> pipeline.TrainJob:
     out = output or pipeline.default_output(input)
     return pipeline.TrainJob(input=input, output=out, **kw)
@@ -309,7 +353,7 @@ def texture(
         trainer = result["trainer"]
         blob = {"config_obj": trainer.cfg, "kind": "texture", "meta": result["meta"], "delta": trainer.delta}
         sj = pipeline.SampleJob(dest, len(names), hw, seed, tile=tile, refine=refine, force=True)  # the run was checked
-        return result, pipeline.sample(trainer.model, blob, sj)
+        return result, _sample(trainer.model, blob, sj)
 
     if len(inputs) == 1 and not inputs[0].is_dir():
         t0 = time.perf_counter()
@@ -416,7 +460,7 @@ def video(
         blob = {"config_obj": trainer.cfg, "kind": "video", "meta": result["meta"], "delta": trainer.delta}
         full = pipeline.sample_size(blob, hw, frames)
         sj = pipeline.SampleJob(dest, len(names), full, seed, loop=loop, refine=refine, smooth=smooth, fps=fps, force=True)
-        return result, pipeline.sample(trainer.model, blob, sj)
+        return result, _sample(trainer.model, blob, sj)
 
     from .io import VIDEO_SUFFIXES
 
@@ -509,7 +553,7 @@ def sample(
     m, blob = pipeline.load_model(model, device, precision)
     full = pipeline.sample_size(blob, hw, frames)
     sj = pipeline.SampleJob(output, samples, full, seed, tile=tile, loop=loop, refine=refine, smooth=smooth, fps=fps, force=force)
-    written = pipeline.sample(m, blob, sj)
+    written = _sample(m, blob, sj)
     if len(written) == 1:
         where = str(written[0])
     elif pipeline.output_is_file(output):

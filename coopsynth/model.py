@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -141,9 +141,15 @@ class CoopModel:
             return torch.randn(shape, generator=generator, device=self.device)
         return time_smoothed_noise(shape, smooth, loop, generator, self.device)
 
-    def generate(self, z: Tensor, size: tuple[int, ...], wrap: tuple[bool, ...] | None = None) -> Tensor:
+    def generate(
+        self,
+        z: Tensor,
+        size: tuple[int, ...],
+        wrap: tuple[bool, ...] | None = None,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> Tensor:
         """g(Z) cropped to `size`, standardised, no graph; large outputs go window by window
-        (the same result, bounded memory)."""
+        (the same result, bounded memory; `callback(done, windows)` after each)."""
         time_window = None
         if self.net.dims == 3:  # long videos: windows over time too, in latent frames
             up_t, up_h, up_w = self.net.up
@@ -151,7 +157,7 @@ class CoopModel:
         if self._channels_last(SAMPLE_CHANNELS_LAST):
             z = z.contiguous(memory_format=torch.channels_last)  # (B, zc, h, w), stored (B, h, w, zc)
         with torch.no_grad(), self.accel.autocast(self.device):
-            y = self.generator.windowed(z, WINDOW, wrap, time_window).float()
+            y = self.generator.windowed(z, WINDOW, wrap, time_window, callback).float()
         y = y[(slice(None), slice(None)) + tuple(slice(0, s) for s in size)]
         return y.contiguous()  # the Langevin refinement reads the contiguous layout (a no-op where y is)
 
@@ -221,12 +227,13 @@ class CoopModel:
         seed: int,
         wrap: tuple[bool, ...] | None = None,
         window: int | tuple[int | None, ...] = REFINE_WINDOW,
+        callback: Callable[[int, int], None] | None = None,
     ) -> Tensor:
         """Descriptor Langevin over windows of an image (1, C, H, W) or video (1, C, T, H, W), each
         with a halo of `steps` x the descriptor's reach along every split axis: equal to the
         whole-field chain up to float rounding (the noise is drawn per fixed block, see
         `block_noise`), with bounded memory. `window`: one side for every axis, or one per axis
-        (None = that axis whole)."""
+        (None = that axis whole). `callback(done, windows)` after each window."""
         if steps <= 0:
             return y
         d = self.net.dims
@@ -268,8 +275,9 @@ class CoopModel:
         out = torch.empty_like(y)
         bounds = self.bounds(y)
         energy_grad = self.closed_form(y, inner)  # once: every window sees the same weights
+        corners = list(itertools.product(*(range(0, n, w) for n, w in zip(size, wins, strict=True))))
         with frozen(self.descriptor):
-            for corner in itertools.product(*(range(0, n, w) for n, w in zip(size, wins, strict=True))):
+            for k, corner in enumerate(corners):
                 ends = tuple(min(c + w, n) for c, w, n in zip(corner, wins, size, strict=True))
                 lo = tuple(max(c - h, -o) + o for c, h, o in zip(corner, halo, off, strict=True))
                 hi = tuple(min(e + h, n + o) + o for e, h, n, o in zip(ends, halo, size, off, strict=True))
@@ -287,6 +295,8 @@ class CoopModel:
                 )
                 keep = tuple(slice(c + o - a, c + o - a + e - c) for c, o, a, e in zip(corner, off, lo, ends, strict=True))
                 out[(..., *(slice(c, e) for c, e in zip(corner, ends, strict=True)))] = r[(..., *keep)]
+                if callback is not None:
+                    callback(k + 1, len(corners))
         return out
 
     def sample(
@@ -299,9 +309,11 @@ class CoopModel:
         wrap: tuple[bool, ...] | None = None,
         generator: torch.Generator | None = None,
         smooth: float = 0.0,
+        callback: Callable[[dict], None] | None = None,
     ) -> Tensor:
         """n samples (n, C, [T,] H, W) in [0, 1] of any `size`. Videos: `smooth` correlates the
-        latents over time (see `latent`): slower motion.
+        latents over time (see `latent`): slower motion. `callback(info)` after every window of
+        each phase: info {"sample", "samples", "phase" ("generator" or "refine"), "done", "windows"}.
 
         With `wrap` set on an axis the result is periodic along it (tileable texture, looping
         video): the generator and descriptor pad circularly on a latent grid, and a size that is
@@ -311,15 +323,23 @@ class CoopModel:
         wrap = tuple(wrap) if wrap else (False,) * self.net.dims
         grid = tuple(-(-s // u) * u if w else s for s, u, w in zip(size, self.net.up, wrap, strict=True))
         out = []
-        for _ in range(n):
+        for i in range(n):
+
+            def report(phase: str, i: int = i) -> Callable[[int, int], None] | None:
+                if callback is None:
+                    return None
+                return lambda done, windows: callback(
+                    {"sample": i, "samples": n, "phase": phase, "done": done, "windows": windows}
+                )
+
             z = self.latent(1, grid, generator, smooth, loop=wrap[0] and self.net.dims == 3)
-            y = self.generate(z, grid, wrap)  # (1, C, [T,] H', W')
+            y = self.generate(z, grid, wrap, report("generator"))  # (1, C, [T,] H', W')
             # windowed (images: space; videos: time), so any size fits in memory; same result as one pass
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else "cpu"))
             window = REFINE_WINDOW
             if self.net.dims == 3:
                 window = (video_window_frames(*y.shape[-2:]), None, None)
-            y = self.revise_windowed(y, steps=refine, wrap=wrap, seed=seed, window=window, **langevin)
+            y = self.revise_windowed(y, steps=refine, wrap=wrap, seed=seed, window=window, callback=report("refine"), **langevin)
             if grid != tuple(size):
                 y = periodic_resize(y, size, wrap)
             out.append(self.denormalise(y))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
@@ -402,16 +403,26 @@ class Generator(nn.Module):
         reach += Fraction(1, up)  # the output conv
         return math.ceil(reach) + (1 if self.cfg.g_upsample == "linear" else 0)
 
-    def windowed(self, z: Tensor, window: int, wrap: tuple[bool, ...] | None = None, time_window: int | None = None) -> Tensor:
+    def windowed(
+        self,
+        z: Tensor,
+        window: int,
+        wrap: tuple[bool, ...] | None = None,
+        time_window: int | None = None,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> Tensor:
         """g(Z) computed over windows of `window` latent cells in space (and `time_window` in time
         for videos; None = all of it), each with a halo, stitched: equal to a whole pass up to
-        float rounding, with memory bounded by the window."""
+        float rounding, with memory bounded by the window. `callback(done, windows)` after each."""
         d = self.cfg.dims
         wrap = tuple(wrap) if wrap else (False,) * d
         wins = (window, window) if d == 2 else (time_window or z.shape[2], window, window)
         sp = tuple(z.shape[2:])
         if all(n <= w for n, w in zip(sp, wins, strict=True)):
-            return self(z, wrap)
+            y = self(z, wrap)
+            if callback is not None:
+                callback(1, 1)
+            return y
         split = tuple(n > w for n, w in zip(sp, wins, strict=True))
         halos = tuple(self.halo(a) if split[a] else 0 for a in range(d))
         up = self.cfg.up
@@ -422,7 +433,8 @@ class Generator(nn.Module):
         inner = tuple(w and not s for w, s in zip(wrap, split, strict=True))
         out = None
         starts = [range(0, n, w) for n, w in zip(sp, wins, strict=True)]
-        for corner in itertools.product(*starts):
+        windows = math.prod(len(r) for r in starts)
+        for k, corner in enumerate(itertools.product(*starts)):
             src, keep, dst = [], [], []
             for a, c in enumerate(corner):
                 e = min(c + wins[a], sp[a])
@@ -436,6 +448,8 @@ class Generator(nn.Module):
             if out is None:
                 out = yw.new_empty(*yw.shape[:2], *(n * u for n, u in zip(sp, up, strict=True)))
             out[(..., *dst)] = yw[(..., *keep)]
+            if callback is not None:
+                callback(k + 1, windows)
         return out
 
     def latent_shape(self, size: tuple[int, ...]) -> tuple[int, ...]:

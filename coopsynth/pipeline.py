@@ -505,8 +505,15 @@ def load_model(path: str | Path, device: str = "auto", precision: str = "auto") 
     return model, blob
 
 
-def sample(model: CoopModel, blob: dict, job: SampleJob) -> list[Path]:
-    """Write job.samples samples into job.output; returns their paths."""
+# a sample's work by phase, relative to the generator pass (a 1024x1024 texture on a CPU: the
+# generator 0.28 s, 6 refinement steps 0.70 s, the PNG about 0.2 s): for progress, not timing
+SAMPLE_WORK = {"generator": 1.0, "refine": 0.4, "writing": 0.4}  # refine: per Langevin step
+
+
+def sample(model: CoopModel, blob: dict, job: SampleJob, on_progress: ProgressFn = None) -> list[Path]:
+    """Write job.samples samples into job.output; returns their paths. `on_progress(info)` after
+    every window of every phase: info {"fraction" (of all the work, 0..1), "sample" (1-based),
+    "samples", "phase" ("generator", "refine", "writing"), "done", "windows"}."""
     cfg: TrainConfig = blob["config_obj"]
     kind = blob["kind"]
     meta = blob.get("meta", {})
@@ -527,16 +534,38 @@ def sample(model: CoopModel, blob: dict, job: SampleJob) -> list[Path]:
     langevin = cfg.langevin(float(blob.get("delta", cfg.delta)))
     fps = float(job.fps or meta.get("fps") or 25.0)
     preview = None if kind != "video" or output_is_file(Path(job.output)) else names[0].with_suffix(".gif")
+    work = {"generator": SAMPLE_WORK["generator"], "refine": SAMPLE_WORK["refine"] * refine, "writing": SAMPLE_WORK["writing"]}
+    before = {"generator": 0.0, "refine": work["generator"], "writing": work["generator"] + work["refine"]}
+    total = sum(work.values())
+
+    def report(i: int, phase: str, done: int, windows: int) -> None:
+        if on_progress is not None:
+            fraction = (i + (before[phase] + work[phase] * done / windows) / total) / len(names)
+            on_progress(
+                {"fraction": fraction, "sample": i + 1, "samples": len(names), "phase": phase, "done": done, "windows": windows}
+            )
+
     paths = []
     with model.using(model.accel.for_sampling(model.device, model.net.dims)):
         for i, path in enumerate(names):
-            y = model.sample(1, tuple(size), refine=refine, langevin=langevin, wrap=wrap, generator=gen, smooth=smooth)[0]
+            y = model.sample(
+                1,
+                tuple(size),
+                refine=refine,
+                langevin=langevin,
+                wrap=wrap,
+                generator=gen,
+                smooth=smooth,
+                callback=lambda info, i=i: report(i, info["phase"], info["done"], info["windows"]),
+            )[0]
+            report(i, "writing", 0, 1)
             if kind == "texture":
                 paths.append(write_image(path, y))
-                continue
-            paths.append(write_video(path, y, fps))
-            if i == 0 and preview is not None:  # a folder gets a GIF preview of the first
-                write_video(preview, y, fps)
+            else:
+                paths.append(write_video(path, y, fps))
+                if i == 0 and preview is not None:  # a folder gets a GIF preview of the first
+                    write_video(preview, y, fps)
+            report(i, "writing", 1, 1)
     return paths
 
 

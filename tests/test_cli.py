@@ -330,3 +330,18 @@ def test_output_and_count_errors_come_before_training(tmp_path, monkeypatch, arg
     assert r.exit_code == 1, r.output
     assert message in r.output and len(r.output.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.png"]
+
+
+def test_sampling_progress_runs_from_the_first_window_to_the_whole(trained, tmp_path):
+    """pipeline.sample's on_progress: every phase of every sample, the fraction of the work never
+    going back and ending at 1 once the last file is written."""
+    from coopsynth import pipeline
+
+    model, blob = pipeline.load_model(trained / "out" / "model.pt", "cpu")
+    seen = []
+    job = pipeline.SampleJob(tmp_path, 2, (40, 48), refine=2)
+    paths = pipeline.sample(model, blob, job, on_progress=seen.append)
+    fractions = [s["fraction"] for s in seen]
+    assert fractions == sorted(fractions) and 0 < fractions[0] and fractions[-1] == pytest.approx(1.0)
+    assert {(s["sample"], s["phase"]) for s in seen} == {(i, p) for i in (1, 2) for p in ("generator", "refine", "writing")}
+    assert all(p.is_file() for p in paths) and seen[-1]["phase"] == "writing"

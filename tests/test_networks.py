@@ -415,3 +415,33 @@ def test_generator_folds_its_up_sampling_on_a_cpu_only(monkeypatch):
     assert g(z).shape == (1, 3, 128, 128) and len(calls) == len(g.blocks)  # 16x16 inputs up: every block folds
     calls.clear()
     assert g.to("meta")(z.to("meta")).shape == (1, 3, 128, 128) and not calls
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_sampling_reports_every_window_of_each_phase_and_the_samples_do_not_change(monkeypatch, dims):
+    """CoopModel.sample's callback: for each sample, the generator's windows then the refinement's,
+    each counted 1..windows; the same samples as without a callback."""
+    from coopsynth import model as model_module
+    from coopsynth.accel import Accel
+    from coopsynth.model import CoopModel
+
+    monkeypatch.setattr(model_module, "WINDOW", 3)  # latent cells: several generator windows
+    monkeypatch.setattr(model_module, "REFINE_WINDOW", 16)  # pixels: several refinement windows
+    monkeypatch.setattr(model_module, "VIDEO_WINDOW_VOXELS", 4 * 24 * 24)  # videos: several time windows
+    torch.manual_seed(0)
+    n = 1 if dims == 3 else 2
+    m = CoopModel(tiny_net(dims), torch.full((3,), 0.5), torch.full((3,), 0.2), torch.device("cpu"), Accel(precision="fp32"))
+    size = (16, 24, 24) if dims == 3 else (40, 36)
+    lang = {"delta": 0.3, "sigma": 1.0, "noise": 0.1}
+    seen = []
+    a = m.sample(n, size, refine=2, langevin=lang, generator=torch.Generator().manual_seed(1), callback=seen.append)
+    b = m.sample(n, size, refine=2, langevin=lang, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    for i in range(n):
+        for phase in ("generator", "refine"):
+            got = [(s["done"], s["windows"]) for s in seen if s["sample"] == i and s["phase"] == phase]
+            windows = got[0][1]
+            assert windows > 1 and got == [(k, windows) for k in range(1, windows + 1)], (i, phase, got)
+    order = [k for k, _ in itertools.groupby((s["sample"], s["phase"]) for s in seen)]
+    assert order == [(i, p) for i in range(n) for p in ("generator", "refine")]
+    assert {s["samples"] for s in seen} == {n}
