@@ -35,6 +35,26 @@ console = Console(stderr=True)
 out_console = Console()
 
 
+def _version(value: bool) -> None:
+    if value:
+        import torch
+
+        from . import __version__
+
+        cuda = f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} GPU(s)" if torch.cuda.is_available() else "no CUDA device"
+        out_console.print(f"coopsynth {__version__} (torch {torch.__version__}, {cuda})", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version (and torch's) and exit.")
+    ] = False,
+) -> None:
+    """Learn a texture or dynamic texture from ONE image or video (CoopNets), then synthesize and complete."""
+
+
 def _fail(msg: str, code: int = 1) -> typer.Exit:
     console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
