@@ -50,7 +50,10 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
     except OSError as e:
         raise CoopsynthError(f"{path}: cannot read ({e.strerror or e})") from None
     if magic != b"PK\x03\x04":  # torch.save writes a zip archive
-        raise CoopsynthError(f"{path}: not a coopsynth checkpoint (not a file written by torch.save)")
+        why = "not a file written by torch.save"
+        if magic[:1] == b"\x80":  # a pickle: torch.save's legacy format (before PyTorch 1.6), or pickle.dump
+            why = "a pickle or legacy torch.save file; coopsynth writes torch.save's zip format"
+        raise CoopsynthError(f"{path}: not a coopsynth checkpoint ({why})")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:  # weights_only refused an object: code could run on loading it

@@ -136,6 +136,7 @@ class _Pickled:  # an object torch.save pickles, which weights_only loading refu
         (b"hello, I am text", r"x\.pt: not a coopsynth checkpoint \(not a file written by torch\.save\)$"),
         ("pickled", r"x\.pt: not a coopsynth checkpoint \(it holds Python objects beyond tensors and plain values"),
         ("truncated", r"x\.pt: not a coopsynth checkpoint, or a damaged one \([^\n]+\)$"),
+        ("legacy", r"x\.pt: not a coopsynth checkpoint \(a pickle or legacy torch\.save file; coopsynth writes"),
     ],
 )
 def test_foreign_checkpoints_are_refused(tmp_path, content, message):
@@ -143,6 +144,8 @@ def test_foreign_checkpoints_are_refused(tmp_path, content, message):
     p = tmp_path / "x.pt"
     if content == "pickled":
         torch.save({"format": "coopsynth", "object": _Pickled()}, p)
+    elif content == "legacy":  # PyTorch's format before 1.6, still written on request
+        torch.save({"descriptor": torch.zeros(2)}, p, _use_new_zipfile_serialization=False)
     elif content == "truncated":
         t = CoopTrainer(texture_image(), tiny_cfg(), seed=0)
         whole = save_checkpoint(tmp_path / "m.pt", t.state_dict(), "texture", {}).read_bytes()
