@@ -203,10 +203,10 @@ if sys.argv[1] == "keep" and not keep_freed_memory():
     print("unsupported")
     raise SystemExit
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-x = torch.ones(12 << 18)  # 48 MiB
+x = torch.ones(40 << 20)  # 160 MiB: a 1024x1024 window's activation (32 channels, batch 1)
 del x
 before = faults()
-x = torch.ones(10 << 18)  # 40 MiB: fits in the block just freed
+x = torch.ones(36 << 20)  # 144 MiB: fits in the block just freed
 print(faults() - before)
 """
 
@@ -223,9 +223,10 @@ def _page_faults_of_a_reallocation(mode: str) -> str:
 
 
 def test_keep_freed_memory_reuses_a_freed_block_instead_of_paging_in_a_new_one():
-    """In a fresh process each (the setting is process-wide): by default glibc hands a 48 MiB
+    """In a fresh process each (the setting is process-wide): by default glibc hands a 160 MiB
     block back to the kernel on free and pages in a new one for the next big tensor; once
-    keep_freed_memory() has run, the next tensor reuses the freed block."""
+    keep_freed_memory() has run (its default threshold: 256 MiB), the next tensor reuses the
+    freed block."""
     kept = _page_faults_of_a_reallocation("keep")
     if kept == "unsupported":
         pytest.skip("not glibc: keep_freed_memory is a no-op here")
