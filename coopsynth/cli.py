@@ -211,20 +211,21 @@ class _Bar:
         )
 
 
-class _SampleBar:
-    """A transient rich progress bar fed by pipeline.sample's on_progress dicts: the sample, its
-    phase and window, and the time left (a large sample takes minutes)."""
+class _WorkBar:
+    """A transient rich progress bar fed by on_progress dicts of pipeline.sample and
+    pipeline.complete: {"fraction", "sample", "samples", "phase", "done", "of", "unit"}; shows the
+    sample, its phase and step or window, and the time left (a large output takes minutes)."""
 
-    def __init__(self):
+    def __init__(self, title: str):
         columns = (
-            TextColumn("[bold]sampling"),
+            TextColumn(f"[bold]{title}"),
             BarColumn(bar_width=None if console.width >= WIDE else 12),
             TaskProgressColumn(),
             TextColumn("{task.fields[what]}"),
             TextColumn("{task.fields[left]} left"),
         )
         self.progress = Progress(*columns, console=console, transient=True)
-        self.task = self.progress.add_task("sampling", total=1.0, what="", left="?")
+        self.task = self.progress.add_task(title, total=1.0, what="", left="?")
         self.t0 = self.last = time.perf_counter()
 
     def __enter__(self):
@@ -241,9 +242,9 @@ class _SampleBar:
         self.last = now
         f = info["fraction"]
         left = (now - self.t0) * (1 - f) / f if f > 0.01 else None
-        what = f"sample {info['sample']}/{info['samples']} {info['phase']}"
-        if info["windows"] > 1:
-            what += f" window {info['done']}/{info['windows']}"
+        what = (f"{info['sample']}/{info['samples']} " if info["samples"] > 1 else "") + info["phase"]
+        if info["of"] > 1:
+            what += f" {info['unit']} {info['done']}/{info['of']}"
         self.progress.update(
             self.task, completed=f, what=what, left="?" if left is None else f"{int(left // 60)}m{int(left % 60):02d}s"
         )
@@ -251,7 +252,7 @@ class _SampleBar:
 
 def _sample(model, blob: dict, job: pipeline.SampleJob) -> list[Path]:
     """pipeline.sample under a progress bar."""
-    with _SampleBar() as bar:
+    with _WorkBar("sampling") as bar:
         return pipeline.sample(model, blob, job, on_progress=bar)
 
 
@@ -668,17 +669,29 @@ def complete(
         smooth=smooth,
         force=force,
     )
-    bar = None
+    bar = recovery = None
 
     def start(prep):
         nonlocal bar
         bar = _Bar(f"learning {input.name} (visible pixels)", prep.total).__enter__()
 
-    try:
-        result = pipeline.complete(job, on_progress=lambda info: bar(info) if bar else None, before_training=start)
-    finally:
+    def recover(info: dict) -> None:  # the training bar (if any) is done: the recovery's own
+        nonlocal bar, recovery
         if bar is not None:
             bar.__exit__(None, None, None)
+            bar = None
+        if recovery is None:
+            recovery = _WorkBar("completing").__enter__()
+        recovery(info)
+
+    try:
+        result = pipeline.complete(
+            job, on_progress=lambda info: bar(info) if bar else None, before_training=start, on_recover=recover
+        )
+    finally:
+        for b in (bar, recovery):
+            if b is not None:
+                b.__exit__(None, None, None)
     console.print(f"[green]done[/] in {time.perf_counter() - t0:.0f} s: {', '.join(str(p) for p in result['paths'])}")
     if "checkpoint" in result:  # trained on the input (not --model)
         console.print(f"model: {result['checkpoint']}")

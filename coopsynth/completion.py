@@ -17,6 +17,7 @@ Masks are bool tensors, True = missing: (H, W) for images, (T, H, W) for videos.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -206,6 +207,7 @@ def complete(
     seam: float = SEAM_LENGTH,
     smooth: float = 0.0,
     generator: torch.Generator | None = None,
+    callback: Callable[[dict], None] | None = None,
 ) -> Tensor:
     """Fill the missing pixels of `image` (C, [T,] H, W) in [0, 1]; visible pixels are returned as given.
 
@@ -218,6 +220,8 @@ def complete(
     smooth: videos: the latent's prior is correlated over time by a Gaussian of this many latent
     frames (as `sample --smooth`), and the inference runs on the white noise behind it, so the
     latent of missing frames follows the visible frames around them; 0 = the plain N(0, I) prior.
+    callback(info): progress, info {"phase" ("infer", "seam", "refine"), "done", "of"}: after each
+    latent inference step (done 1..infer_steps), and as the seam and the refinement end (1 of 1).
     """
     if average < 1:
         raise CoopsynthError(f"--average {average}: must be at least 1")
@@ -256,12 +260,19 @@ def complete(
             mask=visible,
             max_drift=INFER_MAX_DRIFT,
             generator=generator,
+            callback=None
+            if callback is None
+            else lambda info: callback({"phase": "infer", "done": info["step"] + 1, "of": infer_steps}),
         )
     y0 = model.generate(to_z(e), size)  # (A, C, [T,] H, W)
     known = visible.bool().expand_as(y0)
     if seam > 0:
         y0 = y0 + seam_fill(torch.where(known, target - y0, 0.0), missing.to(dev), seam)  # meets the visible pixels
+    if callback is not None:
+        callback({"phase": "seam", "done": 1, "of": 1})
     y = model.revise(y0, steps=refine, known=target, known_mask=known, generator=generator, **langevin)
+    if callback is not None:
+        callback({"phase": "refine", "done": 1, "of": 1})
     if not torch.isfinite(y).all():
         raise CoopsynthError("the completion came out non-finite: the model is unusable (its training collapsed); retrain it")
     out = model.denormalise(y).clamp(0, 1).mean(0).to(image.device)  # (C, [T,] H, W)

@@ -345,6 +345,7 @@ def test_sampling_progress_runs_from_the_first_window_to_the_whole(trained, tmp_
     assert fractions == sorted(fractions) and 0 < fractions[0] and fractions[-1] == pytest.approx(1.0)
     assert {(s["sample"], s["phase"]) for s in seen} == {(i, p) for i in (1, 2) for p in ("generator", "refine", "writing")}
     assert all(p.is_file() for p in paths) and seen[-1]["phase"] == "writing"
+    assert all(s["unit"] == "window" and 1 <= s["done"] <= s["of"] or s["done"] == 0 for s in seen)
 
 
 def test_version_names_the_installed_package_and_torch():

@@ -390,3 +390,34 @@ def test_complete_into_a_file_name(tmp_path, monkeypatch):
     assert (tmp_path / "alt_000.png").is_file() and (tmp_path / "alt_001.png").is_file()
     r = runner.invoke(app, ["complete", "alpha.png", "--model", model, "-o", "fixed.mp4"])
     assert r.exit_code == 1 and "writes images" in r.output and not (tmp_path / "fixed.mp4").exists()
+
+
+def test_recovery_reports_each_inference_step_then_the_seam_and_refinement_and_keeps_its_result():
+    torch.manual_seed(0)
+    img = quantised(texture_image(32, 40))
+    missing = torch.rand(32, 40) < 0.3
+    model = CoopModel(tiny_net(), img.flatten(1).mean(1), img.flatten(1).std(1))
+    kw = dict(langevin=TrainConfig().langevin(), infer_steps=4, refine=2)
+    seen = []
+    a = complete(model, img, missing, generator=torch.Generator().manual_seed(1), callback=seen.append, **kw)
+    b = complete(model, img, missing, generator=torch.Generator().manual_seed(1), **kw)
+    assert torch.equal(a, b)
+    assert [(s["phase"], s["done"], s["of"]) for s in seen] == [("infer", k, 4) for k in range(1, 5)] + [
+        ("seam", 1, 1),
+        ("refine", 1, 1),
+    ]
+
+
+def test_complete_reports_the_recovery_from_start_to_end(tmp_path):
+    from coopsynth import pipeline
+
+    make_inputs(tmp_path)
+    r = runner.invoke(app, ["complete", str(tmp_path / "alpha.png"), "-o", str(tmp_path / "m"), "--steps", "1"])
+    assert r.exit_code == 0, r.output
+    seen = []
+    job = pipeline.CompleteJob(tmp_path / "alpha.png", tmp_path / "o", model=tmp_path / "m" / "model.pt", samples=2)
+    pipeline.complete(job, on_recover=seen.append)
+    fractions = [s["fraction"] for s in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert [s["sample"] for s in seen] == sorted(s["sample"] for s in seen) and seen[-1]["sample"] == 2
+    assert {s["phase"] for s in seen} == {"infer", "seam", "refine"}
