@@ -16,6 +16,7 @@ Masks are bool tensors, True = missing: (H, W) for images, (T, H, W) for videos.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -26,11 +27,13 @@ from .errors import CoopsynthError
 from .io import read_image, read_image_rgba, read_video
 from .langevin import generator_posterior_langevin
 from .model import CoopModel, frozen, smooth_over_time, smoothing_white
+from .networks import Generator
 
 Tensor = torch.Tensor
 INFER_MAX_DRIFT = 0.5  # latent inference: the largest gradient move of one element of Z per step (Z ~ N(0, 1))
 SEAM_LENGTH = 8.0  # pixels (frames too, for videos) over which g(Z) bends to meet the visible pixels; 0 = off
 SMOOTH_MISSING_FRAMES = 4.0  # videos: the latent's time correlation (latent frames) for a mean over whole missing frames
+INFER_WINDOW = 128  # images: latent cells per side of one window of the latent inference's gradient (1024 px)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,6 +178,44 @@ def seam_fill(values: Tensor, missing: Tensor, length: float = SEAM_LENGTH, tol:
 # recovery
 
 
+def windowed_likelihood(
+    net: Generator, target: Tensor, visible: Tensor, s: float, window: int = INFER_WINDOW
+) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    """z -> (the log-likelihood -|m (Y - g(Z))|^2 / (2 s^2) (B,), its gradient like z) for images,
+    g(Z) cropped to Y's size, computed window by window: `window` latent cells a side plus the
+    generator's halo, so memory is bounded by the window whatever the image's size. The same
+    numbers as one pass up to float rounding: each window's kept output depends on its own latent
+    cells alone, and the kept outputs tile the image. target (B, C, H, W); visible (1, 1, H, W),
+    1 = observed."""
+    up = net.cfg.up
+    size = target.shape[-2:]
+    halo = (net.halo(-2), net.halo(-1))
+
+    def fn(z: Tensor) -> tuple[Tensor, Tensor]:
+        cells = z.shape[-2:]  # (h, w) latent
+        ll = z.new_zeros(z.shape[0])  # (B,)
+        grad = torch.zeros_like(z)  # (B, zc, h, w)
+        for corner in itertools.product(*(range(0, n, window) for n in cells)):
+            src, keep, dst = [], [], []
+            for a, c in enumerate(corner):
+                end = min(c + window, cells[a])
+                lo, hi = max(c - halo[a], 0), min(end + halo[a], cells[a])
+                first, last = c * up[a], min(end * up[a], size[a])  # the window's pixels inside the image
+                src.append(slice(lo, hi))
+                keep.append(slice((c - lo) * up[a], (c - lo) * up[a] + last - first))
+                dst.append(slice(first, last))
+            zw = z[(..., *src)].detach().requires_grad_(True)
+            with torch.enable_grad():
+                r = (target[(..., *dst)] - net(zw)[(..., *keep)]) * visible[(..., *dst)]
+                part = -(r * r).flatten(1).sum(1) / (2 * s * s)  # (B,)
+                (g,) = torch.autograd.grad(part.sum(), zw)
+            ll += part.detach()
+            grad[(..., *src)] += g
+        return ll, grad
+
+    return fn
+
+
 def default_refine(langevin_steps: int, average: int) -> int:
     """Descriptor steps after the seamed g(Z) when the user gives none: the training's L for one
     completion (they make it a plausible sample), none for a mean of several. In every case
@@ -249,6 +290,9 @@ def complete(
         return smooth_over_time(e, smooth) if smoothed else e
 
     target = x.expand(average, *x.shape[1:])
+    likelihood = None  # large images: the gradient window by window (bounded memory, the same numbers)
+    if not smoothed and len(size) == 2 and max(e.shape[-2:]) > INFER_WINDOW:
+        likelihood = windowed_likelihood(model.generator, target, visible, infer_s)
     with frozen(model.generator):
         e = generator_posterior_langevin(
             lambda e: g(to_z(e)),
@@ -260,6 +304,7 @@ def complete(
             mask=visible,
             max_drift=INFER_MAX_DRIFT,
             generator=generator,
+            likelihood_grad=likelihood,
             callback=None
             if callback is None
             else lambda info: callback({"phase": "infer", "done": info["step"] + 1, "of": infer_steps}),

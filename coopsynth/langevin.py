@@ -133,6 +133,7 @@ def generator_posterior_langevin(
     mask: Tensor | None = None,
     max_drift: float | None = None,
     generator: torch.Generator | None = None,
+    likelihood_grad: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
     callback: Callback = None,
 ) -> Tensor:
     """Infer Z for `target` by Langevin on log p(Z | Y) = -|m (Y - g(Z))|^2 / (2 s^2) - |Z|^2 / 2:
@@ -142,16 +143,24 @@ def generator_posterior_langevin(
     `mask` (broadcastable to target, 1 = observed) restricts the likelihood to visible pixels.
     `max_drift` caps each element's gradient move per step: a generator with a steep Jacobian (a
     collapsed model) otherwise throws Z to 1e8 in ten steps and then to NaN.
+    `likelihood_grad(z) -> (log-likelihood (B,), its gradient like z)`, if given, replaces autograd
+    through `generate` for the likelihood term (a windowed form with bounded memory that must
+    agree with it, such as `completion.windowed_likelihood`).
     """
     half = 0.5 * delta * delta
     z = z.detach()
     for i in range(steps):
-        z.requires_grad_(True)
-        r = target - generate(z)
-        if mask is not None:
-            r = r * mask
-        logp = -(r * r).flatten(1).sum(1) / (2 * s * s) - 0.5 * (z * z).flatten(1).sum(1)  # (B,)
-        (grad,) = torch.autograd.grad(logp.sum(), z)
+        if likelihood_grad is not None:
+            ll, grad = likelihood_grad(z)
+            logp = ll - 0.5 * (z * z).flatten(1).sum(1)  # (B,)
+            grad = grad - z
+        else:
+            z.requires_grad_(True)
+            r = target - generate(z)
+            if mask is not None:
+                r = r * mask
+            logp = -(r * r).flatten(1).sum(1) / (2 * s * s) - 0.5 * (z * z).flatten(1).sum(1)  # (B,)
+            (grad,) = torch.autograd.grad(logp.sum(), z)
         with torch.no_grad():
             drift = half * grad
             if max_drift is not None:

@@ -421,3 +421,55 @@ def test_complete_reports_the_recovery_from_start_to_end(tmp_path):
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     assert [s["sample"] for s in seen] == sorted(s["sample"] for s in seen) and seen[-1]["sample"] == 2
     assert {s["phase"] for s in seen} == {"infer", "seam", "refine"}
+
+
+@pytest.mark.parametrize("hw", [(40, 48), (37, 45)])
+def test_windowed_likelihood_equals_one_pass_in_float64(hw):
+    """The latent inference's likelihood and gradient over windows of 3 latent cells (plus the
+    generator's halo) against autograd through one pass; a size not a multiple of the
+    up-sampling crops the last windows."""
+    from coopsynth.completion import windowed_likelihood
+    from coopsynth.networks import Generator
+
+    torch.manual_seed(0)
+    net = Generator(tiny_net()).double().requires_grad_(False)
+    z = torch.randn(2, *net.latent_shape(hw), dtype=torch.float64)
+    target = torch.randn(2, 3, *hw, dtype=torch.float64)
+    visible = (torch.rand(1, 1, *hw) > 0.3).double()
+    ll, grad = windowed_likelihood(net, target, visible, 0.7, window=3)(z)
+    zz = z.clone().requires_grad_(True)
+    r = (target - net(zz)[..., : hw[0], : hw[1]]) * visible
+    want = -(r * r).flatten(1).sum(1) / (2 * 0.7**2)
+    (want_grad,) = torch.autograd.grad(want.sum(), zz)
+    torch.testing.assert_close(ll, want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-10)
+
+
+def test_large_images_infer_the_latent_window_by_window_with_the_same_chain(monkeypatch):
+    """The latent inference through windowed_likelihood follows the autograd chain (same noise)
+    up to float rounding; complete() takes it for an image wider than INFER_WINDOW latent cells."""
+    import coopsynth.completion as completion_module
+    from coopsynth.completion import INFER_MAX_DRIFT, windowed_likelihood
+    from coopsynth.langevin import generator_posterior_langevin
+
+    torch.manual_seed(0)
+    img = quantised(texture_image(48, 56))
+    missing = torch.zeros(48, 56, dtype=torch.bool)
+    missing[10:30, 12:40] = True
+    model = CoopModel(tiny_net(), img.flatten(1).mean(1), img.flatten(1).std(1))
+    net = model.generator.requires_grad_(False)
+    target = model.normalise(img)[None]
+    visible = (~missing)[None, None].float()
+    z0 = model.latent(2, (48, 56), torch.Generator().manual_seed(1))
+    kw = dict(target=target, steps=10, delta=0.3, s=1.0, mask=visible, max_drift=INFER_MAX_DRIFT)
+    whole = generator_posterior_langevin(lambda z: net(z)[..., :48, :56], z0, generator=torch.Generator().manual_seed(2), **kw)
+    lik = windowed_likelihood(net, target, visible, 1.0, 3)  # windows of 3 latent cells
+    windowed = generator_posterior_langevin(None, z0, likelihood_grad=lik, generator=torch.Generator().manual_seed(2), **kw)
+    assert (whole - z0).abs().max() > 0.1  # the chain moved
+    torch.testing.assert_close(windowed, whole, rtol=0, atol=1e-4)
+    calls = []
+    real = completion_module.windowed_likelihood
+    monkeypatch.setattr(completion_module, "INFER_WINDOW", 3)
+    monkeypatch.setattr(completion_module, "windowed_likelihood", lambda *a, **k: calls.append(1) or real(*a, **k))
+    complete(model, img, missing, langevin=TrainConfig().langevin(), infer_steps=2, refine=0)
+    assert calls, "complete() did not take the windowed form"
