@@ -216,6 +216,35 @@ def windowed_likelihood(
     return fn
 
 
+# Completion's peak memory on a CPU with the default networks, per pixel (voxel) of the input and
+# per completion averaged (ad-hoc, 2026-11-27, peak resident memory): an image up to 1024 px a side
+# takes one generator pass, 1.6 KiB a pixel; a larger one infers window by window, about 0.4 KiB a
+# pixel plus 2 GiB; a video takes one pass over all its frames, about 1.2 KiB a voxel plus 0.5 GiB
+KIB = 1024
+
+
+def memory_needed(shape: tuple[int, ...], average: int = 1) -> int:
+    """About how many bytes completing an input of `shape` ([T,] H, W) takes on a CPU."""
+    n = math.prod(shape) * average
+    if len(shape) == 3:
+        return int(1.2 * KIB * n + 0.5 * 2**30)
+    if max(shape) <= INFER_WINDOW * 8:
+        return int(1.6 * KIB * n)
+    return int(0.4 * KIB * n + 2 * 2**30)
+
+
+def memory_available() -> int | None:
+    """Bytes this machine can hand out now (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * KIB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def default_refine(langevin_steps: int, average: int) -> int:
     """Descriptor steps after the seamed g(Z) when the user gives none: the training's L for one
     completion (they make it a plausible sample), none for a mean of several. In every case

@@ -764,6 +764,26 @@ def load_completion_input(job: CompleteJob) -> tuple[str, Tensor, Tensor, dict]:
     return kind, video, missing, {"input": str(job.input), "size": [t, h, w], "fps": fps}
 
 
+def check_completion_memory(job: CompleteJob, kind: str, shape: tuple[int, ...]) -> None:
+    """Refuse, before any training, a completion this machine's memory cannot hold (on a CPU,
+    where a run past the memory is killed without a word)."""
+    from .completion import memory_available, memory_needed
+
+    if resolve_device(job.device).type != "cpu":
+        return
+    need, have = memory_needed(shape, job.average), memory_available()
+    if have is None or need <= have:
+        return
+    what = f"{shape[0]} frames of {shape[2]}x{shape[1]}" if kind == "video" else f"a {shape[1]}x{shape[0]} image"
+    advice = "use fewer or smaller frames" if kind == "video" else "crop the image around the missing pixels"
+    per = f" with --average {job.average}" if job.average > 1 else ""
+    gib = lambda n: f"{n / 2**30:.1f}" if n < 10 * 2**30 else f"{n / 2**30:.0f}"  # noqa: E731
+    raise CoopsynthError(
+        f"{job.input}: completing {what}{per} needs about {gib(need)} GiB of memory and this machine has "
+        f"{gib(have)} GiB available; {advice}"
+    )
+
+
 # a completion's work by phase, in latent inference steps (a 1024x1024 image on a CPU: 0.6 s per
 # step, the seam 1.4 s, 6 refinement steps 0.9 s): for progress, not timing
 COMPLETE_WORK = {"infer": 1.0, "seam": 2.0, "refine": 1.5}  # infer: per step
@@ -792,6 +812,7 @@ def complete(
     check_smooth(job.smooth)
     if job.smooth is not None and kind != "video":
         raise CoopsynthError(f"--smooth: only videos have motion to smooth, and {job.input} is an image")
+    check_completion_memory(job, kind, tuple(data.shape[1:]))
     out, file = split_output(Path(job.output), job.input)
     if file is None:
         ext = "png" if kind == "texture" else "mp4"

@@ -473,3 +473,26 @@ def test_large_images_infer_the_latent_window_by_window_with_the_same_chain(monk
     monkeypatch.setattr(completion_module, "windowed_likelihood", lambda *a, **k: calls.append(1) or real(*a, **k))
     complete(model, img, missing, langevin=TrainConfig().langevin(), infer_steps=2, refine=0)
     assert calls, "complete() did not take the windowed form"
+
+
+def test_a_completion_bigger_than_the_free_memory_is_refused_before_training(tmp_path, monkeypatch):
+    import coopsynth.completion as completion_module
+
+    make_inputs(tmp_path)
+    monkeypatch.setattr(completion_module, "memory_available", lambda: 2**20)  # 1 MiB free
+    r = runner.invoke(app, ["complete", str(tmp_path / "alpha.png"), "-o", str(tmp_path / "o"), "--average", "2"])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    want = "alpha.png: completing a 40x32 image with --average 2 needs about 0.0 GiB of memory and this machine has 0.0 GiB"
+    assert want in r.output
+    assert "crop the image around the missing pixels" in r.output and not (tmp_path / "o").exists()
+    monkeypatch.setattr(completion_module, "memory_available", lambda: None)  # unknown: no check
+    r = runner.invoke(app, ["complete", str(tmp_path / "alpha.png"), "-o", str(tmp_path / "o"), "--steps", "1"])
+    assert r.exit_code == 0, r.output
+
+
+def test_memory_estimates_grow_with_the_input_and_stay_bounded_per_pixel_for_large_images():
+    from coopsynth.completion import memory_needed
+
+    assert memory_needed((1024, 1024)) < memory_needed((1024, 1024), average=4)
+    assert memory_needed((4096, 4096)) / 4096**2 < memory_needed((1024, 1024)) / 1024**2  # windowed beyond 1024 px
+    assert memory_needed((250, 1080, 1920)) > 100 * 2**30  # a full-HD clip of 10 s: refused on any ordinary machine
