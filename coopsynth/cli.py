@@ -261,12 +261,13 @@ def _train_job(input: Path, output: Path | None, **kw) -> pipeline.TrainJob:
     return pipeline.TrainJob(input=input, output=out, **kw)
 
 
-def _plan(path: Path, out: Path | None, kind: str, samples: int | None, folder_default: int, force: bool):
+def _plan(path: Path, out: Path | None, kind: str, samples: int | None, folder_default: int, force: bool, batch: bool):
     """Where a training command's run and samples go: (the run folder, the samples' -o: that
     folder or a file name, their names), checked before training: the count, a file name's
     format, and a file name's files already there (a folder's samples go with its model, which
-    --force or --resume already governs)."""
-    run, file = pipeline.split_output(out, path)
+    --force or --resume already governs). `batch`: `out` is one input's folder in a batch (its
+    name is the input's stem, which may look like a file name: photo.jpg.png)."""
+    run, file = (out, None) if batch and out is not None else pipeline.split_output(out, path)
     dest = file or run
     names = pipeline.sample_names(dest, kind, samples if samples is not None else (1 if file else folder_default))
     if file is not None:
@@ -366,7 +367,7 @@ def texture(
     def one(path: Path, out: Path | None, resume_: bool, overall: tuple[int, int] | None = None) -> tuple[dict, list[Path]]:
         if pipeline.input_kind(path) != "texture":
             raise CoopsynthError(f"{path}: this looks like a video; use `coopsynth video`")
-        run, dest, names = _plan(path, out, "texture", samples, 4, force)
+        run, dest, names = _plan(path, out, "texture", samples, 4, force, batch=overall is not None)
         job = _train_job(path, run, resume=resume_, force=force, **opts)
         result = _run_training(job, overall, ready=lambda prep: check_writable(names[0].parent))
         if distributed.world()[0] != 0:
@@ -467,7 +468,7 @@ def video(
             raise CoopsynthError(
                 f"{path}: this looks like an image; use `coopsynth texture` (or give a video file or a folder of frames)"
             )
-        run, dest, names = _plan(path, out, "video", samples, 2, force)
+        run, dest, names = _plan(path, out, "video", samples, 2, force, batch=overall is not None)
         job = _train_job(path, run, resume=resume_, force=force, **opts)
 
         def ready(prep) -> None:  # the input's size is known: the output's can be checked

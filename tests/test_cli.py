@@ -354,3 +354,12 @@ def test_version_names_the_installed_package_and_torch():
     r = runner.invoke(app, ["--version"])
     assert r.exit_code == 0
     assert r.output.startswith(f"coopsynth {version('coopsynth')} (torch {torch.__version__}")
+
+
+def test_a_batch_input_whose_stem_looks_like_a_file_name_still_gets_a_folder(tmp_path):
+    d = tmp_path / "in"
+    write_image(d / "photo.jpg.png", texture_image(32, 32, seed=1))
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["texture", str(d), "-o", str(out), "--steps", "1", "--samples", "1", "--preset", "fast"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (out / "photo.jpg").iterdir()) == ["log.jsonl", "model.pt", "progress.png", "sample_000.png"]
