@@ -145,10 +145,22 @@ def seam_fill(values: Tensor, missing: Tensor, length: float = SEAM_LENGTH, tol:
     u solves  (1 / length^2) u - laplacian(u) = 0  on the missing entries, u = values on the visible
     ones. length = inf gives the harmonic (membrane) fill; a finite length makes the fill fade to 0
     over about `length` entries from the hole's edge. Solved by conjugate gradients (the operator
-    is symmetric positive definite on the missing entries) to a relative residual of `tol`."""
+    is symmetric positive definite on the missing entries) to a relative residual of `tol`.
+    The system couples the missing entries and their axis neighbours alone, so it is solved on the
+    missing entries' bounding box, one entry wider: a small hole in a large image costs the hole."""
     if not length > 0:  # NaN too
         raise CoopsynthError(f"seam length {length}: must be above 0")
     dims = missing.dim()
+    where = missing.nonzero()  # (n, dims)
+    if len(where) == 0:
+        return values
+    lo = (where.min(0).values - 1).clamp_min(0).tolist()
+    hi = [min(int(e) + 2, n) for e, n in zip(where.max(0).values, missing.shape, strict=True)]
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    if any(b - a < n for a, b, n in zip(lo, hi, missing.shape, strict=True)):
+        out = values.clone()
+        out[(..., *box)] = seam_fill(values[(..., *box)], missing[box], length, tol, max_iters)
+        return out
     x = values.to(torch.promote_types(values.dtype, torch.float32))  # bf16 in, fp32 solve
     m = missing.to(x.device, x.dtype).expand_as(x)  # (B, C, *S) 1 = unknown
     screen = 0.0 if math.isinf(length) else 1.0 / (length * length)

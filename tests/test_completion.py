@@ -131,6 +131,25 @@ def test_screened_seam_solves_its_equation_and_fades_with_length():
     assert edge > 0.3
 
 
+@pytest.mark.parametrize("shape", [(40, 48), (6, 20, 24)])
+def test_the_seam_solved_on_the_holes_box_solves_the_whole_images_equation(shape):
+    """Two small holes far inside a larger image (video): the solve runs on their bounding box,
+    and the result still satisfies the screened equation on every missing entry of the whole
+    image, with every visible entry unchanged."""
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(2, 3, *shape, generator=g, dtype=torch.float64)
+    missing = torch.zeros(shape, dtype=torch.bool)
+    missing[..., 8:13, 9:15] = True
+    missing[..., 20:24, 30:33] = True
+    if len(shape) == 3:
+        missing[:2] = False  # the first frames whole: the box is shorter in time too
+    u = seam_fill(v, missing, 3.0, tol=1e-12)
+    assert torch.equal(u[..., ~missing], v[..., ~missing])
+    residual = (u / 9.0 + _edge_sum(u, len(shape)))[..., missing]
+    assert residual.abs().max() < 1e-8
+    assert torch.equal(seam_fill(v, torch.zeros(shape, dtype=torch.bool), 3.0), v)  # nothing missing
+
+
 def test_seam_fills_a_missing_frame_between_its_neighbours():
     """Videos (B, C, T, H, W): the time axis has neighbours too; a whole missing frame between two
     constant frames becomes their mean with the harmonic fill."""
