@@ -153,8 +153,30 @@ Smooth = Annotated[
 WIDE = 120  # terminal columns from which the progress bar spells its figures out
 
 
-class _Bar:
-    """A rich progress bar fed by pipeline's on_progress dicts."""
+class _LiveBar:
+    """A rich Progress (self.progress) as a context manager, redrawn at most every 0.2 s."""
+
+    progress: Progress
+    last = 0.0
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def _due(self, final: bool = False) -> bool:
+        """Is it time to redraw (always for the final update)?"""
+        now = time.perf_counter()
+        if now - self.last < 0.2 and not final:
+            return False
+        self.last = now
+        return True
+
+
+class _Bar(_LiveBar):
+    """A rich progress bar fed by pipeline's training on_progress dicts."""
 
     def __init__(self, title: str, total: int | None, overall: tuple[int, int] | None = None):
         if console.width >= WIDE:
@@ -183,20 +205,10 @@ class _Bar:
                 f"all inputs ({done}/{n} done)", total=n, completed=done, total_txt=n, f_obs=0.0, f_syn=0.0, loss_g=0.0, left=""
             )
         self.task = self.progress.add_task(title, total=total, total_txt=total or "?", f_obs=0.0, f_syn=0.0, loss_g=0.0, left="?")
-        self.last = 0.0
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
 
     def __call__(self, info: dict) -> None:
-        now = time.perf_counter()
-        if now - self.last < 0.2 and info["step"] != info.get("total"):
+        if not self._due(final=info["step"] == info.get("total")):
             return
-        self.last = now
         left = info.get("seconds_left") or 0.0
         total = info.get("total")
         self.progress.update(
@@ -211,7 +223,7 @@ class _Bar:
         )
 
 
-class _WorkBar:
+class _WorkBar(_LiveBar):
     """A transient rich progress bar fed by on_progress dicts of pipeline.sample and
     pipeline.complete: {"fraction", "sample", "samples", "phase", "done", "of", "unit"}; shows the
     sample, its phase and step or window, and the time left (a large output takes minutes)."""
@@ -228,20 +240,11 @@ class _WorkBar:
         self.task = self.progress.add_task(title, total=1.0, what="", left="?")
         self.t0 = self.last = time.perf_counter()
 
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
     def __call__(self, info: dict) -> None:
-        now = time.perf_counter()
-        if now - self.last < 0.2:
+        if not self._due():
             return
-        self.last = now
         f = info["fraction"]
-        left = (now - self.t0) * (1 - f) / f if f > 0.01 else None
+        left = (self.last - self.t0) * (1 - f) / f if f > 0.01 else None
         what = (f"{info['sample']}/{info['samples']} " if info["samples"] > 1 else "") + info["phase"]
         if info["of"] > 1:
             what += f" {info['unit']} {info['done']}/{info['of']}"
