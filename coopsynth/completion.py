@@ -30,6 +30,7 @@ from .model import CoopModel, frozen, smooth_over_time, smoothing_white
 from .networks import Generator
 
 Tensor = torch.Tensor
+INFER_STEPS = 60  # latent inference: Langevin steps on the generator's posterior
 INFER_MAX_DRIFT = 0.5  # latent inference: the largest gradient move of one element of Z per step (Z ~ N(0, 1))
 SEAM_LENGTH = 8.0  # pixels (frames too, for videos) over which g(Z) bends to meet the visible pixels; 0 = off
 SMOOTH_MISSING_FRAMES = 4.0  # videos: the latent's time correlation (latent frames) for a mean over whole missing frames
@@ -281,7 +282,7 @@ def complete(
     missing: Tensor,
     *,
     langevin: dict,
-    infer_steps: int = 60,
+    infer_steps: int = INFER_STEPS,
     infer_delta: float = 0.05,
     infer_s: float = 1.0,
     refine: int = 6,
