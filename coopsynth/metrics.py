@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import CoopsynthError
+
 Tensor = torch.Tensor
 TensorSet = Sequence[Tensor] | Tensor
 
@@ -216,7 +218,12 @@ def copy_index(samples: TensorSet, heldout: Tensor, train: Tensor, seed: int = 0
     qh = _query_patches([conv(heldout)], queries, patch, gen)
     ds = nn_distances(qs, ref, patch).median().item()
     dh = nn_distances(qh, ref, patch).median().item()
-    return ds / max(dh, 1e-12)
+    if dh <= 1e-6:  # the ratio's yardstick is gone
+        raise CoopsynthError(
+            "the held-out texture's patches occur in the training image (the same image, or a crop of it): "
+            "the copy index needs texture the model never saw"
+        )
+    return ds / dh
 
 
 def _mean_pairwise_sq(items: list[Tensor]) -> float:

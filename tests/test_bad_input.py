@@ -19,6 +19,7 @@ runner = CliRunner()
 def files(tmp_path):
     write_image(tmp_path / "ok.png", texture_image(32, 32))
     write_image(tmp_path / "tiny.png", torch.rand(3, 2, 2))
+    write_image(tmp_path / "crop.png", read_image(tmp_path / "ok.png")[:, 2:30, 2:30])
     (tmp_path / "zero.png").write_bytes(b"")
     (tmp_path / "text.png").write_text("this is text, not a PNG")
     data = (tmp_path / "ok.png").read_bytes()
@@ -45,6 +46,9 @@ CASES = [
     (["texture", "{d}/ok.png", "--seed", "-1"], "--seed -1: must be between 0 and 4294967295"),
     (["sample", "{d}/ok.png", "--seed", "4294967296"], "--seed 4294967296: must be between 0"),
     (["eval", "{d}/ok.png", "{d}/ok.png", "--train", "{d}/ok.png", "--seed", "-2"], "--seed -2"),
+    (["eval", "{d}/ok.png", "{d}/crop.png", "--train", "{d}/ok.png"], "ok.png: the same image as --train"),
+    (["eval", "{d}/crop.png", "{d}/tiny.png", "--train", "{d}/ok.png"], "tiny.png: 2x2 is too small to score"),
+    (["eval", "{d}/crop.png", "{d}/crop.png", "--train", "{d}/ok.png"], "crop.png against --train"),
     (["texture", "{d}/ok.png", "--steps", "-3"], "--steps -3"),
     (["texture", "{d}/ok.png", "--size", "10x"], "expected WIDTHxHEIGHT"),
     (["texture", "{d}/ok.png", "--size", "100000x100000"], "too large"),
