@@ -321,7 +321,11 @@ class CoopModel:
         the periodicity exact.
         """
         wrap = tuple(wrap) if wrap else (False,) * self.net.dims
-        grid = tuple(-(-s // u) * u if w else s for s, u, w in zip(size, self.net.up, wrap, strict=True))
+        d = self.net.dims
+        floor = [self.descriptor.stride(a) if refine > 0 else 1 for a in range(-d, 0)]  # the descriptor's smallest input
+        # wrapped axes: a whole number of latent cells; others: at least the descriptor's smallest
+        # input (a smaller sample is cropped from a larger one)
+        grid = tuple(-(-s // u) * u if w else max(s, f) for s, u, w, f in zip(size, self.net.up, wrap, floor, strict=True))
         out = []
         for i in range(n):
 
@@ -400,7 +404,7 @@ def video_window_frames(height: int, width: int) -> int:
 
 def periodic_resize(y: Tensor, size: tuple[int, ...], wrap: tuple[bool, ...]) -> Tensor:
     """Resize the trailing axes of y to `size`: Fourier resampling on wrapped axes (exactly
-    periodic), cropping on the others (they were never enlarged)."""
+    periodic), cropping on the others (only ever enlarged, to the descriptor's smallest input)."""
     dims = len(size)
     axes = [y.dim() - dims + i for i in range(dims) if wrap[i] and y.shape[y.dim() - dims + i] != size[i]]
     crop = (slice(None),) * (y.dim() - dims) + tuple(slice(0, s) for s in size)

@@ -171,7 +171,7 @@ def make_config(job: TrainJob, kind: str, channels: int) -> TrainConfig:
     cfg = preset(job.preset, dims=2 if kind == "texture" else 3, channels=channels)
     if job.steps is not None and job.steps <= 0:
         raise CoopsynthError(f"--steps {job.steps}: must be a positive number of iterations")
-    if job.minutes is not None and job.minutes <= 0:
+    if job.minutes is not None and not job.minutes > 0:  # NaN too
         raise CoopsynthError(f"--minutes {job.minutes}: must be positive")
     if job.langevin_steps is not None and job.langevin_steps < 0:
         raise CoopsynthError(f"--langevin-steps {job.langevin_steps}: must be 0 or more")

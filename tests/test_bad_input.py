@@ -50,6 +50,7 @@ CASES = [
     (["eval", "{d}/crop.png", "{d}/tiny.png", "--train", "{d}/ok.png"], "tiny.png: 2x2 is too small to score"),
     (["eval", "{d}/crop.png", "{d}/crop.png", "--train", "{d}/ok.png"], "crop.png against --train"),
     (["texture", "{d}/ok.png", "--steps", "-3"], "--steps -3"),
+    (["texture", "{d}/ok.png", "--minutes", "nan"], "--minutes nan: must be positive"),
     (["texture", "{d}/ok.png", "--size", "10x"], "expected WIDTHxHEIGHT"),
     (["texture", "{d}/ok.png", "--size", "100000x100000"], "too large"),
     (["texture", "{d}/ok.png", "--langevin-steps", "-1"], "--langevin-steps -1"),

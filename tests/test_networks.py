@@ -445,3 +445,25 @@ def test_sampling_reports_every_window_of_each_phase_and_the_samples_do_not_chan
     order = [k for k, _ in itertools.groupby((s["sample"], s["phase"]) for s in seen)]
     assert order == [(i, p) for i in range(n) for p in ("generator", "refine")]
     assert {s["samples"] for s in seen} == {n}
+
+
+def test_outputs_smaller_than_the_descriptors_smallest_input_are_crops_of_one_that_size():
+    """With refinement, a 5x3 (or 1x1) texture is the top-left corner of the 8x8 sample drawn
+    with the same seed (8: the descriptor's total stride, its smallest input); without, it is
+    generated at its own size."""
+    from coopsynth.model import CoopModel
+    from coopsynth.trainer import preset
+
+    cfg = preset("default")
+    torch.manual_seed(0)
+    m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2))
+    assert m.descriptor.stride(-1) == m.descriptor.stride(-2) == 8
+    lang = cfg.langevin()
+
+    def draw(size, refine=2):
+        return m.sample(1, size, refine=refine, langevin=lang, generator=torch.Generator().manual_seed(3))
+
+    whole = draw((8, 8))
+    assert torch.equal(draw((5, 3)), whole[..., :5, :3])
+    assert draw((1, 1)).shape == (1, 3, 1, 1)
+    assert draw((5, 3), refine=0).shape == (1, 3, 5, 3)
