@@ -826,7 +826,7 @@ def complete(
         model, blob = load_model(job.model, job.device, job.precision)
         if blob["kind"] != kind:
             raise CoopsynthError(
-                f"{job.model}: a {blob['kind']} model cannot complete a {'video' if kind == 'video' else 'image'}"
+                f"{job.model}: a {blob['kind']} model cannot complete {'a video' if kind == 'video' else 'an image'}"
             )
         if model.net.channels != data.shape[0]:
             raise CoopsynthError(f"{job.model}: the model has {model.net.channels} channels, {job.input} has {data.shape[0]}")
