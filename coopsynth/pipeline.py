@@ -213,6 +213,11 @@ def prepare_training(job: TrainJob, mask: Tensor | None = None, data: Tensor | N
     device = resolve_device(job.device)
     accel = Accel.for_device(device, job.precision)
     out = Path(job.output)
+    if out.suffix.lower() == ".pt" and not out.is_dir():  # a model file name, where a run folder goes
+        raise CoopsynthError(
+            f"{out}: the output is a folder, and the model goes into it as model.pt; give a folder name "
+            f"(such as {out.with_suffix('')})"
+        )
     ckpt_path = out / "model.pt"
     if ckpt_path.exists() and not (job.resume or job.force):
         raise CoopsynthError(f"{ckpt_path}: already exists (use --resume to continue it or --force to start over)")

@@ -315,6 +315,7 @@ def test_texture_into_a_file_name_writes_that_file_and_keeps_the_model_in_the_de
         (["texture", "t.png", "-o", "clip.mp4"], "clip.mp4: a texture model writes images"),
         (["texture", "t.png", "t.png", "-o", "big.png"], "big.png: several inputs write a folder each"),
         (["train", "t.png", "-o", "big.png"], "big.png: train writes a folder"),
+        (["train", "t.png", "-o", "model.pt"], "model.pt: the output is a folder, and the model goes into it as model.pt"),
         (["video", "t.png", "--frames", "1"], "--frames 1: a video needs at least 2 frames"),
         (["texture", "t.png", "--refine", "-1"], "--refine -1: must be 0 or more"),
         (["video", "t.png", "--refine", "-1"], "--refine -1: must be 0 or more"),
