@@ -16,7 +16,6 @@ Masks are bool tensors, True = missing: (H, W) for images, (T, H, W) for videos.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from .errors import CoopsynthError
 from .io import read_image, read_image_rgba, read_video
 from .langevin import generator_posterior_langevin
 from .model import CoopModel, frozen, smooth_over_time, smoothing_white
-from .networks import Generator
+from .networks import Generator, window_slices
 
 Tensor = torch.Tensor
 INFER_STEPS = 60  # latent inference: Langevin steps on the generator's posterior
@@ -200,23 +199,17 @@ def windowed_likelihood(
     numbers as one pass up to float rounding: each window's kept output depends on its own latent
     cells alone, and the kept outputs tile the image. target (B, C, H, W); visible (1, 1, H, W),
     1 = observed."""
-    up = net.cfg.up
     size = target.shape[-2:]
-    halo = (net.halo(-2), net.halo(-1))
+    halos = (net.halo(-2), net.halo(-1))
 
     def fn(z: Tensor) -> tuple[Tensor, Tensor]:
-        cells = z.shape[-2:]  # (h, w) latent
         ll = z.new_zeros(z.shape[0])  # (B,)
         grad = torch.zeros_like(z)  # (B, zc, h, w)
-        for corner in itertools.product(*(range(0, n, window) for n in cells)):
-            src, keep, dst = [], [], []
-            for a, c in enumerate(corner):
-                end = min(c + window, cells[a])
-                lo, hi = max(c - halo[a], 0), min(end + halo[a], cells[a])
-                first, last = c * up[a], min(end * up[a], size[a])  # the window's pixels inside the image
-                src.append(slice(lo, hi))
-                keep.append(slice((c - lo) * up[a], (c - lo) * up[a] + last - first))
-                dst.append(slice(first, last))
+        for src, keep, dst in window_slices(tuple(z.shape[-2:]), (window, window), halos, net.cfg.up):
+            # the window's own pixels inside the image: the last windows overhang it
+            cut = [min(d.stop, n) - d.start for d, n in zip(dst, size, strict=True)]
+            keep = tuple(slice(k.start, k.start + c) for k, c in zip(keep, cut, strict=True))
+            dst = tuple(slice(d.start, d.start + c) for d, c in zip(dst, cut, strict=True))
             zw = z[(..., *src)].detach().requires_grad_(True)
             with torch.enable_grad():
                 r = (target[(..., *dst)] - net(zw)[(..., *keep)]) * visible[(..., *dst)]

@@ -343,6 +343,36 @@ class _InterleaveChannelsLast(torch.autograd.Function):
         return gy, None
 
 
+Slices = tuple[slice, ...]
+
+
+def window_slices(
+    cells: tuple[int, ...],
+    wins: tuple[int, ...],
+    halos: tuple[int, ...],
+    up: tuple[int, ...],
+    off: tuple[int, ...] | None = None,
+) -> list[tuple[Slices, Slices, Slices]]:
+    """The windows of a latent of `cells` per axis, `wins` cells each plus `halos` on either side:
+    per window (src: its cells in the latent extended circularly by `off` per side, or the latent
+    itself; keep: the part of its output that is its own, without the halo's; dst: where that part
+    goes in the whole output), with the generator's up-sampling `up` per axis."""
+    off = off or (0,) * len(cells)
+    out = []
+    for corner in itertools.product(*(range(0, n, w) for n, w in zip(cells, wins, strict=True))):
+        src, keep, dst = [], [], []
+        for a, c in enumerate(corner):
+            e = min(c + wins[a], cells[a])
+            lo = max(c - halos[a], -off[a]) + off[a]
+            hi = min(e + halos[a], cells[a] + off[a]) + off[a]
+            src.append(slice(lo, hi))
+            t0 = (c + off[a] - lo) * up[a]
+            keep.append(slice(t0, t0 + (e - c) * up[a]))
+            dst.append(slice(c * up[a], e * up[a]))
+        out.append((tuple(src), tuple(keep), tuple(dst)))
+    return out
+
+
 class Generator(nn.Module):
     """Y = g(Z) (B, C, [T,] H, W) from Z (B, z_channels, [t,] h, w)."""
 
@@ -432,24 +462,14 @@ class Generator(nn.Module):
         zp = circular_extend(z, off)
         inner = tuple(w and not s for w, s in zip(wrap, split, strict=True))
         out = None
-        starts = [range(0, n, w) for n, w in zip(sp, wins, strict=True)]
-        windows = math.prod(len(r) for r in starts)
-        for k, corner in enumerate(itertools.product(*starts)):
-            src, keep, dst = [], [], []
-            for a, c in enumerate(corner):
-                e = min(c + wins[a], sp[a])
-                lo = max(c - halos[a], -off[a]) + off[a]
-                hi = min(e + halos[a], sp[a] + off[a]) + off[a]
-                src.append(slice(lo, hi))
-                t0 = (c + off[a] - lo) * up[a]
-                keep.append(slice(t0, t0 + (e - c) * up[a]))
-                dst.append(slice(c * up[a], e * up[a]))
+        windows = window_slices(sp, wins, halos, up, off)
+        for k, (src, keep, dst) in enumerate(windows):
             yw = self(zp[(..., *src)], inner)
             if out is None:
                 out = yw.new_empty(*yw.shape[:2], *(n * u for n, u in zip(sp, up, strict=True)))
             out[(..., *dst)] = yw[(..., *keep)]
             if callback is not None:
-                callback(k + 1, windows)
+                callback(k + 1, len(windows))
         return out
 
     def latent_shape(self, size: tuple[int, ...]) -> tuple[int, ...]:

@@ -169,7 +169,7 @@ class CoopTrainer:
         self.mask = None if mask is None else mask.to(self.device).float().expand_as(data[:1]).contiguous()  # (1, [T,] H, W)
         if self.mask is not None:
             self.data = self.data * self.mask  # hidden pixels never reach a network
-        self.crop_size = self._crop_size()
+        self.crop_size = crop_size(cfg, tuple(data.shape[1:]))  # (T,) H, W
         self.starts = self._crop_starts()
         self.progress: Callable[[], float] | None = None  # fraction of the run done, if not by steps
 
@@ -204,9 +204,6 @@ class CoopTrainer:
         return self.model.generator
 
     # ---- data ---------------------------------------------------------------------------------
-
-    def _crop_size(self) -> tuple[int, ...]:
-        return crop_size(self.cfg, tuple(self.data.shape[1:]))
 
     def _crop_starts(self) -> Tensor | None:
         """Masked data: the flat indices of the crop positions to draw from, those that see the most
