@@ -21,7 +21,7 @@ from rich.table import Table
 
 from . import distributed, pipeline
 from .accel import keep_freed_memory
-from .completion import SEAM_LENGTH
+from .completion import CONTEXT, SEAM_LENGTH, parse_context
 from .errors import CoopsynthError
 from .io import check_writable
 
@@ -644,6 +644,15 @@ def complete(
             show_default=False,
         ),
     ] = None,
+    context: Annotated[
+        str,
+        typer.Option(
+            "--context",
+            help="Visible pixels (frames, for videos) kept around the missing ones, beyond the networks' reach: "
+            "the completion works on that region alone, so a small hole in a large image costs about the hole; "
+            "'all' = the whole input.",
+        ),
+    ] = str(CONTEXT),
     seed: Seed = 0,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -671,6 +680,7 @@ def complete(
         average=average,
         seam=seam,
         smooth=smooth,
+        context=parse_context(context),
         force=force,
     )
     bar = recovery = None

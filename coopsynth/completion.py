@@ -26,7 +26,7 @@ from .errors import CoopsynthError
 from .io import read_image, read_image_rgba, read_video
 from .langevin import generator_posterior_langevin
 from .model import CoopModel, frozen, smooth_over_time, smoothing_white
-from .networks import Generator, window_slices
+from .networks import Descriptor, Generator, NetConfig, window_slices
 
 Tensor = torch.Tensor
 INFER_STEPS = 60  # latent inference: Langevin steps on the generator's posterior
@@ -34,6 +34,7 @@ INFER_MAX_DRIFT = 0.5  # latent inference: the largest gradient move of one elem
 SEAM_LENGTH = 8.0  # pixels (frames too, for videos) over which g(Z) bends to meet the visible pixels; 0 = off
 SMOOTH_MISSING_FRAMES = 4.0  # videos: the latent's time correlation (latent frames) for a mean over whole missing frames
 INFER_WINDOW = 128  # images: latent cells per side of one window of the latent inference's gradient (1024 px)
+CONTEXT = 64  # visible pixels (frames) kept around the missing ones beyond the networks' reach; None = all
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,6 +121,50 @@ def load_masked_image(path: Path, mask: Path | None, key_color: str | None) -> t
         missing = mask_from_alpha(alpha, path)
     check_mask(missing, mask or path)
     return image, missing
+
+
+def parse_context(text: str) -> int | None:
+    """--context: a number of pixels (`region` refuses one below 0), or 'all' (None: the whole input)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise CoopsynthError(f"--context '{text}': expected a number of pixels, such as 64, or 'all'") from None
+    return n
+
+
+def region(net: NetConfig, missing: Tensor, context: int | None = CONTEXT, smooth: float = 0.0) -> tuple[slice, ...]:
+    """The part of the input ([T,] H, W) a completion works on: the missing pixels' bounding box,
+    widened on every side by the networks' reach plus `context` visible pixels (frames), and by
+    the time smoothing's reach for videos; None = the whole input. Along each axis: the descriptor's
+    reach (the pixels its energy gradient at a pixel depends on) and the generator's halo (the
+    latent cells behind a pixel, in pixels). The box starts on a multiple of the descriptor's stride
+    and the generator's up-sampling (or at 0), so the descriptor's refinement of the missing pixels
+    is the whole input's; the latent inference sees `context` pixels of visible input beyond the
+    cells behind the hole. A small hole in a large image then costs about the hole."""
+    shape = tuple(missing.shape)
+    if context is None:
+        return tuple(slice(0, n) for n in shape)
+    if context < 0:
+        raise CoopsynthError(f"--context {context}: must be 0 or more (or 'all')")
+    where = missing.nonzero()  # (n, dims)
+    if len(where) == 0:
+        return tuple(slice(0, n) for n in shape)
+    first, last = where.min(0).values.tolist(), where.max(0).values.tolist()
+    with torch.device("meta"):  # the networks' geometry, without their weights
+        descriptor, generator = Descriptor(net), Generator(net)
+    dims, up = missing.dim(), net.up
+    box = []
+    for i in range(dims):
+        ax = i - dims
+        margin = descriptor.reach(ax) + generator.halo(ax) * up[i] + context
+        if dims == 3 and i == 0 and smooth > 0:
+            margin += math.ceil(3 * smooth) * up[0]  # the prior's correlation: 3 standard deviations
+        align = math.lcm(descriptor.stride(ax), up[i])
+        lo = max(0, first[i] - margin) // align * align
+        box.append(slice(lo, min(shape[i], last[i] + 1 + margin)))
+    return tuple(box)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,6 +327,7 @@ def complete(
     average: int = 1,
     seam: float = SEAM_LENGTH,
     smooth: float = 0.0,
+    context: int | None = CONTEXT,
     generator: torch.Generator | None = None,
     callback: Callable[[dict], None] | None = None,
 ) -> Tensor:
@@ -296,6 +342,8 @@ def complete(
     smooth: videos: the latent's prior is correlated over time by a Gaussian of this many latent
     frames (as `sample --smooth`), and the inference runs on the white noise behind it, so the
     latent of missing frames follows the visible frames around them; 0 = the plain N(0, I) prior.
+    context: visible pixels (frames) kept around the missing ones beyond the networks' reach: the
+    completion works on that `region` alone and pastes it back; None = the whole input.
     callback(info): progress, info {"phase" ("infer", "seam", "refine"), "done", "of"}: after each
     latent inference step (done 1..infer_steps), and as the seam and the refinement end (1 of 1).
     """
@@ -305,6 +353,26 @@ def complete(
         raise CoopsynthError(f"--seam {seam:g}: must be 0 or more")
     if not smooth >= 0:
         raise CoopsynthError(f"--smooth {smooth:g}: must be 0 or more")
+    box = region(model.net, missing, context, smooth)
+    if any(b.stop - b.start < n for b, n in zip(box, missing.shape, strict=True)):
+        out = image.clone()
+        out[(slice(None), *box)] = complete(
+            model,
+            image[(slice(None), *box)],
+            missing[box],
+            langevin=langevin,
+            infer_steps=infer_steps,
+            infer_delta=infer_delta,
+            infer_s=infer_s,
+            refine=refine,
+            average=average,
+            seam=seam,
+            smooth=smooth,
+            context=None,
+            generator=generator,
+            callback=callback,
+        )
+        return out
     dev = model.device
     size = tuple(image.shape[1:])
     x = model.normalise(image.to(dev))[None]  # (1, C, [T,] H, W) standardised

@@ -22,7 +22,7 @@ import torch
 from . import distributed, metrics
 from .accel import Accel, precision_warning
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .completion import SEAM_LENGTH, default_refine, default_smooth
+from .completion import CONTEXT, SEAM_LENGTH, default_refine, default_smooth, region
 from .errors import CoopsynthError
 from .io import MAX_FPS, check_writable, read_image, read_video, write_image, write_video
 from .model import CoopModel
@@ -745,6 +745,7 @@ class CompleteJob:
     average: int = 1  # write the mean of this many completions (least error) instead of one (plausible)
     seam: float = SEAM_LENGTH  # pixels over which g(Z) bends to meet the visible pixels; 0 = off
     smooth: float | None = None  # videos: the latent prior's time correlation (latent frames); 0 = off; None = default_smooth
+    context: int | None = CONTEXT  # visible pixels (frames) kept around the missing ones beyond the networks' reach; None = all
     force: bool = False
 
 
@@ -779,9 +780,10 @@ def load_completion_input(job: CompleteJob) -> tuple[str, Tensor, Tensor, dict]:
     return kind, video, missing, {"input": str(job.input), "size": [t, h, w], "fps": fps}
 
 
-def check_completion_memory(job: CompleteJob, kind: str, shape: tuple[int, ...]) -> None:
+def check_completion_memory(job: CompleteJob, kind: str, shape: tuple[int, ...], whole: bool = True) -> None:
     """Refuse, before any training, a completion this machine's memory cannot hold (on a CPU,
-    where a run past the memory is killed without a word)."""
+    where a run past the memory is killed without a word). shape: the region it works on
+    (`completion.region`); whole: is that region the whole input?"""
     from .completion import memory_available, memory_needed
 
     if resolve_device(job.device).type != "cpu":
@@ -789,8 +791,11 @@ def check_completion_memory(job: CompleteJob, kind: str, shape: tuple[int, ...])
     need, have = memory_needed(shape, job.average), memory_available()
     if have is None or need <= have:
         return
-    what = f"{shape[0]} frames of {shape[2]}x{shape[1]}" if kind == "video" else f"a {shape[1]}x{shape[0]} image"
-    advice = "use fewer or smaller frames" if kind == "video" else "crop the image around the missing pixels"
+    if kind == "video":
+        what = f"{shape[0]} frames of {shape[2]}x{shape[1]}" + ("" if whole else " around the missing pixels")
+    else:
+        what = f"a {shape[1]}x{shape[0]} image" if whole else f"the {shape[1]}x{shape[0]} pixels around the missing ones"
+    advice = "use fewer or smaller frames" if kind == "video" else "complete far-apart holes one at a time, or crop the image"
     per = f" with --average {job.average}" if job.average > 1 else ""
     gib = lambda n: f"{n / 2**30:.1f}" if n < 10 * 2**30 else f"{n / 2**30:.0f}"  # noqa: E731
     raise CoopsynthError(
@@ -828,7 +833,13 @@ def complete(
     check_smooth(job.smooth)
     if job.smooth is not None and kind != "video":
         raise CoopsynthError(f"--smooth: only videos have motion to smooth, and {job.input} is an image")
-    check_completion_memory(job, kind, tuple(data.shape[1:]))
+    smooth = default_smooth(missing, job.average) if job.smooth is None else job.smooth
+
+    def check_memory(net: NetConfig) -> None:  # on the region the completion works on
+        box = region(net, missing, job.context, smooth)
+        shape = tuple(b.stop - b.start for b in box)
+        check_completion_memory(job, kind, shape, shape == tuple(missing.shape))
+
     out, file = split_output(Path(job.output), job.input)
     if file is None:
         ext = "png" if kind == "texture" else "mp4"
@@ -847,6 +858,7 @@ def complete(
             raise CoopsynthError(f"{job.model}: the model has {model.net.channels} channels, {job.input} has {data.shape[0]}")
         cfg: TrainConfig = blob["config_obj"]
         delta = float(blob.get("delta", cfg.delta))
+        check_memory(model.net)
         check_writable(names[0].parent)
     else:
         tjob = TrainJob(
@@ -860,6 +872,7 @@ def complete(
             precision=job.precision,
             force=job.force,
         )
+        check_memory(preset(job.preset, dims=data.dim() - 1, channels=data.shape[0]).net)
         prep = prepare_training(tjob, mask=~missing[None], data=data)
         prep.meta.update(meta)
         check_writable(names[0].parent)
@@ -869,7 +882,6 @@ def complete(
         trainer = result["trainer"]
         model, cfg, delta = trainer.model, trainer.cfg, trainer.delta
     refine = default_refine(cfg.langevin_steps, job.average) if job.refine is None else job.refine
-    smooth = default_smooth(missing, job.average) if job.smooth is None else job.smooth
     gen = torch.Generator(device=model.device).manual_seed(job.seed)
     work = {"infer": COMPLETE_WORK["infer"] * INFER_STEPS, "seam": COMPLETE_WORK["seam"] * (job.seam > 0)}
     work["refine"] = COMPLETE_WORK["refine"] * (refine > 0)  # the phases in their order
@@ -887,6 +899,7 @@ def complete(
             average=job.average,
             seam=job.seam,
             smooth=smooth,
+            context=job.context,
             generator=gen,
             callback=lambda info, i=i: report(i, info["phase"], info["done"], info["of"]),
         )

@@ -503,7 +503,7 @@ def test_a_completion_bigger_than_the_free_memory_is_refused_before_training(tmp
     assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
     want = "alpha.png: completing a 40x32 image with --average 2 needs about 0.0 GiB of memory and this machine has 0.0 GiB"
     assert want in r.output
-    assert "crop the image around the missing pixels" in r.output and not (tmp_path / "o").exists()
+    assert "complete far-apart holes one at a time, or crop the image" in r.output and not (tmp_path / "o").exists()
     monkeypatch.setattr(completion_module, "memory_available", lambda: None)  # unknown: no check
     r = runner.invoke(app, ["complete", str(tmp_path / "alpha.png"), "-o", str(tmp_path / "o"), "--steps", "1"])
     assert r.exit_code == 0, r.output
@@ -515,3 +515,121 @@ def test_memory_estimates_grow_with_the_input_and_stay_bounded_per_pixel_for_lar
     assert memory_needed((1024, 1024)) < memory_needed((1024, 1024), average=4)
     assert memory_needed((4096, 4096)) / 4096**2 < memory_needed((1024, 1024)) / 1024**2  # windowed beyond 1024 px
     assert memory_needed((250, 1080, 1920)) > 100 * 2**30  # a full-HD clip of 10 s: refused on any ordinary machine
+
+
+def region_case(h: int = 96, w: int = 112) -> tuple[torch.Tensor, torch.Tensor, CoopModel]:
+    torch.manual_seed(0)
+    img = quantised(texture_image(h, w))
+    missing = torch.zeros(h, w, dtype=torch.bool)
+    missing[42:50, 50:61] = True
+    return img, missing, CoopModel(tiny_net(), img.flatten(1).mean(1), img.flatten(1).std(1))
+
+
+def test_the_region_is_the_holes_box_widened_by_the_networks_reach_and_the_context():
+    from coopsynth.completion import region
+
+    _, missing, model = region_case()
+    margin = model.descriptor.reach() + model.generator.halo() * 4 + 5  # tiny_net: reach 9, halo 2 cells of 4 px
+    rows, cols = region(model.net, missing, 5)
+    for got, (first, last), n in ((rows, (42, 49), 96), (cols, (50, 60), 112)):
+        assert got.start % 4 == 0 and first - margin - 3 <= got.start <= first - margin  # on the stride grid
+        assert got.stop == min(n, last + 1 + margin)
+    assert region(model.net, missing, None) == (slice(0, 96), slice(0, 112))
+    corner = torch.zeros(96, 112, dtype=torch.bool)
+    corner[0, 111] = True
+    assert region(model.net, corner, 5) == (slice(0, margin + 1), slice(108 - margin // 4 * 4, 112))
+    with pytest.raises(CoopsynthError, match="--context -1: must be 0 or more"):
+        region(model.net, missing, -1)
+
+
+@pytest.mark.parametrize("context", [0, 3])
+def test_refining_the_region_alone_is_refining_the_whole_image_at_the_missing_pixels(context):
+    """Without noise the descriptor's Langevin is deterministic: the missing pixels refined inside
+    the region (visible pixels beyond it unseen) equal those refined in the whole image."""
+    from coopsynth.completion import region
+
+    img, missing, model = region_case()
+    y = model.normalise(img)[None] + 0.3 * torch.randn(1, 3, 96, 112)  # (1, C, H, W)
+    known, mask = model.normalise(img)[None], (~missing).expand(1, 3, 96, 112)
+    lv = dict(TrainConfig().langevin(), noise=0.0)
+    whole = model.revise(y, steps=4, known=known, known_mask=mask, **lv)
+    box = (slice(None), slice(None), *region(model.net, missing, context))
+    part = model.revise(y[box], steps=4, known=known[box], known_mask=mask[box], **lv)
+    assert (whole - y)[:, :, missing].abs().max() > 1e-2  # the refinement moved the missing pixels
+    torch.testing.assert_close(part[:, :, missing[box[2:]]], whole[:, :, missing], rtol=1e-5, atol=1e-5)
+
+
+def test_visible_pixels_beyond_the_region_do_not_change_the_completion():
+    from coopsynth.completion import region
+
+    img, missing, model = region_case()
+    with torch.no_grad():  # an untrained tiny generator barely follows Z: give it the gain a trained one has
+        for p in model.generator.parameters():
+            p.mul_(2.0)
+    rows, cols = region(model.net, missing, 4)
+    far = img.clone()
+    far[:, rows.stop :] = 1 - far[:, rows.stop :]  # every visible pixel below the region
+    far[:, :, : cols.start] = 0.5  # and left of it
+    kw = dict(langevin=TrainConfig().langevin(), infer_steps=3, infer_delta=0.5, refine=3, context=4)
+    a = complete(model, img, missing, generator=torch.Generator().manual_seed(0), **kw)
+    b = complete(model, far, missing, generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(a[:, missing], b[:, missing])
+    assert torch.equal(b[:, ~missing], far[:, ~missing]) and a.shape == img.shape
+    kw["context"] = None  # the whole image: the far pixels pull on the latent inference
+    a = complete(model, img, missing, generator=torch.Generator().manual_seed(0), **kw)
+    b = complete(model, far, missing, generator=torch.Generator().manual_seed(0), **kw)
+    assert (a - b)[:, missing].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("abc", "--context 'abc': expected a number of pixels, such as 64, or 'all'"), ("-3", "--context -3: must be 0 or more")],
+)
+def test_a_bad_context_is_refused_before_training(tmp_path, value, message):
+    make_inputs(tmp_path)
+    r = runner.invoke(app, ["complete", str(tmp_path / "alpha.png"), "-o", str(tmp_path / "o"), "--context", value])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert message in r.output and not (tmp_path / "o").exists()
+
+
+def test_the_memory_check_counts_the_region_not_the_whole_image(tmp_path, monkeypatch):
+    import coopsynth.completion as completion_module
+
+    img = quantised(texture_image(64, 320))
+    missing = torch.zeros(64, 320, dtype=torch.bool)
+    missing[20:28, 20:28] = True
+    write_image(tmp_path / "wide.png", img)
+    write_image(tmp_path / "mask.png", missing[None].float())
+    # room for the default networks' region at --context 0 (64x72 pixels), not for the whole 64x320
+    have = completion_module.memory_needed((64, 100))
+    monkeypatch.setattr(completion_module, "memory_available", lambda: have)
+    args = ["complete", str(tmp_path / "wide.png"), "--mask", str(tmp_path / "mask.png"), "--steps", "1"]
+    r = runner.invoke(app, [*args, "-o", str(tmp_path / "all"), "--context", "all"])
+    assert r.exit_code == 1 and "completing a 320x64 image needs about" in r.output, r.output
+    r = runner.invoke(app, [*args, "-o", str(tmp_path / "wide"), "--context", "200"])
+    assert r.exit_code == 1 and "completing the 265x64 pixels around the missing ones needs" in r.output, r.output
+    r = runner.invoke(app, [*args, "-o", str(tmp_path / "near"), "--context", "0"])
+    assert r.exit_code == 0, r.output
+    done = read_image(tmp_path / "near" / "completed.png")
+    assert torch.equal((done[:, ~missing] * 255).round(), (img[:, ~missing] * 255).round())
+
+
+def test_a_video_completes_the_frames_around_its_gap_alone():
+    """Videos: the region spans the missing frames plus the reach and context in frames (and the
+    time smoothing's reach); the refinement of the missing frames is the whole clip's, and frames
+    beyond the region are never read."""
+    from coopsynth.completion import region
+
+    clip, missing, model = video_case(48, slice(20, 24))
+    t, _, _ = region(model.net, missing, 2)  # tiny 3-D nets: reach 6 frames, halo 3 latent frames of 2
+    assert (t.start, t.stop) == (20 - 14, 24 + 14)  # 6 + 3 * 2 + 2 frames each side
+    t_smooth, _, _ = region(model.net, missing, 2, smooth=1.0)
+    assert (t_smooth.start, t_smooth.stop) == (0, 24 + 14 + 6)  # 3 latent frames of 2 more each side
+    far = clip.clone()
+    far[:, : t.start] = 1 - far[:, : t.start]
+    far[:, t.stop :] = 0.5
+    kw = dict(langevin=TrainConfig().langevin(), infer_steps=2, refine=2, context=2)
+    a = complete(model, clip, missing, generator=torch.Generator().manual_seed(0), **kw)
+    b = complete(model, far, missing, generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(a[:, 20:24], b[:, 20:24]) and not torch.equal(a[:, 20:24], clip[:, 20:24])
+    assert torch.equal(b[:, :20], far[:, :20]) and torch.equal(b[:, 24:], far[:, 24:])
