@@ -16,6 +16,7 @@ Masks are bool tensors, True = missing: (H, W) for images, (T, H, W) for videos.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -134,37 +135,74 @@ def parse_context(text: str) -> int | None:
     return n
 
 
-def region(net: NetConfig, missing: Tensor, context: int | None = CONTEXT, smooth: float = 0.0) -> tuple[slice, ...]:
-    """The part of the input ([T,] H, W) a completion works on: the missing pixels' bounding box,
-    widened on every side by the networks' reach plus `context` visible pixels (frames), and by
-    the time smoothing's reach for videos; None = the whole input. Along each axis: the descriptor's
-    reach (the pixels its energy gradient at a pixel depends on) and the generator's halo (the
-    latent cells behind a pixel, in pixels). The box starts on a multiple of the descriptor's stride
-    and the generator's up-sampling (or at 0), so the descriptor's refinement of the missing pixels
-    is the whole input's; the latent inference sees `context` pixels of visible input beyond the
-    cells behind the hole. A small hole in a large image then costs about the hole."""
-    shape = tuple(missing.shape)
-    if context is None:
-        return tuple(slice(0, n) for n in shape)
+def _margins(net: NetConfig, dims: int, context: int, smooth: float) -> list[tuple[int, int]]:
+    """(margin, align) per axis of the trailing [T,] H, W: the descriptor's reach (the pixels its
+    energy gradient at a pixel depends on) plus the generator's halo (the latent cells behind a
+    pixel, in pixels) plus `context`, and for videos with `smooth` the time prior's reach; the grid
+    of the descriptor's stride and the generator's up-sampling."""
     if context < 0:
         raise CoopsynthError(f"--context {context}: must be 0 or more (or 'all')")
-    where = missing.nonzero()  # (n, dims)
-    if len(where) == 0:
-        return tuple(slice(0, n) for n in shape)
-    first, last = where.min(0).values.tolist(), where.max(0).values.tolist()
     with torch.device("meta"):  # the networks' geometry, without their weights
         descriptor, generator = Descriptor(net), Generator(net)
-    dims, up = missing.dim(), net.up
-    box = []
+    out = []
     for i in range(dims):
         ax = i - dims
-        margin = descriptor.reach(ax) + generator.halo(ax) * up[i] + context
+        margin = descriptor.reach(ax) + generator.halo(ax) * net.up[i] + context
         if dims == 3 and i == 0 and smooth > 0:
-            margin += math.ceil(3 * smooth) * up[0]  # the prior's correlation: 3 standard deviations
-        align = math.lcm(descriptor.stride(ax), up[i])
-        lo = max(0, first[i] - margin) // align * align
-        box.append(slice(lo, min(shape[i], last[i] + 1 + margin)))
-    return tuple(box)
+            margin += math.ceil(3 * smooth) * net.up[0]  # the prior's correlation: 3 standard deviations
+        out.append((margin, math.lcm(descriptor.stride(ax), net.up[i])))
+    return out
+
+
+def region(net: NetConfig, missing: Tensor, context: int | None = CONTEXT, smooth: float = 0.0) -> tuple[slice, ...]:
+    """The box of the input ([T,] H, W) a completion of `missing` works on: the missing pixels'
+    bounding box widened on every side by `_margins` (the networks' reach, `context` visible
+    pixels or frames, the time smoothing's reach); None = the whole input. The box starts on a
+    multiple of the descriptor's stride and the generator's up-sampling (or at 0), so the
+    descriptor's refinement of the missing pixels is the whole input's; the latent inference sees
+    `context` pixels of visible input beyond the cells behind the hole."""
+    shape = tuple(missing.shape)
+    whole = tuple(slice(0, n) for n in shape)
+    if context is None:
+        return whole
+    margins = _margins(net, missing.dim(), context, smooth)
+    where = missing.nonzero()  # (n, dims)
+    if len(where) == 0:
+        return whole
+    first, last = where.min(0).values.tolist(), where.max(0).values.tolist()
+    return tuple(
+        slice(max(0, a - m) // g * g, min(n, b + 1 + m)) for a, b, n, (m, g) in zip(first, last, shape, margins, strict=True)
+    )
+
+
+def regions(net: NetConfig, missing: Tensor, context: int | None = CONTEXT, smooth: float = 0.0) -> list[tuple[slice, ...]]:
+    """The boxes a completion works on, one after another: one `region` per group of missing
+    pixels, the groups split wherever a band of lines (rows, columns, frames) free of missing pixels
+    is wide enough that their regions cannot overlap (at least twice the margin plus the grid). So
+    each box holds its own group's missing pixels alone, and far-apart holes in a large image each
+    cost about the hole. One box (the whole input for None) when nothing splits."""
+    if context is None:
+        return [region(net, missing, None)]
+    margins = _margins(net, missing.dim(), context, smooth)
+    out: list[tuple[slice, ...]] = []
+
+    def split(mask: Tensor) -> None:  # mask: missing with the other groups' lines cleared
+        for ax, (m, g) in enumerate(margins):
+            others = tuple(d for d in range(mask.dim()) if d != ax)
+            lines = (mask.any(dim=others) if others else mask).nonzero().flatten()  # missing lines along ax
+            cuts = ((lines[1:] - lines[:-1]) >= 2 * m + g).nonzero().flatten().tolist()
+            if cuts:
+                bounds = [0, *(int(lines[c + 1]) for c in cuts), mask.shape[ax]]
+                for a, b in itertools.pairwise(bounds):
+                    part = torch.zeros_like(mask)
+                    keep = (slice(None),) * ax + (slice(a, b),)
+                    part[keep] = mask[keep]
+                    split(part)
+                return
+        out.append(region(net, mask, context, smooth))
+
+    split(missing)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -343,9 +381,11 @@ def complete(
     frames (as `sample --smooth`), and the inference runs on the white noise behind it, so the
     latent of missing frames follows the visible frames around them; 0 = the plain N(0, I) prior.
     context: visible pixels (frames) kept around the missing ones beyond the networks' reach: the
-    completion works on that `region` alone and pastes it back; None = the whole input.
+    completion works on the `regions` alone, one after another, and pastes them back; None = the
+    whole input.
     callback(info): progress, info {"phase" ("infer", "seam", "refine"), "done", "of"}: after each
-    latent inference step (done 1..infer_steps), and as the seam and the refinement end (1 of 1).
+    latent inference step (done 1..infer_steps), and as the seam and the refinement end (1 of 1);
+    with more than one region also "part" (1-based) and "parts".
     """
     if average < 1:
         raise CoopsynthError(f"--average {average}: must be at least 1")
@@ -353,25 +393,26 @@ def complete(
         raise CoopsynthError(f"--seam {seam:g}: must be 0 or more")
     if not smooth >= 0:
         raise CoopsynthError(f"--smooth {smooth:g}: must be 0 or more")
-    box = region(model.net, missing, context, smooth)
-    if any(b.stop - b.start < n for b, n in zip(box, missing.shape, strict=True)):
+    boxes = regions(model.net, missing, context, smooth)
+    if boxes != [region(model.net, missing, None)]:  # the boxes one after another; they do not overlap
         out = image.clone()
-        out[(slice(None), *box)] = complete(
-            model,
-            image[(slice(None), *box)],
-            missing[box],
-            langevin=langevin,
-            infer_steps=infer_steps,
-            infer_delta=infer_delta,
-            infer_s=infer_s,
-            refine=refine,
-            average=average,
-            seam=seam,
-            smooth=smooth,
-            context=None,
-            generator=generator,
-            callback=callback,
-        )
+        for k, box in enumerate(boxes):
+            out[(slice(None), *box)] = complete(
+                model,
+                image[(slice(None), *box)],
+                missing[box],
+                langevin=langevin,
+                infer_steps=infer_steps,
+                infer_delta=infer_delta,
+                infer_s=infer_s,
+                refine=refine,
+                average=average,
+                seam=seam,
+                smooth=smooth,
+                context=None,
+                generator=generator,
+                callback=None if callback is None else lambda info, k=k: callback({**info, "part": k + 1, "parts": len(boxes)}),
+            )
         return out
     dev = model.device
     size = tuple(image.shape[1:])

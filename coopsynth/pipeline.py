@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import os
 import signal
 import time
@@ -22,7 +23,7 @@ import torch
 from . import distributed, metrics
 from .accel import Accel, precision_warning
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .completion import CONTEXT, SEAM_LENGTH, default_refine, default_smooth, region
+from .completion import CONTEXT, SEAM_LENGTH, default_refine, default_smooth, regions
 from .errors import CoopsynthError
 from .io import MAX_FPS, check_writable, read_image, read_video, write_image, write_video
 from .model import CoopModel
@@ -512,17 +513,18 @@ def load_model(path: str | Path, device: str = "auto", precision: str = "auto") 
 
 
 def phase_reporter(on_progress: ProgressFn, work: dict[str, float], samples: int, units: dict[str, str]):
-    """report(i, phase, done, of) for `samples` items of work, each done in the phases of `work`
-    (weights, in order), calling on_progress with {"fraction" (of all of it, 0..1), "sample"
-    (1-based), "samples", "phase", "done", "of", "unit" (units[phase], or "")}."""
+    """report(i, phase, done, of, part, parts) for `samples` items of work, each done in `parts`
+    equal parts (1-based `part`) made of the phases of `work` (weights, in order), calling
+    on_progress with {"fraction" (of all of it, 0..1), "sample" (1-based), "samples", "phase",
+    "done", "of", "unit" (units[phase], or ""), "part", "parts"}."""
     total = sum(work.values())
     before = dict(zip(work, itertools.accumulate(work.values(), initial=0.0), strict=False))
 
-    def report(i: int, phase: str, done: int, of: int) -> None:
+    def report(i: int, phase: str, done: int, of: int, part: int = 1, parts: int = 1) -> None:
         if on_progress is not None:
-            fraction = (i + (before[phase] + work[phase] * done / of) / total) / samples
-            info = {"fraction": fraction, "sample": i + 1, "samples": samples, "phase": phase}
-            on_progress({**info, "done": done, "of": of, "unit": units.get(phase, "")})
+            within = (part - 1 + (before[phase] + work[phase] * done / of) / total) / parts
+            info = {"fraction": (i + within) / samples, "sample": i + 1, "samples": samples, "phase": phase}
+            on_progress({**info, "done": done, "of": of, "unit": units.get(phase, ""), "part": part, "parts": parts})
 
     return report
 
@@ -835,9 +837,8 @@ def complete(
         raise CoopsynthError(f"--smooth: only videos have motion to smooth, and {job.input} is an image")
     smooth = default_smooth(missing, job.average) if job.smooth is None else job.smooth
 
-    def check_memory(net: NetConfig) -> None:  # on the region the completion works on
-        box = region(net, missing, job.context, smooth)
-        shape = tuple(b.stop - b.start for b in box)
+    def check_memory(net: NetConfig) -> None:  # on the largest region the completion works on
+        shape = max((tuple(b.stop - b.start for b in box) for box in regions(net, missing, job.context, smooth)), key=math.prod)
         check_completion_memory(job, kind, shape, shape == tuple(missing.shape))
 
     out, file = split_output(Path(job.output), job.input)
@@ -901,7 +902,9 @@ def complete(
             smooth=smooth,
             context=job.context,
             generator=gen,
-            callback=lambda info, i=i: report(i, info["phase"], info["done"], info["of"]),
+            callback=lambda info, i=i: report(
+                i, info["phase"], info["done"], info["of"], info.get("part", 1), info.get("parts", 1)
+            ),
         )
         if kind == "texture":
             paths.append(write_image(names[i], done))

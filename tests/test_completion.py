@@ -633,3 +633,79 @@ def test_a_video_completes_the_frames_around_its_gap_alone():
     b = complete(model, far, missing, generator=torch.Generator().manual_seed(0), **kw)
     assert torch.equal(a[:, 20:24], b[:, 20:24]) and not torch.equal(a[:, 20:24], clip[:, 20:24])
     assert torch.equal(b[:, :20], far[:, :20]) and torch.equal(b[:, 24:], far[:, 24:])
+
+
+def test_far_apart_holes_get_a_region_each_and_near_ones_share_one():
+    from coopsynth.completion import _margins, region, regions
+
+    _, _, model = region_case()
+    (m, g), _ = _margins(model.net, 2, 4, 0.0)  # tiny_net: 9 + 2 * 4 + 4 = 21 px, on a 4 px grid
+    for gap, parts in ((2 * m + g, 2), (2 * m + g - 1, 1)):
+        missing = torch.zeros(200, 64, dtype=torch.bool)
+        missing[10:14, 30:34] = True
+        missing[13 + gap, 40] = True  # the next missing row, `gap` rows below the first hole's last
+        boxes = regions(model.net, missing, 4)
+        assert len(boxes) == parts
+        if parts == 2:
+            a, b = boxes
+            assert a[0].stop <= b[0].start  # the regions do not overlap
+            alone = missing.clone()
+            alone[20:] = False
+            assert a == region(model.net, alone, 4) and int(missing[b].sum()) == 1
+        else:
+            assert boxes == [region(model.net, missing, 4)]
+    grid = torch.zeros(200, 200, dtype=torch.bool)
+    grid[20:24, 20:24] = grid[20:24, 150:154] = grid[150:154, 20:24] = True  # an L of three holes
+    boxes = regions(model.net, grid, 4)
+    assert len(boxes) == 3 and sum(int(grid[b].sum()) for b in boxes) == int(grid.sum())
+    assert regions(model.net, grid, None) == [(slice(0, 200), slice(0, 200))]
+
+
+def test_two_far_apart_holes_are_completed_region_by_region():
+    img, _, model = region_case(96, 160)
+    missing = torch.zeros(96, 160, dtype=torch.bool)
+    missing[40:46, 10:16] = True
+    missing[40:46, 140:146] = True
+    first = missing.clone()
+    first[:, 80:] = False
+    kw = dict(langevin=TrainConfig().langevin(), infer_steps=2, refine=2, context=4)
+    seen = []
+    both = complete(model, img, missing, generator=torch.Generator().manual_seed(0), callback=seen.append, **kw)
+    alone = complete(model, img, first, generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(both[:, first], alone[:, first])  # the first region drew first, from the same seed
+    assert not torch.equal(both[:, missing & ~first], img[:, missing & ~first])
+    assert torch.equal(both[:, ~missing], img[:, ~missing])
+    assert [(s["part"], s["parts"]) for s in seen if s["phase"] == "refine"] == [(1, 2), (2, 2)]
+
+
+def test_the_memory_check_takes_the_largest_region(tmp_path, monkeypatch):
+    import coopsynth.completion as completion_module
+
+    img = quantised(texture_image(64, 320))
+    missing = torch.zeros(64, 320, dtype=torch.bool)
+    missing[20:28, 20:28] = missing[20:28, 290:298] = True
+    write_image(tmp_path / "two.png", img)
+    write_image(tmp_path / "mask.png", missing[None].float())
+    # the default networks at --context 0: regions of 65 and 72 columns, where one box would span all 320
+    monkeypatch.setattr(completion_module, "memory_available", lambda: completion_module.memory_needed((64, 80)))
+    args = ["complete", str(tmp_path / "two.png"), "--mask", str(tmp_path / "mask.png"), "--steps", "1", "--context"]
+    r = runner.invoke(app, [*args, "0", "-o", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, [*args, "100", "-o", str(tmp_path / "b")])  # too wide to split: one 320x64 box
+    assert r.exit_code == 1 and "completing a 320x64 image needs about" in r.output, r.output
+    from coopsynth import pipeline
+
+    seen = []  # the recovery's progress runs region by region within each sample, start to end
+    job = pipeline.CompleteJob(
+        tmp_path / "two.png", tmp_path / "c", mask=tmp_path / "mask.png", model=tmp_path / "a" / "model.pt"
+    )
+    job.samples, job.context = 2, 0
+    pipeline.complete(job, on_recover=seen.append)
+    fractions = [s["fraction"] for s in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert [(s["sample"], s["part"], s["parts"]) for s in seen if s["phase"] == "refine"] == [
+        (1, 1, 2),
+        (1, 2, 2),
+        (2, 1, 2),
+        (2, 2, 2),
+    ]
