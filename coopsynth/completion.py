@@ -36,6 +36,7 @@ SEAM_LENGTH = 8.0  # pixels (frames too, for videos) over which g(Z) bends to me
 SMOOTH_MISSING_FRAMES = 4.0  # videos: the latent's time correlation (latent frames) for a mean over whole missing frames
 INFER_WINDOW = 128  # images: latent cells per side of one window of the latent inference's gradient (1024 px)
 CONTEXT = 64  # visible pixels (frames) kept around the missing ones beyond the networks' reach; None = all
+VIDEO_VOXELS = 2**22  # videos: the most voxels (times --average) completed at once; longer regions go in time windows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,6 +203,42 @@ def regions(net: NetConfig, missing: Tensor, context: int | None = CONTEXT, smoo
         out.append(region(net, mask, context, smooth))
 
     split(missing)
+    return out
+
+
+def pieces(
+    net: NetConfig, missing: Tensor, context: int | None = CONTEXT, smooth: float = 0.0, average: int = 1
+) -> list[tuple[slice, ...]]:
+    """The boxes a completion works on, in order: the `regions`, and for videos a region of more
+    than VIDEO_VOXELS voxels (times `average`) cut down in time. Its visible frames on either side
+    of the missing ones shrink first, to as many as fit (at least `overlap`: the descriptor's reach
+    plus the generator's halo over time); missing frames that still do not fit go in time windows
+    that share `overlap` frames, so memory stays bounded however long the clip. A window's shared
+    frames are filled by the one before it and held as visible, so each window continues the last
+    (a chain over time: only the last window sees the visible frames after the gap). Images:
+    `regions`."""
+    boxes = regions(net, missing, context, smooth)
+    if missing.dim() != 3:
+        return boxes
+    with torch.device("meta"):
+        overlap = Descriptor(net).reach(-3) + Generator(net).halo(-3) * net.up[0]
+    out = []
+    for box in boxes:
+        t, *hw = box
+        length = max(VIDEO_VOXELS // (math.prod(b.stop - b.start for b in hw) * average), 2 * overlap + 1)
+        if t.stop - t.start <= length:
+            out.append(box)
+            continue
+        times = missing[box].flatten(1).any(1).nonzero().flatten()  # the box's frames with missing pixels
+        first, last = t.start + int(times[0]), t.start + int(times[-1]) + 1
+        pad = max(overlap, (length - (last - first)) // 2)  # visible frames kept on each side
+        a, stop = max(t.start, first - pad), min(t.stop, last + pad)
+        while True:
+            b = min(stop, a + length)
+            out.append((slice(a, b), *hw))
+            if b == stop:
+                break
+            a = b - overlap
     return out
 
 
@@ -381,8 +418,8 @@ def complete(
     frames (as `sample --smooth`), and the inference runs on the white noise behind it, so the
     latent of missing frames follows the visible frames around them; 0 = the plain N(0, I) prior.
     context: visible pixels (frames) kept around the missing ones beyond the networks' reach: the
-    completion works on the `regions` alone, one after another, and pastes them back; None = the
-    whole input.
+    completion works on the `pieces` alone (the regions; long videos' in time windows), one after
+    another, and pastes them back; None = the whole input (still in time windows for long videos).
     callback(info): progress, info {"phase" ("infer", "seam", "refine"), "done", "of"}: after each
     latent inference step (done 1..infer_steps), and as the seam and the refinement end (1 of 1);
     with more than one region also "part" (1-based) and "parts".
@@ -393,14 +430,16 @@ def complete(
         raise CoopsynthError(f"--seam {seam:g}: must be 0 or more")
     if not smooth >= 0:
         raise CoopsynthError(f"--smooth {smooth:g}: must be 0 or more")
-    boxes = regions(model.net, missing, context, smooth)
-    if boxes != [region(model.net, missing, None)]:  # the boxes one after another; they do not overlap
-        out = image.clone()
+    boxes = pieces(model.net, missing, context, smooth, average)
+    if boxes != [region(model.net, missing, None)]:  # the boxes one after another
+        out, todo = image.clone(), missing.clone()  # what earlier boxes filled is visible to later ones
         for k, box in enumerate(boxes):
+            if not todo[box].any():
+                continue
             out[(slice(None), *box)] = complete(
                 model,
-                image[(slice(None), *box)],
-                missing[box],
+                out[(slice(None), *box)],
+                todo[box],
                 langevin=langevin,
                 infer_steps=infer_steps,
                 infer_delta=infer_delta,
@@ -413,6 +452,7 @@ def complete(
                 generator=generator,
                 callback=None if callback is None else lambda info, k=k: callback({**info, "part": k + 1, "parts": len(boxes)}),
             )
+            todo[box] = False
         return out
     dev = model.device
     size = tuple(image.shape[1:])

@@ -23,7 +23,7 @@ import torch
 from . import distributed, metrics
 from .accel import Accel, precision_warning
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .completion import CONTEXT, SEAM_LENGTH, default_refine, default_smooth, regions
+from .completion import CONTEXT, SEAM_LENGTH, default_refine, default_smooth, pieces
 from .errors import CoopsynthError
 from .io import MAX_FPS, check_writable, read_image, read_video, write_image, write_video
 from .model import CoopModel
@@ -837,8 +837,9 @@ def complete(
         raise CoopsynthError(f"--smooth: only videos have motion to smooth, and {job.input} is an image")
     smooth = default_smooth(missing, job.average) if job.smooth is None else job.smooth
 
-    def check_memory(net: NetConfig) -> None:  # on the largest region the completion works on
-        shape = max((tuple(b.stop - b.start for b in box) for box in regions(net, missing, job.context, smooth)), key=math.prod)
+    def check_memory(net: NetConfig) -> None:  # on the largest piece the completion works on
+        boxes = pieces(net, missing, job.context, smooth, job.average)
+        shape = max((tuple(b.stop - b.start for b in box) for box in boxes), key=math.prod)
         check_completion_memory(job, kind, shape, shape == tuple(missing.shape))
 
     out, file = split_output(Path(job.output), job.input)
