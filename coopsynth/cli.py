@@ -246,8 +246,8 @@ class _WorkBar(_LiveBar):
         f = info["fraction"]
         left = (self.last - self.t0) * (1 - f) / f if f > 0.01 else None
         what = (f"{info['sample']}/{info['samples']} " if info["samples"] > 1 else "") + info["phase"]
-        if info.get("parts", 1) > 1:  # completion, hole by hole
-            what += f" (region {info['part']}/{info['parts']})"
+        if info.get("parts", 1) > 1:  # completion, piece by piece (far-apart holes, long videos' windows)
+            what += f" (part {info['part']}/{info['parts']})"
         if info["of"] > 1:
             what += f" {info['unit']} {info['done']}/{info['of']}"
         self.progress.update(

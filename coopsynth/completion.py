@@ -422,7 +422,7 @@ def complete(
     another, and pastes them back; None = the whole input (still in time windows for long videos).
     callback(info): progress, info {"phase" ("infer", "seam", "refine"), "done", "of"}: after each
     latent inference step (done 1..infer_steps), and as the seam and the refinement end (1 of 1);
-    with more than one region also "part" (1-based) and "parts".
+    with more than one piece also "part" (1-based) and "parts".
     """
     if average < 1:
         raise CoopsynthError(f"--average {average}: must be at least 1")

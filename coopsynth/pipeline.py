@@ -784,8 +784,8 @@ def load_completion_input(job: CompleteJob) -> tuple[str, Tensor, Tensor, dict]:
 
 def check_completion_memory(job: CompleteJob, kind: str, shape: tuple[int, ...], whole: bool = True) -> None:
     """Refuse, before any training, a completion this machine's memory cannot hold (on a CPU,
-    where a run past the memory is killed without a word). shape: the region it works on
-    (`completion.region`); whole: is that region the whole input?"""
+    where a run past the memory is killed without a word). shape: the largest box it works on
+    (`completion.pieces`); whole: is that box the whole input?"""
     from .completion import memory_available, memory_needed
 
     if resolve_device(job.device).type != "cpu":
