@@ -34,9 +34,10 @@ INFER_STEPS = 60  # latent inference: Langevin steps on the generator's posterio
 INFER_MAX_DRIFT = 0.5  # latent inference: the largest gradient move of one element of Z per step (Z ~ N(0, 1))
 SEAM_LENGTH = 8.0  # pixels (frames too, for videos) over which g(Z) bends to meet the visible pixels; 0 = off
 SMOOTH_MISSING_FRAMES = 4.0  # videos: the latent's time correlation (latent frames) for a mean over whole missing frames
-INFER_WINDOW = 128  # images: latent cells per side of one window of the latent inference's gradient (1024 px)
+INFER_WINDOW = 128  # latent cells per side of one window of the latent inference's gradient (1024 px)
+INFER_VOXELS = 2**20  # videos: output voxels per window of the latent inference's gradient (a 1024x1024 image's pixels)
 CONTEXT = 64  # visible pixels (frames) kept around the missing ones beyond the networks' reach; None = all
-VIDEO_VOXELS = 2**22  # videos: the most voxels (times --average) completed at once; longer regions go in time windows
+VIDEO_VOXELS = 2**24  # videos: the most voxels (times --average) completed at once; longer regions go in time windows
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,22 +311,35 @@ def seam_fill(values: Tensor, missing: Tensor, length: float = SEAM_LENGTH, tol:
 # recovery
 
 
+def infer_windows(net: NetConfig, cells: tuple[int, ...]) -> tuple[int, ...]:
+    """Latent cells per window, per axis, of the latent inference's gradient for a latent of
+    `cells` ([t,] h, w): INFER_WINDOW in space; for videos as many latent frames as keep a window
+    near INFER_VOXELS output voxels (at least one)."""
+    if len(cells) == 2:
+        return (INFER_WINDOW, INFER_WINDOW)
+    up_t, up_h, up_w = net.up
+    frame = min(cells[1], INFER_WINDOW) * up_h * min(cells[2], INFER_WINDOW) * up_w  # output pixels of a window's frame
+    return (max(1, INFER_VOXELS // (frame * up_t)), INFER_WINDOW, INFER_WINDOW)
+
+
 def windowed_likelihood(
-    net: Generator, target: Tensor, visible: Tensor, s: float, window: int = INFER_WINDOW
+    net: Generator, target: Tensor, visible: Tensor, s: float, window: int | tuple[int, ...] = INFER_WINDOW
 ) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
-    """z -> (the log-likelihood -|m (Y - g(Z))|^2 / (2 s^2) (B,), its gradient like z) for images,
-    g(Z) cropped to Y's size, computed window by window: `window` latent cells a side plus the
-    generator's halo, so memory is bounded by the window whatever the image's size. The same
-    numbers as one pass up to float rounding: each window's kept output depends on its own latent
-    cells alone, and the kept outputs tile the image. target (B, C, H, W); visible (1, 1, H, W),
-    1 = observed."""
-    size = target.shape[-2:]
-    halos = (net.halo(-2), net.halo(-1))
+    """z -> (the log-likelihood -|m (Y - g(Z))|^2 / (2 s^2) (B,), its gradient like z), g(Z)
+    cropped to Y's size, computed window by window: `window` latent cells per axis (one number:
+    every axis) plus the generator's halo, so memory is bounded by the window whatever the size.
+    The same numbers as one pass up to float rounding: each window's kept output depends on its
+    own latent cells alone, and the kept outputs tile the output. target (B, C, [T,] H, W);
+    visible (1, 1, [T,] H, W), 1 = observed."""
+    dims = net.cfg.dims
+    size = target.shape[-dims:]
+    halos = tuple(net.halo(a) for a in range(-dims, 0))
+    wins = (window,) * dims if isinstance(window, int) else tuple(window)
 
     def fn(z: Tensor) -> tuple[Tensor, Tensor]:
         ll = z.new_zeros(z.shape[0])  # (B,)
-        grad = torch.zeros_like(z)  # (B, zc, h, w)
-        for src, keep, dst in window_slices(tuple(z.shape[-2:]), (window, window), halos, net.cfg.up):
+        grad = torch.zeros_like(z)  # (B, zc, [t,] h, w)
+        for src, keep, dst in window_slices(tuple(z.shape[-dims:]), wins, halos, net.cfg.up):
             # the window's own pixels inside the image: the last windows overhang it
             cut = [min(d.stop, n) - d.start for d, n in zip(dst, size, strict=True)]
             keep = tuple(slice(k.start, k.start + c) for k, c in zip(keep, cut, strict=True))
@@ -342,10 +356,27 @@ def windowed_likelihood(
     return fn
 
 
+def through_smoothing(likelihood: Callable[[Tensor], tuple[Tensor, Tensor]], width: float):
+    """A likelihood of Z as one of the white noise e behind Z = smooth_over_time(e, width): the
+    gradient carried back through the (linear) smoothing."""
+
+    def fn(e: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            e = e.detach().requires_grad_(True)
+            z = smooth_over_time(e, width)
+        ll, gz = likelihood(z.detach())
+        (ge,) = torch.autograd.grad(z, e, gz)
+        return ll, ge
+
+    return fn
+
+
 # Completion's peak memory on a CPU with the default networks, per pixel (voxel) of the input and
 # per completion averaged (ad-hoc, 2026-11-27, peak resident memory): an image up to 1024 px a side
 # takes one generator pass, 1.6 KiB a pixel; a larger one infers window by window, about 0.4 KiB a
-# pixel plus 2 GiB; a video takes one pass over all its frames, about 1.2 KiB a voxel plus 0.5 GiB
+# pixel plus 2 GiB; a video infers in windows of INFER_VOXELS: 1.45, 2.0 and 4.15 GiB above the
+# process's own for 2.1, 4.2 and 16.8 million voxels (128x128 frames), so about 0.35 KiB a voxel
+# plus 1.5 GiB (the windows)
 KIB = 1024
 
 
@@ -353,7 +384,7 @@ def memory_needed(shape: tuple[int, ...], average: int = 1) -> int:
     """About how many bytes completing an input of `shape` ([T,] H, W) takes on a CPU."""
     n = math.prod(shape) * average
     if len(shape) == 3:
-        return int(1.2 * KIB * n + 0.5 * 2**30)
+        return int(0.35 * KIB * n + 1.5 * 2**30)
     if max(shape) <= INFER_WINDOW * 8:
         return int(1.6 * KIB * n)
     return int(0.4 * KIB * n + 2 * 2**30)
@@ -474,9 +505,13 @@ def complete(
         return smooth_over_time(e, smooth) if smoothed else e
 
     target = x.expand(average, *x.shape[1:])
-    likelihood = None  # large images: the gradient window by window (bounded memory, the same numbers)
-    if not smoothed and len(size) == 2 and max(e.shape[-2:]) > INFER_WINDOW:
-        likelihood = windowed_likelihood(model.generator, target, visible, infer_s)
+    likelihood = None  # large inputs: the gradient window by window (bounded memory, the same numbers)
+    cells = model.generator.latent_shape(size)[1:]  # ([t,] h, w)
+    wins = infer_windows(model.net, cells)
+    if any(n > w for n, w in zip(cells, wins, strict=True)):
+        likelihood = windowed_likelihood(model.generator, target, visible, infer_s, wins)
+        if smoothed:
+            likelihood = through_smoothing(likelihood, smooth)
     with frozen(model.generator):
         e = generator_posterior_langevin(
             lambda e: g(to_z(e)),

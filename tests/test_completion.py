@@ -731,3 +731,44 @@ def test_a_long_video_completes_in_time_windows_each_continuing_the_last(monkeyp
     assert torch.equal(out[:, 14:32], alone[:, 12:30])  # the first window, held by the second
     assert not torch.equal(out[:, 32:34], clip[:, 32:34])  # the second filled the rest
     assert torch.equal(out[:, :14], clip[:, :14]) and torch.equal(out[:, 34:], clip[:, 34:])
+
+
+@pytest.mark.parametrize("smooth", [0.0, 1.5])
+def test_windowed_likelihood_of_a_video_equals_one_pass_in_float64(smooth):
+    """Videos: windows over time and space (2 latent frames, 3 cells a side, plus the halo), and
+    through the time smoothing's white noise, against autograd through one pass."""
+    from coopsynth.completion import through_smoothing, windowed_likelihood
+    from coopsynth.networks import Generator
+
+    torch.manual_seed(0)
+    net = Generator(tiny_net(dims=3)).double().requires_grad_(False)
+    size = (11, 20, 22)  # not multiples of the up-sampling: the last windows overhang
+    zc, t, h, w = net.latent_shape(size)
+    r = time_smoothing_margin(smooth) if smooth else 0
+    e = torch.randn(2, zc, t + 2 * r, h, w, dtype=torch.float64)
+    target = torch.randn(2, 3, *size, dtype=torch.float64)
+    visible = (torch.rand(1, 1, *size) > 0.3).double()
+    fn = windowed_likelihood(net, target, visible, 0.7, (2, 3, 3))
+    ll, grad = (through_smoothing(fn, smooth) if smooth else fn)(e)
+    ee = e.clone().requires_grad_(True)
+    z = smooth_over_time(ee, smooth) if smooth else ee
+    res = (target - net(z)[..., : size[0], : size[1], : size[2]]) * visible
+    want = -(res * res).flatten(1).sum(1) / (2 * 0.7**2)
+    (want_grad,) = torch.autograd.grad(want.sum(), ee)
+    torch.testing.assert_close(ll, want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-10, atol=1e-10)
+
+
+def test_a_large_video_infers_its_latent_window_by_window(monkeypatch):
+    import coopsynth.completion as completion_module
+
+    clip, missing, model = video_case(16, slice(6, 11))
+    calls = []
+    real = completion_module.windowed_likelihood
+    monkeypatch.setattr(completion_module, "windowed_likelihood", lambda *a, **k: calls.append(a[-1]) or real(*a, **k))
+    kw = dict(langevin=TrainConfig().langevin(), infer_steps=2, refine=0, context=None)
+    complete(model, clip, missing, smooth=1.0, **kw)
+    assert not calls  # small enough for one pass
+    monkeypatch.setattr(completion_module, "INFER_VOXELS", 2 * 16 * 16 * 2)  # tiny_net: 2 latent frames of 2
+    out = complete(model, clip, missing, smooth=1.0, **kw)
+    assert calls == [(2, 128, 128)] and torch.equal(out[:, :6], clip[:, :6])
