@@ -2,8 +2,12 @@
 
 1. Learn a model from the visible pixels only (the trainer's mask: masked descriptor data term and
    masked generator loss), or take an already trained model.
-2. Infer Z for the whole image by Langevin on the generator's posterior over the visible pixels
-   (videos with `smooth`: under a prior correlated over time, by inferring the white noise behind Z).
+   Steps 2-5 run on each of the `pieces` in turn: the missing pixels' regions (their bounding box
+   widened by the networks' reach and `context` visible pixels; far-apart holes get one each),
+   long videos' in time windows; each is pasted back before the next.
+2. Infer Z for the piece by Langevin on the generator's posterior over its visible pixels (videos
+   with `smooth`: under a prior correlated over time, by inferring the white noise behind Z); the
+   gradient window by window for large pieces (`windowed_likelihood`).
 3. Seam g(Z) into the visible pixels: g(Z) misses them by a residual (it cannot reproduce every
    detail), and the fill would start with a jump at the hole's edge. The residual, extended into
    the hole by a screened Poisson equation (`seam_fill`), bends g(Z) to meet its neighbours and
