@@ -130,7 +130,14 @@ Frames = Annotated[
 ]
 Fps = Annotated[float | None, typer.Option("--fps", help="Videos: output frame rate (default: the input's).")]
 Loop = Annotated[bool, typer.Option("--loop", help="Videos: seamless loop, the last frame flows into the first.")]
-MaxSize = Annotated[int | None, typer.Option("--max-size", help="Videos: scale so the longer side is at most this (default 64).")]
+MaxSize = Annotated[
+    int | None,
+    typer.Option(
+        "--max-size",
+        help="Scale the input down so its longer side is at most this before learning: larger structures then fit "
+        "the networks' reach, and samples come at that scale (images: default as they are; videos: 64).",
+    ),
+]
 MaxFrames = Annotated[int | None, typer.Option("--max-frames", help="Videos: keep at most this many input frames (default 48).")]
 Refine = Annotated[
     int | None,
@@ -360,13 +367,21 @@ def texture(
     minutes: Minutes = None,
     resume: Resume = False,
     force: Force = False,
+    max_size: MaxSize = None,
 ) -> None:
     """Train on a texture image, then write new samples, model.pt, progress.png and log.jsonl."""
     hw = pipeline.parse_size(size)
     pipeline.check_refine(refine)
     _precision_note(device, precision)
     opts = dict(
-        preset=preset, steps=steps, minutes=minutes, langevin_steps=langevin_steps, seed=seed, device=device, precision=precision
+        preset=preset,
+        steps=steps,
+        minutes=minutes,
+        langevin_steps=langevin_steps,
+        seed=seed,
+        device=device,
+        precision=precision,
+        max_size=max_size,
     )
 
     def one(path: Path, out: Path | None, resume_: bool, overall: tuple[int, int] | None = None) -> tuple[dict, list[Path]]:

@@ -148,7 +148,7 @@ class TrainJob:
     precision: str = "auto"  # auto | fp32 | tf32 | bf16 (coopsynth.accel; tf32 is fp32 on a CPU)
     resume: bool = False
     force: bool = False
-    max_size: int | None = None  # videos: scale down so the longer side is at most this
+    max_size: int | None = None  # scale down so the longer side is at most this (images: None = as is; videos: 64)
     max_frames: int | None = None  # videos: keep at most this many frames
     log_every: int = 10  # iterations between log.jsonl lines
     snapshots: int = 8  # samples in progress.png
@@ -161,8 +161,12 @@ def load_input(job: TrainJob) -> tuple[str, Tensor, dict]:
     """Read the job's input: kind, data (C, [T,] H, W) in [0, 1], metadata."""
     kind = input_kind(job.input)
     if kind == "texture":
-        img = read_image(job.input)
-        return kind, img, {"input": str(job.input), "size": list(img.shape[1:])}
+        from .video import scale_down
+
+        img, note = read_image(job.input), ""
+        if job.max_size is not None:
+            img, note = scale_down(img, job.max_size)
+        return kind, img, {"input": str(job.input), "size": list(img.shape[1:]), "notes": [note] * bool(note)}
     from .video import prepare_video
 
     vid, fps, notes = prepare_video(job.input, job.max_size, job.max_frames)

@@ -24,8 +24,6 @@ def prepare_video(
     """Read a clip and scale/trim it: (C, T, H, W) in [0, 1], fps, and the messages saying what changed."""
     max_size = DEFAULT_MAX_SIZE if max_size is None else max_size
     max_frames = DEFAULT_MAX_FRAMES if max_frames is None else max_frames
-    if max_size < 16:
-        raise CoopsynthError(f"--max-size {max_size}: must be at least 16")
     if max_frames < 2:
         raise CoopsynthError(f"--max-frames {max_frames}: must be at least 2")
     video, fps = read_video(path, max_frames=None)
@@ -34,14 +32,23 @@ def prepare_video(
     if t > max_frames:
         video = video[:, :max_frames]
         notes.append(f"kept the first {max_frames} of {t} frames (--max-frames)")
-    if max(h, w) > max_size:
-        scale = max_size / max(h, w)
-        nh, nw = max(8, round(h * scale)), max(8, round(w * scale))
-        frames = video.movedim(1, 0)  # (T, C, H, W)
-        frames = F.interpolate(frames, size=(nh, nw), mode="area")
-        video = frames.movedim(0, 1).contiguous()
-        notes.append(f"scaled {w}x{h} to {nw}x{nh} (--max-size)")
-    return video, fps, notes
+    frames, note = scale_down(video.movedim(1, 0), max_size)  # (T, C, H, W)
+    return frames.movedim(0, 1).contiguous(), fps, notes + [note] * bool(note)
+
+
+def scale_down(x: Tensor, max_size: int) -> tuple[Tensor, str]:
+    """x (..., C, H, W) scaled by area averaging so its longer side is at most max_size (no
+    change if it is already), and a note saying what changed ('' for none)."""
+    if max_size < 16:
+        raise CoopsynthError(f"--max-size {max_size}: must be at least 16")
+    h, w = x.shape[-2:]
+    if max(h, w) <= max_size:
+        return x, ""
+    scale = max_size / max(h, w)
+    nh, nw = max(8, round(h * scale)), max(8, round(w * scale))
+    lead = x.shape[:-3]
+    y = F.interpolate(x.reshape(-1, *x.shape[-3:]), size=(nh, nw), mode="area")
+    return y.reshape(*lead, *y.shape[1:]).contiguous(), f"scaled {w}x{h} to {nw}x{nh} (--max-size)"
 
 
 SMOOTH_WIDTHS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # latent-time correlations tried when the generator moves too much

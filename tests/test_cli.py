@@ -112,6 +112,7 @@ def test_resume_continues_counting(tmp_path):
         (["texture", "{d}/ok.png", "--size", "0x7"], "must be positive"),
         (["texture", "{d}/ok.png", "--steps", "0"], "--steps 0"),
         (["texture", "{d}/ok.png", "--preset", "turbo"], "unknown preset"),
+        (["texture", "{d}/ok.png", "--max-size", "8"], "--max-size 8: must be at least 16"),
         (["sample", "{d}/text.png"], "not a coopsynth checkpoint"),
         (["eval", "{d}/ok.png", "{d}/ok.png"], "--train"),
     ],
@@ -364,3 +365,23 @@ def test_a_batch_input_whose_stem_looks_like_a_file_name_still_gets_a_folder(tmp
     r = runner.invoke(app, ["texture", str(d), "-o", str(out), "--steps", "1", "--samples", "1", "--preset", "fast"])
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (out / "photo.jpg").iterdir()) == ["log.jsonl", "model.pt", "progress.png", "sample_000.png"]
+
+
+def test_max_size_scales_an_image_down_before_learning(tmp_path):
+    """--max-size for images (texture and train): the input is area-averaged so its longer side
+    is that size, the note says so, and samples default to the scaled size."""
+    big = texture_image(96, 128)
+    write_image(tmp_path / "big.png", big)
+    r = runner.invoke(app, ["texture", str(tmp_path / "big.png"), "-o", str(tmp_path / "o"), "--steps", "2", "--max-size", "64"])
+    assert r.exit_code == 0, r.output
+    assert "scaled 128x96 to 64x48 (--max-size)" in r.output
+    assert read_image(tmp_path / "o" / "sample_000.png").shape == (3, 48, 64)
+    blob = torch.load(tmp_path / "o" / "model.pt", weights_only=True)
+    assert blob["meta"]["size"] == [48, 64]
+    want = torch.nn.functional.avg_pool2d(((big * 255).round() / 255)[None], 2)[0]  # 2x2 means: the area scaling
+    from coopsynth import pipeline
+
+    _, data, meta = pipeline.load_input(pipeline.TrainJob(tmp_path / "big.png", tmp_path / "t", max_size=64))
+    torch.testing.assert_close(data, want, rtol=0, atol=1e-6)
+    _, data, meta = pipeline.load_input(pipeline.TrainJob(tmp_path / "big.png", tmp_path / "t", max_size=200))
+    assert data.shape == (3, 96, 128) and meta["notes"] == []  # already small enough: as it is
