@@ -238,12 +238,12 @@ def pieces(
         first, last = t.start + int(times[0]), t.start + int(times[-1]) + 1
         pad = max(overlap, (length - (last - first)) // 2)  # visible frames kept on each side
         a, stop = max(t.start, first - pad), min(t.stop, last + pad)
-        while True:
-            b = min(stop, a + length)
+        final = max(a, stop - length)  # the last window ends with the visible frames after the gap
+        while a < final:  # the one before it ends `overlap` into it, so it has missing frames to fill
+            b = min(a + length, final + overlap)
             out.append((slice(a, b), *hw))
-            if b == stop:
-                break
             a = b - overlap
+        out.append((slice(final, stop), *hw))
     return out
 
 
