@@ -458,7 +458,8 @@ def complete(
     another, and pastes them back; None = the whole input (still in time windows for long videos).
     callback(info): progress, info {"phase" ("infer", "seam", "refine"), "done", "of"}: after each
     latent inference step (done 1..infer_steps), and as the seam and the refinement end (1 of 1);
-    with more than one piece also "part" (1-based) and "parts".
+    with more than one piece also "part" (1-based), "parts" and "span": (start, size), the piece's
+    share of all the pieces' pixels (voxels), for progress in proportion to the work.
     """
     if average < 1:
         raise CoopsynthError(f"--average {average}: must be at least 1")
@@ -469,6 +470,8 @@ def complete(
     boxes = pieces(model.net, missing, context, smooth, average)
     if boxes != [region(model.net, missing, None)]:  # the boxes one after another
         out, todo = image.clone(), missing.clone()  # what earlier boxes filled is visible to later ones
+        sizes = [math.prod(b.stop - b.start for b in box) for box in boxes]
+        starts = [sum(sizes[:k]) / sum(sizes) for k in range(len(boxes))]
         for k, box in enumerate(boxes):
             if not todo[box].any():
                 continue
@@ -486,7 +489,11 @@ def complete(
                 smooth=smooth,
                 context=None,
                 generator=generator,
-                callback=None if callback is None else lambda info, k=k: callback({**info, "part": k + 1, "parts": len(boxes)}),
+                callback=None
+                if callback is None
+                else lambda info, k=k: callback(
+                    {**info, "part": k + 1, "parts": len(boxes), "span": (starts[k], sizes[k] / sum(sizes))}
+                ),
             )
             todo[box] = False
         return out

@@ -517,16 +517,20 @@ def load_model(path: str | Path, device: str = "auto", precision: str = "auto") 
 
 
 def phase_reporter(on_progress: ProgressFn, work: dict[str, float], samples: int, units: dict[str, str]):
-    """report(i, phase, done, of, part, parts) for `samples` items of work, each done in `parts`
-    equal parts (1-based `part`) made of the phases of `work` (weights, in order), calling
-    on_progress with {"fraction" (of all of it, 0..1), "sample" (1-based), "samples", "phase",
-    "done", "of", "unit" (units[phase], or ""), "part", "parts"}."""
+    """report(i, phase, done, of, part, parts, span) for `samples` items of work, each done in
+    `parts` parts (1-based `part`; `span`: (start, size), the part's share of the item, equal
+    shares when None) made of the phases of `work` (weights, in order), calling on_progress with
+    {"fraction" (of all of it, 0..1), "sample" (1-based), "samples", "phase", "done", "of",
+    "unit" (units[phase], or ""), "part", "parts"}."""
     total = sum(work.values())
     before = dict(zip(work, itertools.accumulate(work.values(), initial=0.0), strict=False))
 
-    def report(i: int, phase: str, done: int, of: int, part: int = 1, parts: int = 1) -> None:
+    def report(
+        i: int, phase: str, done: int, of: int, part: int = 1, parts: int = 1, span: tuple[float, float] | None = None
+    ) -> None:
         if on_progress is not None:
-            within = (part - 1 + (before[phase] + work[phase] * done / of) / total) / parts
+            start, size = span or ((part - 1) / parts, 1 / parts)
+            within = start + size * (before[phase] + work[phase] * done / of) / total
             info = {"fraction": (i + within) / samples, "sample": i + 1, "samples": samples, "phase": phase}
             on_progress({**info, "done": done, "of": of, "unit": units.get(phase, ""), "part": part, "parts": parts})
 
@@ -908,7 +912,7 @@ def complete(
             context=job.context,
             generator=gen,
             callback=lambda info, i=i: report(
-                i, info["phase"], info["done"], info["of"], info.get("part", 1), info.get("parts", 1)
+                i, info["phase"], info["done"], info["of"], info.get("part", 1), info.get("parts", 1), info.get("span")
             ),
         )
         if kind == "texture":

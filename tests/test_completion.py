@@ -709,6 +709,9 @@ def test_the_memory_check_takes_the_largest_region(tmp_path, monkeypatch):
         (2, 1, 2),
         (2, 2, 2),
     ]
+    first = 65 / (65 + 72)  # the parts' shares of the work: their regions' sizes, 64x65 and 64x72
+    ends = [s["fraction"] for s in seen if s["phase"] == "refine"]
+    assert ends == pytest.approx([first / 2, 1 / 2, (1 + first) / 2, 1.0])
 
 
 def test_a_long_video_completes_in_time_windows_each_continuing_the_last(monkeypatch):
