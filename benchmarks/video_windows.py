@@ -1,6 +1,6 @@
 """Long-video completion in time windows against one pass over the whole clip.
 
-    python benchmarks/video_windows.py                      # flame_rendered_castle, 144 frames (about 6 minutes)
+    python benchmarks/video_windows.py                      # flame_rendered_castle, 144 frames (about 8 minutes)
     python benchmarks/video_windows.py --only tree_foliage_opencv --windows 48,72
 
 `coopsynth complete` cuts a video region of more than `completion.VIDEO_VOXELS` voxels into time
