@@ -1,7 +1,7 @@
 """Completion's peak memory against `completion.memory_needed`, the estimate `complete` refuses by.
 
     python benchmarks/completion_memory.py              # images 512-2048 px, videos of 128x128 frames (about 5 minutes)
-    python benchmarks/completion_memory.py --quick      # the smaller half of each
+    python benchmarks/completion_memory.py --quick      # the two smaller sizes of each kind
     python benchmarks/completion_memory.py --one-pass   # and the larger cases as one pass, side by side (about 8)
 
 Each case runs in a fresh process (peak resident memory is per process): it loads a model trained
