@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything a lent GPU is used for, in one call, most important first (device time is scarce;
 # each stage writes its log as it goes, so a run cut short still returns what it finished):
-#   1. the CUDA-only tests (graph == eager, training steps with graphs in tf32 and bf16)
+#   1. the CUDA-only tests (graph == eager, training steps with graphs in tf32 and bf16, completion
+#      by regions and windows) and the rest of test_accel
 #   2. benchmarks/cuda_profile.py: the kernels of a Langevin step per setting, 128 and 512 px,
 #      among them the descriptor forms that target the H100 kernel profile
 #   3. benchmarks/speed.py on CUDA (phase split, Langevin paths side by side, among them those
@@ -21,7 +22,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" 2>&1 | tee -a "$OUT/gpu.txt"
 
 echo "== 1. CUDA tests"
-$PY -m pytest -q -p no:cacheprovider tests/test_accel.py 2>&1 | tee "$OUT/tests.log"
+$PY -m pytest -q -p no:cacheprovider tests/test_accel.py tests/test_completion.py -k "cuda or accel" 2>&1 | tee "$OUT/tests.log"
 
 echo "== 2. kernels"
 $PY benchmarks/cuda_profile.py --sizes 128,512 --no-write 2>&1 | tee "$OUT/profile.md"
