@@ -378,10 +378,10 @@ def through_smoothing(likelihood: Callable[[Tensor], tuple[Tensor, Tensor]], wid
 # Completion's peak memory on a CPU with the default networks, per pixel (voxel) of the input and
 # per completion averaged (ad-hoc, 2026-11-27, peak resident memory): an image up to 1024 px a side
 # takes one generator pass, 1.6 KiB a pixel; a larger one infers window by window, about 0.4 KiB a
-# pixel plus 2 GiB; a video infers in windows of INFER_VOXELS: 0.62, 1.46 and 3.73 GiB above what
-# the process held for 0.5, 2.1 and 8.4 million voxels of 128x128 frames, about 0.36 KiB a voxel
-# more from one to the next (benchmarks/completion_memory.py, 2026-11-27), so 0.45 KiB a voxel
-# plus 1.5 GiB (the windows)
+# pixel plus 2 GiB; a video infers in windows of INFER_VOXELS: 0.63, 1.45 and 3.78 GiB above what
+# the process held for 0.5, 2.1 and 8.4 million voxels of 128x128 frames
+# (benchmarks/completion_memory.py, 2026-11-27 12:18 UTC), fitted by 0.39 KiB a voxel plus 0.43
+# KiB a voxel of one inference window plus 0.24 GiB; taken here with a margin of about 1.2x
 KIB = 1024
 
 
@@ -389,7 +389,8 @@ def memory_needed(shape: tuple[int, ...], average: int = 1) -> int:
     """About how many bytes completing an input of `shape` ([T,] H, W) takes on a CPU."""
     n = math.prod(shape) * average
     if len(shape) == 3:
-        return int(0.45 * KIB * n + 1.5 * 2**30)
+        window = min(math.prod(shape), INFER_VOXELS) * average
+        return int(0.45 * KIB * n + 0.55 * KIB * window + 0.5 * 2**30)
     if max(shape) <= INFER_WINDOW * 8:
         return int(1.6 * KIB * n)
     return int(0.4 * KIB * n + 2 * 2**30)
