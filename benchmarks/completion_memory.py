@@ -115,21 +115,18 @@ def main() -> None:
     for model, shape, way in cases:
         child = [sys.executable, __file__, "--case", str(model), json.dumps(shape), way]
         r = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-        n = math.prod(shape)
-        r["per"] = r["above"] / n / 1024
+        r["voxels"] = math.prod(shape)
+        r["per"] = r["above"] / r["voxels"] / 1024
+        r["what"] = f"{shape[-1]}x{shape[-2]}" + (f", {shape[0]} frames" if len(shape) == 3 else "")
         rows.append(r)
-        what = "x".join(map(str, shape[::-1][:2])) + (f", {shape[0]} frames" if len(shape) == 3 else "")
-        print(f"  {what} ({way}): {r['above'] / 2**30:.2f} GiB above the process ({r['per']:.2f} KiB each), "
+        print(f"  {r['what']} ({way}): {r['above'] / 2**30:.2f} GiB above the process ({r['per']:.2f} KiB each), "
               f"estimate {r['estimate'] / 2**30:.2f} GiB, {r['seconds']:.1f} s", flush=True)  # fmt: skip
     text = header("Completion's peak memory against its estimate (CPU, whole input, 2 inference steps)")
     text += "| input | inference | pixels (voxels) | peak above the process, GiB | KiB each | estimate, GiB | estimate / peak | seconds |\n"
     text += "|---|---|---|---|---|---|---|---|\n"
     for r in rows:
-        shape = r["shape"]
-        what = f"{shape[-1]}x{shape[-2]}" + (f", {shape[0]} frames" if len(shape) == 3 else "")
-        n = math.prod(shape)
         text += (
-            f"| {what} | {r['way']} | {n / 1e6:.1f} M | {r['above'] / 2**30:.2f} | {r['per']:.2f} | {r['estimate'] / 2**30:.2f} | "
+            f"| {r['what']} | {r['way']} | {r['voxels'] / 1e6:.1f} M | {r['above'] / 2**30:.2f} | {r['per']:.2f} | {r['estimate'] / 2**30:.2f} | "
             f"{r['estimate'] / max(r['above'], 1):.2f}x | {r['seconds']:.1f} |\n"
         )
     publish(text, not args.no_write)

@@ -141,23 +141,40 @@ def parse_context(text: str) -> int | None:
     return n
 
 
-def _margins(net: NetConfig, dims: int, context: int, smooth: float) -> list[tuple[int, int]]:
-    """(margin, align) per axis of the trailing [T,] H, W: the descriptor's reach (the pixels its
+def _reach(net: NetConfig, dims: int) -> list[tuple[int, int]]:
+    """(pixels, grid) per axis of the trailing [T,] H, W: the descriptor's reach (the pixels its
     energy gradient at a pixel depends on) plus the generator's halo (the latent cells behind a
-    pixel, in pixels) plus `context`, and for videos with `smooth` the time prior's reach; the grid
-    of the descriptor's stride and the generator's up-sampling."""
-    if context < 0:
-        raise CoopsynthError(f"--context {context}: must be 0 or more (or 'all')")
+    pixel, in pixels); the grid of the descriptor's stride and the generator's up-sampling."""
     with torch.device("meta"):  # the networks' geometry, without their weights
         descriptor, generator = Descriptor(net), Generator(net)
-    out = []
-    for i in range(dims):
-        ax = i - dims
-        margin = descriptor.reach(ax) + generator.halo(ax) * net.up[i] + context
-        if dims == 3 and i == 0 and smooth > 0:
-            margin += math.ceil(3 * smooth) * net.up[0]  # the prior's correlation: 3 standard deviations
-        out.append((margin, math.lcm(descriptor.stride(ax), net.up[i])))
+    return [
+        (descriptor.reach(a) + generator.halo(a) * u, math.lcm(descriptor.stride(a), u))
+        for a, u in zip(range(-dims, 0), net.up, strict=True)
+    ]
+
+
+def _margins(net: NetConfig, dims: int, context: int, smooth: float) -> list[tuple[int, int]]:
+    """(margin, grid) per axis: `_reach` plus `context`, and for videos with `smooth` the time
+    prior's reach."""
+    if context < 0:
+        raise CoopsynthError(f"--context {context}: must be 0 or more (or 'all')")
+    out = [(r + context, g) for r, g in _reach(net, dims)]
+    if dims == 3 and smooth > 0:  # the prior's correlation: 3 standard deviations
+        out[0] = (out[0][0] + math.ceil(3 * smooth) * net.up[0], out[0][1])
     return out
+
+
+def _box(missing: Tensor, margins: list[tuple[int, int]]) -> tuple[slice, ...]:
+    """The missing pixels' bounding box widened by each axis's margin, its start on the grid (or
+    at 0); the whole input when nothing is missing."""
+    where = missing.nonzero()  # (n, dims)
+    if len(where) == 0:
+        return tuple(slice(0, n) for n in missing.shape)
+    first, last = where.min(0).values.tolist(), where.max(0).values.tolist()
+    return tuple(
+        slice(max(0, a - m) // g * g, min(n, b + 1 + m))
+        for a, b, n, (m, g) in zip(first, last, missing.shape, margins, strict=True)
+    )
 
 
 def region(net: NetConfig, missing: Tensor, context: int | None = CONTEXT, smooth: float = 0.0) -> tuple[slice, ...]:
@@ -167,18 +184,9 @@ def region(net: NetConfig, missing: Tensor, context: int | None = CONTEXT, smoot
     multiple of the descriptor's stride and the generator's up-sampling (or at 0), so the
     descriptor's refinement of the missing pixels is the whole input's; the latent inference sees
     `context` pixels of visible input beyond the cells behind the hole."""
-    shape = tuple(missing.shape)
-    whole = tuple(slice(0, n) for n in shape)
     if context is None:
-        return whole
-    margins = _margins(net, missing.dim(), context, smooth)
-    where = missing.nonzero()  # (n, dims)
-    if len(where) == 0:
-        return whole
-    first, last = where.min(0).values.tolist(), where.max(0).values.tolist()
-    return tuple(
-        slice(max(0, a - m) // g * g, min(n, b + 1 + m)) for a, b, n, (m, g) in zip(first, last, shape, margins, strict=True)
-    )
+        return tuple(slice(0, n) for n in missing.shape)
+    return _box(missing, _margins(net, missing.dim(), context, smooth))
 
 
 def regions(net: NetConfig, missing: Tensor, context: int | None = CONTEXT, smooth: float = 0.0) -> list[tuple[slice, ...]]:
@@ -189,7 +197,7 @@ def regions(net: NetConfig, missing: Tensor, context: int | None = CONTEXT, smoo
     cost about the hole. One box (the whole input for None) when nothing splits."""
     if context is None:
         return [region(net, missing, None)]
-    margins = _margins(net, missing.dim(), context, smooth)
+    margins = _margins(net, missing.dim(), context, smooth)  # once: every group has the same
     out: list[tuple[slice, ...]] = []
 
     def split(mask: Tensor) -> None:  # mask: missing with the other groups' lines cleared
@@ -205,7 +213,7 @@ def regions(net: NetConfig, missing: Tensor, context: int | None = CONTEXT, smoo
                     part[keep] = mask[keep]
                     split(part)
                 return
-        out.append(region(net, mask, context, smooth))
+        out.append(_box(mask, margins))
 
     split(missing)
     return out
@@ -225,8 +233,7 @@ def pieces(
     boxes = regions(net, missing, context, smooth)
     if missing.dim() != 3:
         return boxes
-    with torch.device("meta"):
-        overlap = Descriptor(net).reach(-3) + Generator(net).halo(-3) * net.up[0]
+    overlap = _reach(net, 3)[0][0]  # frames
     out = []
     for box in boxes:
         t, *hw = box
@@ -468,36 +475,41 @@ def complete(
         raise CoopsynthError(f"--seam {seam:g}: must be 0 or more")
     if not smooth >= 0:
         raise CoopsynthError(f"--smooth {smooth:g}: must be 0 or more")
+    kw = dict(langevin=langevin, infer_steps=infer_steps, infer_delta=infer_delta, infer_s=infer_s, refine=refine)
+    kw.update(average=average, seam=seam, smooth=smooth, generator=generator)
     boxes = pieces(model.net, missing, context, smooth, average)
-    if boxes != [region(model.net, missing, None)]:  # the boxes one after another
-        out, todo = image.clone(), missing.clone()  # what earlier boxes filled is visible to later ones
-        sizes = [math.prod(b.stop - b.start for b in box) for box in boxes]
-        starts = [sum(sizes[:k]) / sum(sizes) for k in range(len(boxes))]
-        for k, box in enumerate(boxes):
-            if not todo[box].any():
-                continue
-            out[(slice(None), *box)] = complete(
-                model,
-                out[(slice(None), *box)],
-                todo[box],
-                langevin=langevin,
-                infer_steps=infer_steps,
-                infer_delta=infer_delta,
-                infer_s=infer_s,
-                refine=refine,
-                average=average,
-                seam=seam,
-                smooth=smooth,
-                context=None,
-                generator=generator,
-                callback=None
-                if callback is None
-                else lambda info, k=k: callback(
-                    {**info, "part": k + 1, "parts": len(boxes), "span": (starts[k], sizes[k] / sum(sizes))}
-                ),
-            )
-            todo[box] = False
-        return out
+    if boxes == [region(model.net, missing, None)]:  # one piece: the whole input
+        return _complete_piece(model, image, missing, callback=callback, **kw)
+    out, todo = image.clone(), missing.clone()  # what earlier boxes filled is visible to later ones
+    sizes = [math.prod(b.stop - b.start for b in box) for box in boxes]
+    starts = [sum(sizes[:k]) / sum(sizes) for k in range(len(boxes))]
+    for k, box in enumerate(boxes):
+        if not todo[box].any():
+            continue
+        span = {"part": k + 1, "parts": len(boxes), "span": (starts[k], sizes[k] / sum(sizes))}
+        part_callback = None if callback is None else lambda info, span=span: callback({**info, **span})
+        out[(slice(None), *box)] = _complete_piece(model, out[(slice(None), *box)], todo[box], callback=part_callback, **kw)
+        todo[box] = False
+    return out
+
+
+def _complete_piece(
+    model: CoopModel,
+    image: Tensor,
+    missing: Tensor,
+    *,
+    langevin: dict,
+    infer_steps: int,
+    infer_delta: float,
+    infer_s: float,
+    refine: int,
+    average: int,
+    seam: float,
+    smooth: float,
+    generator: torch.Generator | None,
+    callback: Callable[[dict], None] | None,
+) -> Tensor:
+    """`complete` of one piece, all of `image` (C, [T,] H, W): steps 2-5 of the module's recipe."""
     dev = model.device
     size = tuple(image.shape[1:])
     x = model.normalise(image.to(dev))[None]  # (1, C, [T,] H, W) standardised

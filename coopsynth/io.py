@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .errors import CoopsynthError
 
@@ -151,6 +152,21 @@ def write_image(path: str | Path, x: Tensor) -> Path:
         except (OSError, ValueError, RuntimeError, TypeError) as e:  # the format's writer refused (or is missing)
             raise CoopsynthError(f"{path}: cannot write this image ({_short(e)})") from None
     return path
+
+
+def scale_down(x: Tensor, max_size: int) -> tuple[Tensor, str]:
+    """x (..., C, H, W) scaled by area averaging so its longer side is at most max_size (no
+    change if it is already), and a note saying what changed ('' for none)."""
+    if max_size < 16:
+        raise CoopsynthError(f"--max-size {max_size}: must be at least 16")
+    h, w = x.shape[-2:]
+    if max(h, w) <= max_size:
+        return x, ""
+    scale = max_size / max(h, w)
+    nh, nw = max(8, round(h * scale)), max(8, round(w * scale))
+    lead = x.shape[:-3]
+    y = F.interpolate(x.reshape(-1, *x.shape[-3:]), size=(nh, nw), mode="area")
+    return y.reshape(*lead, *y.shape[1:]).contiguous(), f"scaled {w}x{h} to {nw}x{nh} (--max-size)"
 
 
 # --------------------------------------------------------------------------------------------

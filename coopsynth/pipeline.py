@@ -25,7 +25,7 @@ from .accel import Accel, precision_warning
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .completion import CONTEXT, SEAM_LENGTH, default_refine, default_smooth, pieces
 from .errors import CoopsynthError
-from .io import MAX_FPS, check_writable, read_image, read_video, write_image, write_video
+from .io import MAX_FPS, check_writable, read_image, read_video, scale_down, write_image, write_video
 from .model import CoopModel
 from .networks import NetConfig
 from .trainer import WATCHDOG_FLOOR, CollapseError, CoopTrainer, DivergenceError, TrainConfig, crop_size, preset, with_overrides
@@ -161,8 +161,6 @@ def load_input(job: TrainJob) -> tuple[str, Tensor, dict]:
     """Read the job's input: kind, data (C, [T,] H, W) in [0, 1], metadata."""
     kind = input_kind(job.input)
     if kind == "texture":
-        from .video import scale_down
-
         img, note = read_image(job.input), ""
         if job.max_size is not None:
             img, note = scale_down(img, job.max_size)

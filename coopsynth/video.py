@@ -6,10 +6,9 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .errors import CoopsynthError
-from .io import read_video
+from .io import read_video, scale_down
 from .metrics import mean_motion
 
 Tensor = torch.Tensor
@@ -34,21 +33,6 @@ def prepare_video(
         notes.append(f"kept the first {max_frames} of {t} frames (--max-frames)")
     frames, note = scale_down(video.movedim(1, 0), max_size)  # (T, C, H, W)
     return frames.movedim(0, 1).contiguous(), fps, notes + [note] * bool(note)
-
-
-def scale_down(x: Tensor, max_size: int) -> tuple[Tensor, str]:
-    """x (..., C, H, W) scaled by area averaging so its longer side is at most max_size (no
-    change if it is already), and a note saying what changed ('' for none)."""
-    if max_size < 16:
-        raise CoopsynthError(f"--max-size {max_size}: must be at least 16")
-    h, w = x.shape[-2:]
-    if max(h, w) <= max_size:
-        return x, ""
-    scale = max_size / max(h, w)
-    nh, nw = max(8, round(h * scale)), max(8, round(w * scale))
-    lead = x.shape[:-3]
-    y = F.interpolate(x.reshape(-1, *x.shape[-3:]), size=(nh, nw), mode="area")
-    return y.reshape(*lead, *y.shape[1:]).contiguous(), f"scaled {w}x{h} to {nw}x{nh} (--max-size)"
 
 
 SMOOTH_WIDTHS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # latent-time correlations tried when the generator moves too much
