@@ -5,6 +5,7 @@ peers side by side in one run.
     python benchmarks/quality.py --quick               # a 3-texture subset (about 10 minutes)
     python benchmarks/quality.py --only gimp_brick,efl_rock_01 --methods coopsynth,gmic
     python benchmarks/quality.py --summarize           # one table from every item run so far
+    python benchmarks/quality.py --methods coopsynth --reuse --unmatched   # the last run's models, matched and not
 
 Per item: split into training and held-out halves, train coopsynth (--preset) on the training half,
 run the paper's recipe for the same minutes, G'MIC syntexturize_matchpatch and Resynthesizer, draw
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import HERE, contact_sheet, fmt, header, median, publish  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
+from coopsynth.histogram import quantile_function  # noqa: E402
 from coopsynth.io import read_image, write_image  # noqa: E402
 
 QUICK = ["gimp_brick", "skimage_grass", "efl_rock_01"]
@@ -53,38 +55,54 @@ def run_coopsynth(
     device: str = "auto",
     precision: str = "auto",
     sample_precisions: tuple[str, ...] = (),
+    unmatched: bool = False,
+    reuse: bool = False,
 ) -> tuple[dict[str, list], float, str]:
-    """Train once; samples from the same latents in the training precision (key "") and in each of
-    `sample_precisions` (key: that precision)."""
+    """Train once (or, with `reuse`, load the model a run left in `workdir`); samples from the same
+    latents: as `coopsynth texture` samples (key ""), in each of `sample_precisions` (key ", P
+    sampling") and, with `unmatched`, without histogram matching (key " unmatched")."""
     t0 = time.perf_counter()
-    job = pipeline.TrainJob(
-        input=workdir / "train.png",
-        output=workdir,
-        preset=preset,
-        seed=seed,
-        force=True,
-        overrides=overrides,
-        device=device,
-        precision=precision,
-    )
-    res = pipeline.train(job, data=train)
-    tr = res["trainer"]
+    ckpt = workdir / "model.pt"
+    if reuse and ckpt.exists():
+        model, blob = pipeline.load_model(ckpt, device, precision)
+        cfg, delta = blob["config_obj"], float(blob.get("delta", blob["config_obj"].delta))
+        secs, note = float(blob["meta"]["seconds"]), f"{blob['step']} it (reused model)"
+        if model.quantiles is None:  # a model from before histogram matching: what training now stores
+            model.quantiles = quantile_function(train)
+            note += ", quantiles from the training half"
+    else:
+        job = pipeline.TrainJob(
+            input=workdir / "train.png",
+            output=workdir,
+            preset=preset,
+            seed=seed,
+            force=True,
+            overrides=overrides,
+            device=device,
+            precision=precision,
+        )
+        res = pipeline.train(job, data=train)
+        tr = res["trainer"]
+        model, cfg, delta, secs = tr.model, tr.cfg, tr.delta, 0.0
+        note = f"{res['steps']} it on {model.device.type}"
+        if res["stopped"] == "collapse":
+            note += ", ended by the watchdog"
+        if res["restarts"]:
+            note += f", {res['restarts']} fresh start{'s' * (res['restarts'] > 1)}"
     size = tuple(train.shape[1:])
-    out, secs = {}, 0.0
-    model, trained = tr.model, tr.model.accel
-    for sp in ("", *sample_precisions):
+    out = {}
+    trained = model.accel
+    variants = [("", "", True)] + [(f", {sp} sampling", sp, True) for sp in sample_precisions]
+    if unmatched:
+        variants.append((" unmatched", "", False))
+    for key, sp, match in variants:
         # "": what `coopsynth texture` samples with (Accel.for_sampling), else the precision named
         accel = trained.for_sampling(model.device, model.net.dims) if not sp else replace(trained, precision=sp)
         gen = torch.Generator(device=model.device).manual_seed(seed + 1)  # the same latents for each
         with model.using(accel):
-            s = model.sample(k, size, refine=tr.cfg.langevin_steps, langevin=tr.cfg.langevin(tr.delta), generator=gen).cpu()
-        out[sp] = list(s)
+            s = model.sample(k, size, refine=cfg.langevin_steps, langevin=cfg.langevin(delta), generator=gen, match=match).cpu()
+        out[key] = list(s)
         secs = secs or time.perf_counter() - t0  # training and the first sampling, as a user runs it
-    note = f"{res['steps']} it on {model.device.type}"
-    if res["stopped"] == "collapse":
-        note += ", ended by the watchdog"
-    if res["restarts"]:
-        note += f", {res['restarts']} fresh start{'s' * (res['restarts'] > 1)}"
     return out, secs, note
 
 
@@ -161,6 +179,8 @@ def run_item(
     device: str = "auto",
     precisions: tuple[str, ...] = ("auto",),
     sample_precisions: tuple[str, ...] = (),
+    unmatched: bool = False,
+    reuse: bool = False,
 ) -> dict:
     """One texture, every method. With several precisions, coopsynth runs once per precision
     (columns "coopsynth fp32", ...) on the same data in the same run."""
@@ -171,16 +191,28 @@ def run_item(
     work.mkdir(parents=True, exist_ok=True)
     rows = [("input", [img]), ("held-out", [held])]
     result = {"item": item, "size": list(img.shape[1:]), "methods": {}}
+    if reuse and (out / f"{item}.json").exists():  # keep the scores of the methods not rerun
+        result["methods"] = json.loads((out / f"{item}.json").read_text()).get("methods", {})
     minutes_coop = None
     for m in methods:
         print(f"  {item}: {m} ...", flush=True)
         if m.startswith("coopsynth"):
             precision = m.split()[1] if " " in m else precisions[0]
             runs, secs, note = run_coopsynth(
-                train, k, seed, preset, work / m.replace(" ", "_"), overrides, device, precision, sample_precisions
+                train,
+                k,
+                seed,
+                preset,
+                work / m.replace(" ", "_"),
+                overrides,
+                device,
+                precision,
+                sample_precisions,
+                unmatched,
+                reuse,
             )
             minutes_coop = minutes_coop or secs / 60
-            outputs = [(m if not sp else f"{m}, {sp} sampling", samples) for sp, samples in runs.items()]
+            outputs = [(m + key, samples) for key, samples in runs.items()]
         elif m == "paper":
             budget = (minutes_coop * 60) if minutes_coop else 120.0
             samples, secs, note = run_paper(train, k, seed, budget)
@@ -260,6 +292,12 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="coopsynth's device: auto, cpu or cuda")
     ap.add_argument("--precisions", default="auto", help="comma-separated; more than one: a coopsynth column per precision")
     ap.add_argument("--sample-precisions", default="", help="also sample each trained model in these precisions (a column each)")
+    ap.add_argument(
+        "--unmatched", action="store_true", help="also score coopsynth's samples without histogram matching (same latents)"
+    )
+    ap.add_argument(
+        "--reuse", action="store_true", help="score the coopsynth models a run left in --out instead of training afresh"
+    )
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     precisions = tuple(p for p in args.precisions.split(",") if p)
@@ -293,12 +331,29 @@ def main() -> None:
     for p in files:
         print(f"{p.name}", flush=True)
         results.append(
-            run_item(p, methods, args.k, args.seed, args.preset, overrides, args.out, args.device, precisions, sample_precisions)
+            run_item(
+                p,
+                methods,
+                args.k,
+                args.seed,
+                args.preset,
+                overrides,
+                args.out,
+                args.device,
+                precisions,
+                sample_precisions,
+                args.unmatched,
+                args.reuse,
+            )
         )
     title = f"Texture quality, preset `{args.preset}`, {len(results)} textures"
     if args.device != "auto" or len(precisions) > 1:
         title += f", device {args.device}, precision {'/'.join(precisions)}"
+    if args.reuse:
+        title += ", the models of the run in --out (not trained again)"
     columns = list(dict.fromkeys(label for r in results for label in r["methods"]))
+    if args.reuse:  # the item files keep earlier runs' peers; this table shows what ran now
+        columns = [c for c in columns if any(c == m or c.startswith((f"{m} ", f"{m},")) for m in methods)]
     text = header(title) + table(results, columns)
     text += f"\nContact sheets: `{'benchmarks/out/quality' if args.out == OUT else args.out}/<texture>.png` (rows: input, held-out, then each method's samples). Total {(time.perf_counter() - t0) / 60:.0f} min.\n"
     publish(text, not args.no_write)

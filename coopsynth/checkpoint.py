@@ -2,8 +2,11 @@
 
     {"format": "coopsynth", "version": 1, "kind": "texture" | "video",
      "config": TrainConfig as a dict, "descriptor": ..., "generator": ..., "opt_d": ..., "opt_g": ...,
-     "step": int, "delta": float, "mean": (C,), "std": (C,), "rng": ..., "torch_rng": ...,
+     "step": int, "delta": float, "mean": (C,), "std": (C,), "quantiles": (C, n), "rng": ..., "torch_rng": ...,
      "meta": {"input": str, "size": [..], "fps": float, "seconds": float, ...}}
+
+"quantiles" (the training data's per-channel quantile function, for histogram-matched samples)
+came later than version 1: a checkpoint without it samples unmatched.
 
 Written to a temporary name and renamed, so a crash never leaves half a checkpoint.
 """
@@ -17,6 +20,7 @@ import torch
 
 from .accel import Accel
 from .errors import CoopsynthError
+from .histogram import is_quantile_function
 from .io import atomic_path
 from .model import CoopModel
 from .trainer import TrainConfig
@@ -80,6 +84,7 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
     except (TypeError, KeyError, ValueError) as e:
         raise CoopsynthError(f"{path}: checkpoint config is invalid ({e})") from None
     blob["config_obj"] = cfg
+    blob["source"] = str(path)  # for messages about this checkpoint later on
     return blob
 
 
@@ -97,4 +102,9 @@ def model_from_checkpoint(
         raise CoopsynthError(f"{path}: weights do not match the recorded config ({first})") from None
     if model.mean.shape != (cfg.net.channels,) or model.std.shape != (cfg.net.channels,):
         raise CoopsynthError(f"{path}: normalisation does not match {cfg.net.channels} channels")
+    q = blob.get("quantiles")
+    if q is not None and not is_quantile_function(q, cfg.net.channels):
+        why = f"is damaged or does not match {cfg.net.channels} channels"
+        raise CoopsynthError(f"{path}: its colour distribution (quantiles) {why}")
+    model.quantiles = None if q is None else q.float()
     return model

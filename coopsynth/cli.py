@@ -130,6 +130,15 @@ Frames = Annotated[
 ]
 Fps = Annotated[float | None, typer.Option("--fps", help="Videos: output frame rate (default: the input's).")]
 Loop = Annotated[bool, typer.Option("--loop", help="Videos: seamless loop, the last frame flows into the first.")]
+MatchHistogram = Annotated[
+    bool | None,
+    typer.Option(
+        "--match-histogram/--no-match-histogram",
+        help="Map each output channel's values onto the training input's distribution (Heeger-Bergen histogram "
+        "matching): truer colours and contrast. Default: on for textures, off for videos.",
+        show_default=False,
+    ),
+]
 MaxSize = Annotated[
     int | None,
     typer.Option(
@@ -368,6 +377,7 @@ def texture(
     resume: Resume = False,
     force: Force = False,
     max_size: MaxSize = None,
+    match_histogram: MatchHistogram = None,
 ) -> None:
     """Train on a texture image, then write new samples, model.pt, progress.png and log.jsonl."""
     hw = pipeline.parse_size(size)
@@ -394,7 +404,9 @@ def texture(
             return result, []
         trainer = result["trainer"]
         blob = {"config_obj": trainer.cfg, "kind": "texture", "meta": result["meta"], "delta": trainer.delta}
-        sj = pipeline.SampleJob(dest, len(names), hw, seed, tile=tile, refine=refine, force=True)  # the run was checked
+        sj = pipeline.SampleJob(
+            dest, len(names), hw, seed, tile=tile, refine=refine, force=True, match=match_histogram
+        )  # the run was checked
         return result, _sample(trainer.model, blob, sj)
 
     if len(inputs) == 1 and not inputs[0].is_dir():
@@ -462,6 +474,7 @@ def video(
     force: Force = False,
     max_size: MaxSize = None,
     max_frames: MaxFrames = None,
+    match_histogram: MatchHistogram = None,
 ) -> None:
     """Train on one video of a dynamic texture, then write new videos (MP4 + a GIF preview).
     A folder of video files trains one model per clip (a folder of image frames is one video)."""
@@ -501,7 +514,9 @@ def video(
         trainer = result["trainer"]
         blob = {"config_obj": trainer.cfg, "kind": "video", "meta": result["meta"], "delta": trainer.delta}
         full = pipeline.sample_size(blob, hw, frames)
-        sj = pipeline.SampleJob(dest, len(names), full, seed, loop=loop, refine=refine, smooth=smooth, fps=fps, force=True)
+        sj = pipeline.SampleJob(
+            dest, len(names), full, seed, loop=loop, refine=refine, smooth=smooth, fps=fps, force=True, match=match_histogram
+        )
         return result, _sample(trainer.model, blob, sj)
 
     from .io import VIDEO_SUFFIXES
@@ -586,6 +601,7 @@ def sample(
     device: Device = "auto",
     precision: Precision = "auto",
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing sample files in the output folder.")] = False,
+    match_histogram: MatchHistogram = None,
 ) -> None:
     """Sample from a trained model without retraining: a generator pass, then --refine Langevin steps."""
     t0 = time.perf_counter()
@@ -594,7 +610,19 @@ def sample(
     _precision_note(device, precision)
     m, blob = pipeline.load_model(model, device, precision)
     full = pipeline.sample_size(blob, hw, frames)
-    sj = pipeline.SampleJob(output, samples, full, seed, tile=tile, loop=loop, refine=refine, smooth=smooth, fps=fps, force=force)
+    sj = pipeline.SampleJob(
+        output,
+        samples,
+        full,
+        seed,
+        tile=tile,
+        loop=loop,
+        refine=refine,
+        smooth=smooth,
+        fps=fps,
+        force=force,
+        match=match_histogram,
+    )
     written = _sample(m, blob, sj)
     if len(written) == 1:
         where = str(written[0])

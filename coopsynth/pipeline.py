@@ -25,8 +25,9 @@ from .accel import Accel, precision_warning
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .completion import CONTEXT, SEAM_LENGTH, default_refine, default_smooth, pieces
 from .errors import CoopsynthError
+from .histogram import match as match_histogram
 from .io import MAX_FPS, check_writable, read_image, read_video, scale_down, write_image, write_video
-from .model import CoopModel
+from .model import MATCH_HISTOGRAM, CoopModel
 from .networks import NetConfig
 from .trainer import WATCHDOG_FLOOR, CollapseError, CoopTrainer, DivergenceError, TrainConfig, crop_size, preset, with_overrides
 
@@ -276,7 +277,8 @@ def attempt_score(trainer: CoopTrainer, seed: int) -> float | None:
     top, left = (H - h) // 2, (W - w) // 2
     ref = model.denormalise(trainer.data[None, :, top : top + h, left : left + w])[0].cpu()  # (C, h, w) in [0, 1]
     gen = torch.Generator(device=model.device).manual_seed(seed)
-    samples = model.sample(2, (h, w), refine=cfg.langevin_steps, langevin=cfg.langevin(trainer.delta), generator=gen)
+    # unmatched: the attempts are judged on what the networks learnt, not on the colour map after them
+    samples = model.sample(2, (h, w), refine=cfg.langevin_steps, langevin=cfg.langevin(trainer.delta), generator=gen, match=False)
     return metrics.swd(list(samples.cpu()), [ref], seed=seed, patches=2048)
 
 
@@ -308,6 +310,8 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
         noise = torch.Generator(device=device).manual_seed(job.seed + 54321)
         y = trainer.model.revise(y0, steps=cfg.langevin_steps, generator=noise, **cfg.langevin(trainer.delta))
         y = trainer.model.denormalise(y)[0]
+        if kind == "texture" and MATCH_HISTOGRAM[2]:
+            y = match_histogram(y, trainer.quantiles)
         snaps.append(y if kind == "texture" else y[:, 0])
         strip = torch.cat(snaps[-job.snapshots :], dim=-1)
         write_image(out / "progress.png", strip)
@@ -505,6 +509,7 @@ class SampleJob:
     smooth: float | None = None  # videos: latent correlation over time (slower motion); None = the model's
     fps: float | None = None
     force: bool = False  # overwrite existing sample files
+    match: bool | None = None  # histogram-match to the training data; None = the kind's default (images yes, videos no)
 
 
 def load_model(path: str | Path, device: str = "auto", precision: str = "auto") -> tuple[CoopModel, dict]:
@@ -556,6 +561,11 @@ def sample(model: CoopModel, blob: dict, job: SampleJob, on_progress: ProgressFn
     if job.smooth is not None and kind != "video":
         raise CoopsynthError("--smooth: only video models have motion to slow")
     smooth = check_smooth(cfg.sample_smooth if job.smooth is None else job.smooth)
+    if job.match and model.quantiles is None:
+        raise CoopsynthError(
+            f"{blob.get('source', 'this model')}: holds no colour distribution for --match-histogram (written by an "
+            "older coopsynth); train it again, or sample without --match-histogram"
+        )
     names = sample_names(Path(job.output), kind, job.samples)
     refuse_existing(names, job.force)
     check_writable(names[0].parent)
@@ -578,6 +588,7 @@ def sample(model: CoopModel, blob: dict, job: SampleJob, on_progress: ProgressFn
                 wrap=wrap,
                 generator=gen,
                 smooth=smooth,
+                match=job.match,
                 callback=lambda info, i=i: report(i, info["phase"], info["done"], info["windows"]),
             )[0]
             report(i, "writing", 0, 1)

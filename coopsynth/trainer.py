@@ -22,6 +22,7 @@ import torch
 from . import distributed
 from .accel import Accel
 from .errors import CoopsynthError
+from .histogram import quantile_function
 from .model import CoopModel
 from .networks import NetConfig
 
@@ -164,6 +165,7 @@ class CoopTrainer:
             raise CoopsynthError(f"batch {cfg.batch} does not split evenly over {len(shards)} shards")
         self.shards = tuple(shards)
         mean, std = standardise_stats(data, mask)
+        self.quantiles = quantile_function(data, mask)  # (C, n): for histogram-matched samples
         self._begin(seed, mean, std, accel)
         self.data = self.model.normalise(data.to(self.device))  # (C, [T,] H, W) standardised
         self.mask = None if mask is None else mask.to(self.device).float().expand_as(data[:1]).contiguous()  # (1, [T,] H, W)
@@ -180,6 +182,7 @@ class CoopTrainer:
         self.gens = [torch.Generator(device=self.device).manual_seed(seed + 7919 * s) for s in self.shards]
         self.gen = self.gens[0]
         self.model = CoopModel(cfg.net, mean, std, self.device, accel)
+        self.model.quantiles = self.quantiles
         betas = (cfg.beta1, 0.999)
         self.opt_d = torch.optim.Adam(self.model.descriptor.parameters(), lr=cfg.lr_d, betas=betas)
         self.opt_g = torch.optim.Adam(self.model.generator.parameters(), lr=cfg.lr_g, betas=betas)
@@ -401,6 +404,7 @@ class CoopTrainer:
             "grad_norms": list(self.grad_norms),
             "mean": self.model.mean.clone(),
             "std": self.model.std.clone(),
+            "quantiles": self.quantiles.clone(),
             "rng": self.gen.get_state(),
             "rng_shards": [g.get_state() for g in self.gens],
             "torch_rng": torch.get_rng_state(),

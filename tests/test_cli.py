@@ -385,3 +385,29 @@ def test_max_size_scales_an_image_down_before_learning(tmp_path):
     torch.testing.assert_close(data, want, rtol=0, atol=1e-6)
     _, data, meta = pipeline.load_input(pipeline.TrainJob(tmp_path / "big.png", tmp_path / "t", max_size=200))
     assert data.shape == (3, 96, 128) and meta["notes"] == []  # already small enough: as it is
+
+
+def test_texture_samples_take_the_inputs_colours_unless_told_not_to(trained, tmp_path):
+    """Histogram matching (the default) maps each channel into the input's distribution: into its
+    range, where a two-step model's raw samples run to 0 and 1."""
+    args = ["sample", str(trained / "out" / "model.pt"), "--size", "48x40", "--refine", "1", "--seed", "2"]
+    assert runner.invoke(app, [*args, "-o", str(tmp_path / "on.png")]).exit_code == 0
+    r = runner.invoke(app, [*args, "-o", str(tmp_path / "off.png"), "--no-match-histogram"])
+    assert r.exit_code == 0, r.output
+    x = read_image(trained / "tiny.png").flatten(1)
+    lo, hi = x.min(1).values, x.max(1).values  # (3,)
+    on, off = (read_image(tmp_path / f"{n}.png").flatten(1) for n in ("on", "off"))
+    assert ((on.min(1).values >= lo) & (on.max(1).values <= hi)).all()
+    assert ((off.min(1).values < lo) | (off.max(1).values > hi)).any()
+
+
+def test_match_histogram_on_a_model_without_colour_statistics_is_refused(trained, tmp_path):
+    blob = torch.load(trained / "out" / "model.pt", weights_only=True)
+    del blob["quantiles"]  # as coopsynth wrote checkpoints before histogram matching
+    torch.save(blob, tmp_path / "old.pt")
+    args = ["sample", str(tmp_path / "old.pt"), "-o", str(tmp_path / "s.png"), "--refine", "0"]
+    r = runner.invoke(app, [*args, "--match-histogram"])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1
+    assert "old.pt: holds no colour distribution for --match-histogram" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "s.png").exists()
+    assert runner.invoke(app, args).exit_code == 0 and (tmp_path / "s.png").is_file()  # unmatched by default
