@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import HERE, contact_sheet, fmt, header, median, publish  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
+from coopsynth.histogram import quantile_function  # noqa: E402
 from coopsynth.video import prepare_video  # noqa: E402
 
 CLIPS = ["tree_foliage_opencv", "flame_rendered_castle"]
@@ -43,14 +44,19 @@ def run_coopsynth(
     refines: list[int] | None,
     reuse: bool,
     overrides: dict | None = None,
+    matched: bool = False,
 ) -> tuple[dict, float, str]:
     """Train once (or, with `reuse`, load the model the last run left in `work`); then samples
-    with each refinement count from the same latents: "coopsynth" is the preset's own count."""
+    with each refinement count from the same latents: "coopsynth" is the preset's own count. With
+    `matched`, also the preset's samples histogram-matched to the training clip ("coopsynth
+    matched"; videos sample unmatched by default)."""
     ckpt = work / "model.pt"
     if reuse and ckpt.exists():
         model, blob = pipeline.load_model(ckpt, "cpu")
         cfg, delta = blob["config_obj"], float(blob.get("delta", blob["config_obj"].delta))
         secs, note = float(blob["meta"]["seconds"]), f"{blob['step']} it (reused model)"
+        if model.quantiles is None:  # a model from before histogram matching: what training now stores
+            model.quantiles = quantile_function(train)
     else:
         t0 = time.perf_counter()
         job = pipeline.TrainJob(
@@ -67,6 +73,18 @@ def run_coopsynth(
         smooth = cfg.sample_smooth if refine == cfg.refine else 0.0  # --refine L rows: the plain latents, as before
         s = model.sample(k, tuple(train.shape[1:]), refine=refine, langevin=cfg.langevin(delta), generator=gen, smooth=smooth)
         out[name] = list(s)
+    if matched:
+        gen = torch.Generator(device=model.device).manual_seed(seed + 1)
+        s = model.sample(
+            k,
+            tuple(train.shape[1:]),
+            refine=cfg.refine,
+            langevin=cfg.langevin(delta),
+            generator=gen,
+            smooth=cfg.sample_smooth,
+            match=True,
+        )
+        out["coopsynth matched"] = list(s)
     return out, secs, note
 
 
@@ -93,6 +111,9 @@ def main() -> None:
         "--refines", default=None, help="comma-separated sampling refinement counts to score (default: the preset's and L)"
     )
     ap.add_argument("--reuse", action="store_true", help="score the models the last run left in --out instead of training")
+    ap.add_argument(
+        "--matched", action="store_true", help="also score the samples histogram-matched to the training clip (same latents)"
+    )
     ap.add_argument("--set", default="{}", help="JSON of TrainConfig overrides, for experiments")
     ap.add_argument(
         "--no-write", action="store_true", help="do not append to RESULTS.md (frame strips and item JSON still go to --out)"
@@ -120,7 +141,15 @@ def main() -> None:
         for m in methods:
             if m == "coopsynth":
                 runs, secs, note = run_coopsynth(
-                    train, args.k, args.seed, args.preset, args.out / name, refines, args.reuse, json.loads(args.set)
+                    train,
+                    args.k,
+                    args.seed,
+                    args.preset,
+                    args.out / name,
+                    refines,
+                    args.reuse,
+                    json.loads(args.set),
+                    args.matched,
                 )
                 coop_secs = secs
             elif m == "paper":

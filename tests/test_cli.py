@@ -411,3 +411,11 @@ def test_match_histogram_on_a_model_without_colour_statistics_is_refused(trained
     assert "old.pt: holds no colour distribution for --match-histogram" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "s.png").exists()
     assert runner.invoke(app, args).exit_code == 0 and (tmp_path / "s.png").is_file()  # unmatched by default
+
+
+def test_the_core_imports_neither_typer_nor_rich():
+    core = "networks langevin trainer model histogram completion metrics io checkpoint pipeline video evaluate".split()
+    imports = "".join(f"import coopsynth.{m}\n" for m in core)
+    code = f"import sys\n{imports}print(sorted({{'typer', 'rich'}} & set(sys.modules)))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
