@@ -8,6 +8,7 @@ CUDA graph, fp32/tf32/bf16 and channels-last on a GPU), as ratios measured in th
     python benchmarks/speed.py --only threads  # CPU: the revision at 1 thread and at all, against the product
     python benchmarks/speed.py --only layouts  # the generator, contiguous against channels-last
     python benchmarks/speed.py --only interleave  # the generator's interleave: its own backward against autograd's
+    python benchmarks/speed.py --only sampling  # the 1024x1024 sample (matched and not) and the 8192x8192 one
 
 Everything is measured in this one run, so the ratios compare like with like on a noisy machine.
 """
@@ -35,6 +36,7 @@ from coopsynth import model as model_module  # noqa: E402
 from coopsynth import networks  # noqa: E402
 from coopsynth.accel import Accel, cpu_has_bf16, keep_freed_memory  # noqa: E402
 from coopsynth.cpugrad import unpad  # noqa: E402
+from coopsynth.histogram import quantile_function  # noqa: E402
 from coopsynth.langevin import descriptor_langevin  # noqa: E402
 from coopsynth.model import CoopModel  # noqa: E402
 from coopsynth.networks import Descriptor, pad  # noqa: E402
@@ -157,6 +159,7 @@ def peak_memory(device: torch.device, fn) -> str:
 BIG = """
 import resource, sys, time, torch
 from coopsynth.accel import Accel, keep_freed_memory
+from coopsynth.histogram import quantile_function
 from coopsynth.model import CoopModel
 from coopsynth.trainer import preset
 device, side, keep, repeat = torch.device(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "keep", int(sys.argv[4])
@@ -165,6 +168,7 @@ if keep:
 cfg = preset("default")
 accel = Accel.for_device(device).for_sampling(device, 2)  # what `coopsynth sample` uses
 m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device, accel)
+m.quantiles = quantile_function(torch.rand(3, 256, 256, generator=torch.Generator().manual_seed(0)) ** 2)  # histogram-matched
 times = []
 for _ in range(repeat):
     t = time.perf_counter()
@@ -192,6 +196,44 @@ def fresh_sample(device: torch.device, side: int, keep: bool, repeat: int = 1) -
         raise RuntimeError((r.stderr.strip().splitlines() or ["?"])[-1])
     precision, rss, *times = r.stdout.split()
     return precision, float(rss), [float(t) for t in times]
+
+
+def with_quantiles(m: CoopModel) -> CoopModel:
+    """The model with a training image's quantiles, as a trained model has: its image samples are
+    histogram-matched, as `coopsynth sample` writes them."""
+    m.quantiles = quantile_function(torch.rand(3, 256, 256, generator=torch.Generator().manual_seed(0)) ** 2)
+    return m
+
+
+def sampling(device: torch.device, cfg, big: int) -> list[str]:
+    """The headline sampling figures: one 1024x1024 texture inside the process in each precision
+    (`--precision`; bf16 on a CPU needs AVX512-BF16 or AMX to pay off), histogram-matched as the
+    CLI writes it and, the same sample, unmatched; then the large sample in a fresh process."""
+    lines = [""]
+    for precision in ("tf32", "bf16") if device.type == "cuda" else ("fp32", "bf16"):
+        m = with_quantiles(
+            CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device, Accel.for_device(device, precision))
+        )
+        lang, steps = cfg.langevin(), cfg.langevin_steps
+        t = timeit_all(
+            {
+                "0": lambda: m.sample(1, (1024, 1024), refine=0, langevin=lang),
+                "L": lambda: m.sample(1, (1024, 1024), refine=steps, langevin=lang),
+                "L unmatched": lambda: m.sample(1, (1024, 1024), refine=steps, langevin=lang, match=False),
+            },
+            device,
+            repeat=3,
+        )
+        lines.append(
+            f"1024x1024 sample, `--precision {precision}`: {t['0']:.2f} s generator only (`--refine 0`), "
+            f"{t['L']:.2f} s with the default {steps} Langevin refinements; {t['L unmatched']:.2f} s of the same without "
+            "histogram matching (`--no-match-histogram`).\n"
+        )
+    if device.type == "cpu":
+        lines.append(allocator_sides(device))
+    if big:
+        lines.append(big_sample(device, big))
+    return lines
 
 
 def big_sample(device: torch.device, side: int) -> str:
@@ -863,23 +905,7 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: 
         if fell:  # a slower path taken on the way (its reason), or what led up to a fault: in the size cell
             lines[-1] = lines[-1].replace(f"| {size} |", f"| {size} (fell back: {'; '.join(fell)}) |", 1)
         print(lines[-1], flush=True)
-    # the headline sampling figure: one 1024x1024 texture inside the process, in each precision
-    # (`--precision`); bf16 on a CPU needs AVX512-BF16 or AMX to pay off
-    lines.append("")
-    for precision in ("tf32", "bf16") if device.type == "cuda" else ("fp32", "bf16"):
-        m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device, Accel.for_device(device, precision))
-        t1024 = timeit(lambda: m.sample(1, (1024, 1024), refine=0, langevin=cfg.langevin()), device, repeat=2, min_time=0.0)
-        t1024r = timeit(
-            lambda: m.sample(1, (1024, 1024), refine=cfg.langevin_steps, langevin=cfg.langevin()), device, repeat=2, min_time=0.0
-        )
-        lines.append(
-            f"1024x1024 sample, `--precision {precision}`: {t1024:.2f} s generator only (`--refine 0`), "
-            f"{t1024r:.2f} s with the default {cfg.langevin_steps} Langevin refinements.\n"
-        )
-    if device.type == "cpu":
-        lines.append(allocator_sides(device))
-    if big:
-        lines.append(big_sample(device, big))
+    lines += sampling(device, cfg, big)
     lines += generator_forms(device, sizes, cfg)
     lines += generator_layouts(device, cfg)
     lines += interleave_backward(device, sizes, cfg)
@@ -898,8 +924,9 @@ def main() -> None:
     ap.add_argument("--big", type=int, default=8192, help="side of the large-sample check (0: skip)")
     ap.add_argument(
         "--only",
-        choices=["threads", "layouts", "interleave"],
-        help="one table alone: threads (CPU thread scaling), layouts (the generator's) or interleave (its gradient)",
+        choices=["threads", "layouts", "interleave", "sampling"],
+        help="one table alone: threads (CPU thread scaling), layouts (the generator's), interleave (its gradient) or "
+        "sampling (the 1024x1024 and --big samples)",
     )
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -925,6 +952,9 @@ def main() -> None:
             continue
         if args.only == "interleave":
             text += f"{d.upper()}:\n" + "\n".join(interleave_backward(torch.device(d), sizes, preset(args.preset))) + "\n"
+            continue
+        if args.only == "sampling":
+            text += f"{d.upper()}:\n" + "\n".join(sampling(torch.device(d), preset(args.preset), args.big)) + "\n"
             continue
         text += bench_device(torch.device(d), sizes, args.preset, args.big) + "\n"
     publish(text, not args.no_write)
