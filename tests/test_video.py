@@ -267,3 +267,21 @@ def test_a_video_too_large_to_hold_is_refused_before_training(clip_dir, tmp_path
     r = runner.invoke(app, ["video", str(clip_dir / "clip.mp4"), "-o", str(tmp_path / "b"), "--frames", "10000000"])
     assert r.exit_code == 1 and "video is too large" in r.output and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "b" / "model.pt").exists()
+
+
+def test_video_samples_are_histogram_matched_only_when_asked(clip_dir, tmp_path):
+    """Videos default to unmatched samples; --match-histogram gives each channel the training
+    clip's distribution (a two-step model's raw frames are far brighter than the clip)."""
+    model = str(clip_dir / "out" / "model.pt")
+    args = ["sample", model, "--samples", "1", "--frames", "8", "--size", "24x16", "--seed", "3"]
+    for name, extra in (("plain.mp4", []), ("off.mp4", ["--no-match-histogram"]), ("on.mp4", ["--match-histogram"])):
+        r = runner.invoke(app, [*args, "-o", str(tmp_path / name), *extra])
+        assert r.exit_code == 0, r.output
+    (plain, _), (off, _), (on, _) = (read_video(tmp_path / n) for n in ("plain.mp4", "off.mp4", "on.mp4"))
+    assert torch.equal(plain, off) and not torch.equal(plain, on)
+    src, _ = read_video(clip_dir / "clip.mp4")
+    # the medians, per channel: where the raw frames saturate, matching maps the repeated value to
+    # the middle of its share, so the tails need not follow; the codec moves single pixels too
+    want = src.flatten(1).median(1).values  # (C,)
+    assert ((on.flatten(1).median(1).values - want).abs() < 0.05).all()
+    assert ((off.flatten(1).median(1).values - want).abs() > 0.2).all()
