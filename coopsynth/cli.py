@@ -404,9 +404,8 @@ def texture(
             return result, []
         trainer = result["trainer"]
         blob = {"config_obj": trainer.cfg, "kind": "texture", "meta": result["meta"], "delta": trainer.delta}
-        sj = pipeline.SampleJob(
-            dest, len(names), hw, seed, tile=tile, refine=refine, force=True, match=match_histogram
-        )  # the run was checked
+        # force: the run checked the sample files before training
+        sj = pipeline.SampleJob(dest, len(names), hw, seed, tile=tile, refine=refine, force=True, match=match_histogram)
         return result, _sample(trainer.model, blob, sj)
 
     if len(inputs) == 1 and not inputs[0].is_dir():
