@@ -39,6 +39,7 @@ from coopsynth.io import read_image, write_image  # noqa: E402
 QUICK = ["gimp_brick", "skimage_grass", "efl_rock_01"]
 METHODS = ["coopsynth", "paper", "gmic", "resynth"]
 OUT = HERE / "out" / "quality"
+REUSE_SUFFIX = ".reuse"  # --reuse writes <texture>.reuse.json/.png beside the training run's <texture>.json/.png
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,8 +192,6 @@ def run_item(
     work.mkdir(parents=True, exist_ok=True)
     rows = [("input", [img]), ("held-out", [held])]
     result = {"item": item, "size": list(img.shape[1:]), "methods": {}}
-    if reuse and (out / f"{item}.json").exists():  # keep the scores of the methods not rerun
-        result["methods"] = json.loads((out / f"{item}.json").read_text()).get("methods", {})
     minutes_coop = None
     for m in methods:
         print(f"  {item}: {m} ...", flush=True)
@@ -236,8 +235,9 @@ def run_item(
                 f"div {fmt(scores.get('diversity'))} {secs / 60:.1f} min {note}",
                 flush=True,
             )
-    contact_sheet(out / f"{item}.png", rows)
-    (out / f"{item}.json").write_text(json.dumps(result, indent=1))
+    stem = item + REUSE_SUFFIX if reuse else item  # a rescoring leaves the training run's files as they are
+    contact_sheet(out / f"{stem}.png", rows)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -307,7 +307,7 @@ def main() -> None:
         methods[i : i + 1] = [f"coopsynth {p}" for p in precisions]
 
     if args.summarize:
-        results = [json.loads(p.read_text()) for p in sorted(args.out.glob("*.json"))]
+        results = [json.loads(p.read_text()) for p in sorted(args.out.glob("*.json")) if not p.stem.endswith(REUSE_SUFFIX)]
         if not results:
             raise SystemExit(f"no item results yet in {args.out}")
         text = header("Texture quality, summary of the item runs so far") + table(results, methods)
@@ -352,10 +352,8 @@ def main() -> None:
     if args.reuse:
         title += ", the models of the run in --out (not trained again)"
     columns = list(dict.fromkeys(label for r in results for label in r["methods"]))
-    if args.reuse:  # the item files keep earlier runs' peers; this table shows what ran now
-        columns = [c for c in columns if any(c == m or c.startswith((f"{m} ", f"{m},")) for m in methods)]
     text = header(title) + table(results, columns)
-    text += f"\nContact sheets: `{'benchmarks/out/quality' if args.out == OUT else args.out}/<texture>.png` (rows: input, held-out, then each method's samples). Total {(time.perf_counter() - t0) / 60:.0f} min.\n"
+    text += f"\nContact sheets: `{'benchmarks/out/quality' if args.out == OUT else args.out}/<texture>{REUSE_SUFFIX if args.reuse else ''}.png` (rows: input, held-out, then each method's samples). Total {(time.perf_counter() - t0) / 60:.0f} min.\n"
     publish(text, not args.no_write)
 
 

@@ -168,8 +168,9 @@ def main() -> None:
                     f"  {label}: " + ", ".join(f"{k} {fmt(v) if isinstance(v, float) else v}" for k, v in scores.items()),
                     flush=True,
                 )
-        contact_sheet(args.out / f"{name}.png", rows, height=96)
-        (args.out / f"{name}.json").write_text(json.dumps(r, indent=1))
+        stem = name + ".reuse" if args.reuse else name  # a rescoring leaves the training run's files as they are
+        contact_sheet(args.out / f"{stem}.png", rows, height=96)
+        (args.out / f"{stem}.json").write_text(json.dumps(r, indent=1))
         results.append(r)
     keys = ["spatial_swd_ratio", "st_swd_ratio", "motion_ratio", "copy_index", "diversity", "minutes"]
     text = header(f"Dynamic textures, preset `{args.preset}`")
@@ -185,7 +186,7 @@ def main() -> None:
                 f"| **median** | {m} | " + " | ".join(fmt(median([v.get(k, float("nan")) for v in vals])) for k in keys) + " |\n"
             )
     where = "benchmarks/out/video" if args.out == OUT else args.out
-    text += f"\nFrame strips (every 8th frame; input, then the first sample of each method): `{where}/<clip>.png`.\n"
+    text += f"\nFrame strips (every 8th frame; input, then the first sample of each method): `{where}/<clip>{'.reuse' if args.reuse else ''}.png`.\n"
     publish(text, not args.no_write)
 
 

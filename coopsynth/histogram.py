@@ -9,9 +9,9 @@ through one increasing function so that its value distribution becomes the train
 F is the output channel's own cumulative distribution (a histogram of BINS bins over its range)
 and Q the training channel's quantile function (QUANTILES points, linear between them), stored in
 the checkpoint. Q(F) is tabulated at the histogram's bin edges and read linearly in between
-(within 1e-4 of reading F and Q apart, and twice as fast). The map is per pixel, so tiling,
-looping and windowed outputs keep their properties, and the order of the values within a channel
-is kept.
+(within 1e-4 of reading F and Q apart, and 1.5-2x faster; ad-hoc). The map is per pixel, so
+tiling, looping and windowed outputs keep their properties, and the order of the values within a
+channel is kept.
 
 On the same trained models, matched samples score a median SWD ratio of 1.25 against 1.42 raw
 over 14 textures (benchmarks/RESULTS.md, "Histogram matching").
