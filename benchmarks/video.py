@@ -29,7 +29,7 @@ from common import HERE, contact_sheet, fmt, header, median, publish  # noqa: E4
 
 from coopsynth import metrics, pipeline  # noqa: E402
 from coopsynth.histogram import quantile_function  # noqa: E402
-from coopsynth.video import prepare_video  # noqa: E402
+from coopsynth.video import motion_matched_sampling, prepare_video  # noqa: E402
 
 CLIPS = ["tree_foliage_opencv", "flame_rendered_castle"]
 OUT = HERE / "out" / "video"
@@ -45,11 +45,13 @@ def run_coopsynth(
     reuse: bool,
     overrides: dict | None = None,
     matched: bool = False,
+    refit: bool = False,
 ) -> tuple[dict, float, str]:
     """Train once (or, with `reuse`, load the model the last run left in `work`); then samples
     with each refinement count from the same latents: "coopsynth" is the preset's own count. With
     `matched`, also the preset's samples histogram-matched to the training clip ("coopsynth
-    matched"; videos sample unmatched by default)."""
+    matched"; videos sample unmatched by default) and, with `refit`, matched samples at the sampling
+    settings whose matched videos move most like the clip ("coopsynth matched, motion refit")."""
     ckpt = work / "model.pt"
     if reuse and ckpt.exists():
         model, blob = pipeline.load_model(ckpt, "cpu")
@@ -74,17 +76,28 @@ def run_coopsynth(
         s = model.sample(k, tuple(train.shape[1:]), refine=refine, langevin=cfg.langevin(delta), generator=gen, smooth=smooth)
         out[name] = list(s)
     if matched:
+        refine, smooth = cfg.sampling(matched=True)  # a model from before the matched fit: the raw one's
         gen = torch.Generator(device=model.device).manual_seed(seed + 1)
         s = model.sample(
-            k,
-            tuple(train.shape[1:]),
-            refine=cfg.refine,
-            langevin=cfg.langevin(delta),
-            generator=gen,
-            smooth=cfg.sample_smooth,
-            match=True,
+            k, tuple(train.shape[1:]), refine=refine, langevin=cfg.langevin(delta), generator=gen, smooth=smooth, match=True
         )
         out["coopsynth matched"] = list(s)
+        note += f"; matched: refine {refine}, smooth {smooth:g}"
+        if refit:  # the motion fit measured on matched videos, as if training had fitted it so
+            steps, smooth, _ = motion_matched_sampling(
+                model,
+                train.to(model.device),
+                max_steps=cfg.match_motion or 6,
+                langevin=cfg.langevin(delta),
+                seed=seed,
+                match=True,
+            )
+            gen = torch.Generator(device=model.device).manual_seed(seed + 1)
+            s = model.sample(
+                k, tuple(train.shape[1:]), refine=steps, langevin=cfg.langevin(delta), generator=gen, smooth=smooth, match=True
+            )
+            out["coopsynth matched, motion refit"] = list(s)
+            note += f"; refit on matched videos: refine {steps}, smooth {smooth:g}"
     return out, secs, note
 
 
@@ -113,6 +126,11 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="score the models the last run left in --out instead of training")
     ap.add_argument(
         "--matched", action="store_true", help="also score the samples histogram-matched to the training clip (same latents)"
+    )
+    ap.add_argument(
+        "--refit",
+        action="store_true",
+        help="with --matched: also the matched samples at the motion fit measured on matched videos",
     )
     ap.add_argument("--set", default="{}", help="JSON of TrainConfig overrides, for experiments")
     ap.add_argument(
@@ -150,6 +168,7 @@ def main() -> None:
                     args.reuse,
                     json.loads(args.set),
                     args.matched,
+                    args.refit,
                 )
                 coop_secs = secs
             elif m == "paper":

@@ -461,20 +461,31 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
         from .video import motion_matched_sampling
 
         clip = trainer.model.denormalise(trainer.data[None])[0]  # (C, T, H, W) in [0, 1]
-        steps, smooth, ratios = motion_matched_sampling(
-            trainer.model, clip, max_steps=cfg.match_motion, langevin=cfg.langevin(trainer.delta), seed=job.seed
-        )
-        trainer.cfg = cfg = with_overrides(cfg, sample_refine=steps, sample_smooth=smooth)
+        # fitted apart for raw and histogram-matched videos: matching stretches a video's contrast,
+        # and its frame-to-frame change with it (benchmarks/RESULTS.md, "motion fitted on matched videos")
+        fits = {}
+        for matched in (False, True) if trainer.model.quantiles is not None else (False,):
+            langevin = cfg.langevin(trainer.delta)
+            fits[matched] = motion_matched_sampling(
+                trainer.model, clip, max_steps=cfg.match_motion, langevin=langevin, seed=job.seed, match=matched
+            )
+        (steps, smooth, ratios), matched_fit = fits[False], fits.get(True)
+        cfg = with_overrides(cfg, sample_refine=steps, sample_smooth=smooth)
+        if matched_fit is not None:
+            cfg = with_overrides(cfg, matched_refine=matched_fit[0], matched_smooth=matched_fit[1])
+        trainer.cfg = cfg
         if lead:
             with open(log_path, "a") as log:
-                event = {
-                    "event": "sample_refine",
-                    "steps": steps,
-                    "smooth": smooth,
-                    "motion_ratios": ratios["refine"],
-                    "smooth_ratios": {str(w): r for w, r in ratios["smooth"].items()},
-                }
-                log.write(json.dumps(event) + "\n")
+                for matched, (steps, smooth, ratios) in fits.items():
+                    event = {
+                        "event": "sample_refine",
+                        "matched": matched,
+                        "steps": steps,
+                        "smooth": smooth,
+                        "motion_ratios": ratios["refine"],
+                        "smooth_ratios": {str(w): r for w, r in ratios["smooth"].items()},
+                    }
+                    log.write(json.dumps(event) + "\n")
     if not snaps or trainer.step_count % max(snap_every or 1, 1) != 0:
         snapshot()
     path = save(stop_reason)
@@ -556,11 +567,13 @@ def sample(model: CoopModel, blob: dict, job: SampleJob, on_progress: ProgressFn
     if len(size) != model.net.dims:
         raise CoopsynthError(f"a {kind} model needs a size of {model.net.dims} numbers, got {size}")
     check_seed(job.seed)
-    refine = cfg.refine if job.refine is None else check_refine(job.refine)
+    matched = (MATCH_HISTOGRAM[model.net.dims] if job.match is None else job.match) and model.quantiles is not None
+    fit_refine, fit_smooth = cfg.sampling(matched)
+    refine = fit_refine if job.refine is None else check_refine(job.refine)
     check_fps(job.fps)
     if job.smooth is not None and kind != "video":
         raise CoopsynthError("--smooth: only video models have motion to slow")
-    smooth = check_smooth(cfg.sample_smooth if job.smooth is None else job.smooth)
+    smooth = check_smooth(fit_smooth if job.smooth is None else job.smooth)
     if job.match and model.quantiles is None:
         raise CoopsynthError(
             f"{blob.get('source', 'this model')}: holds no colour distribution for --match-histogram (written by an "
@@ -588,7 +601,7 @@ def sample(model: CoopModel, blob: dict, job: SampleJob, on_progress: ProgressFn
                 wrap=wrap,
                 generator=gen,
                 smooth=smooth,
-                match=job.match,
+                match=matched,
                 callback=lambda info, i=i: report(i, info["phase"], info["done"], info["windows"]),
             )[0]
             report(i, "writing", 0, 1)

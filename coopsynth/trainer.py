@@ -56,6 +56,8 @@ class TrainConfig:
     sample_refine: int | None = None  # Langevin steps after the generator when sampling; None = langevin_steps
     sample_smooth: float = 0.0  # videos: latent correlation over time when sampling (Gaussian width, latent frames); slows motion
     match_motion: int = 0  # videos: at the end, set sample_refine (0..N) or sample_smooth so that samples move like the input
+    matched_refine: int | None = None  # videos: sample_refine of histogram-matched samples (match_motion fits it); None = as raw
+    matched_smooth: float | None = None  # videos: sample_smooth of matched samples (match_motion fits it); None = as raw
     clip: float = 0.0  # cap each network's gradient norm at this multiple of its running mean; 0 = off
 
     def to_dict(self) -> dict:
@@ -73,6 +75,13 @@ class TrainConfig:
     def refine(self) -> int:
         """Default sampling refinement."""
         return self.langevin_steps if self.sample_refine is None else self.sample_refine
+
+    def sampling(self, matched: bool = False) -> tuple[int, float]:
+        """Default (refinement, smoothing) of samples, histogram-matched or not: matching changes
+        a video's contrast and so how much it seems to move, and match_motion fits each apart."""
+        if matched and self.matched_refine is not None:
+            return self.matched_refine, self.sample_smooth if self.matched_smooth is None else self.matched_smooth
+        return self.refine, self.sample_smooth
 
     def langevin(self, delta: float | None = None) -> dict:
         """Keyword arguments of `CoopModel.revise` for these settings."""

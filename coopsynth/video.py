@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .errors import CoopsynthError
+from .histogram import match as match_histogram
 from .io import read_video, scale_down
 from .metrics import mean_motion
 
@@ -47,6 +48,7 @@ def motion_matched_sampling(
     samples: int = 2,
     seed: int = 0,
     widths: tuple[float, ...] = SMOOTH_WIDTHS,
+    match: bool = False,
 ) -> tuple[int, float, dict]:
     """The sampling settings whose videos move most like the input clip (mean |frame t+1 - frame t|
     closest to the clip's own, as a ratio): a refinement of 0..max_steps descriptor Langevin steps
@@ -54,7 +56,8 @@ def motion_matched_sampling(
     videos already move more than the clip, a latent correlation over time (`CoopModel.latent`'s
     `smooth`, one of `widths`), which slows them.
 
-    model: a CoopModel; data: the training clip (C, T, H, W) in [0, 1]. Returns the refinement, the
+    model: a CoopModel; data: the training clip (C, T, H, W) in [0, 1]. `match`: measure the videos
+    histogram-matched to the model's quantiles, as `CoopModel.sample(match=True)` writes them. Returns the refinement, the
     smoothing width (0 = none) and the measured ratios: {"refine": [after 0, 1, ..., max_steps
     steps], "smooth": {width: ratio}} (smoothing is tried only when the first refine ratio is above 1)."""
     target = mean_motion(data)
@@ -65,7 +68,10 @@ def motion_matched_sampling(
     y = model.generate(model.latent(samples, size, gen), size)  # (S, C, T, H, W) standardised
 
     def ratio(x: Tensor) -> float:
-        return mean_motion(model.denormalise(x).clamp(0, 1).flatten(0, 1)) / target  # (S*C, T, H, W): all samples
+        v = model.denormalise(x).clamp(0, 1)  # (S, C, T, H, W)
+        if match and model.quantiles is not None:
+            v = torch.stack([match_histogram(s, model.quantiles) for s in v])
+        return mean_motion(v.flatten(0, 1)) / target  # (S*C, T, H, W): all samples
 
     refine = [ratio(y)]
     model.revise(y, steps=max_steps, generator=gen, callback=lambda info: refine.append(ratio(info["x"])), **langevin)

@@ -8,9 +8,11 @@ from typer.testing import CliRunner
 from coopsynth.checkpoint import load_checkpoint
 from coopsynth.cli import app
 from coopsynth.errors import CoopsynthError
+from coopsynth.histogram import match as match_histogram
+from coopsynth.histogram import quantile_function
 from coopsynth.io import read_video, write_video
 from coopsynth.metrics import mean_motion
-from coopsynth.model import CoopModel, time_smoothed_noise
+from coopsynth.model import MATCH_HISTOGRAM, CoopModel, time_smoothed_noise
 from coopsynth.networks import Descriptor, Generator
 from coopsynth.trainer import TrainConfig
 from coopsynth.video import SMOOTH_WIDTHS, motion_matched_sampling, prepare_video
@@ -121,32 +123,61 @@ def test_image_given_to_video_command(tmp_path):
 
 def test_video_samples_default_to_the_motion_matched_settings(clip_dir, tmp_path):
     """A video run ends by picking the sampling settings (0..6 refinement steps, or a latent
-    smoothing when the generator alone moves too much) whose samples move most like the input, logs
-    them and stores them in the checkpoint; `sample` uses them by default, and explicit --refine and
+    smoothing when the generator alone moves too much) whose samples move most like the input, once
+    for raw videos and once for histogram-matched ones; it logs both and stores them in the
+    checkpoint; `sample` uses the pair of its matching by default, and explicit --refine and
     --smooth override them."""
     events = [json.loads(line) for line in (clip_dir / "out" / "log.jsonl").read_text().splitlines()]
-    picked = [e for e in events if e.get("event") == "sample_refine"]
-    assert len(picked) == 1 and len(picked[0]["motion_ratios"]) == 7
-    ratios, smooth_ratios = picked[0]["motion_ratios"], picked[0]["smooth_ratios"]
-    assert len(smooth_ratios) == (len(SMOOTH_WIDTHS) if ratios[0] > 1 else 0)
-    options = [(abs(math.log(max(r, 1e-6))), i, 0.0) for i, r in enumerate(ratios)]
-    options += [(abs(math.log(max(r, 1e-6))), 0, float(w)) for w, r in smooth_ratios.items()]
-    _, steps, smooth = min(options)
-    assert (picked[0]["steps"], picked[0]["smooth"]) == (steps, smooth)
+    picked = {e["matched"]: e for e in events if e.get("event") == "sample_refine"}
+    assert sorted(picked) == [False, True]
     cfg = load_checkpoint(clip_dir / "out" / "model.pt")["config_obj"]
-    assert (cfg.sample_refine, cfg.sample_smooth) == (steps, smooth)
+    for matched, event in picked.items():
+        ratios, smooth_ratios = event["motion_ratios"], event["smooth_ratios"]
+        assert len(ratios) == 7 and len(smooth_ratios) == (len(SMOOTH_WIDTHS) if ratios[0] > 1 else 0)
+        options = [(abs(math.log(max(r, 1e-6))), i, 0.0) for i, r in enumerate(ratios)]
+        options += [(abs(math.log(max(r, 1e-6))), 0, float(w)) for w, r in smooth_ratios.items()]
+        _, steps, smooth = min(options)
+        assert (event["steps"], event["smooth"]) == (steps, smooth)
+        assert cfg.sampling(matched) == (steps, smooth)
+    assert (cfg.sample_refine, cfg.sample_smooth) == cfg.sampling(False)
+    assert (cfg.matched_refine, cfg.matched_smooth) == cfg.sampling(True)
+    # the two fits measured different videos: matching moves the raw frames' values
+    assert picked[True]["motion_ratios"] != picked[False]["motion_ratios"]
     model = clip_dir / "out" / "model.pt"
-    videos = {}
-    other_refine = ["--refine", str(0 if steps else 2), "--smooth", str(smooth)]
-    other_smooth = ["--refine", str(steps), "--smooth", str(0.0 if smooth else 1.5)]
-    cases = [("default", []), ("same", ["--refine", str(steps), "--smooth", str(smooth)])]
-    for name, extra in [*cases, ("other_refine", other_refine), ("other_smooth", other_smooth)]:
-        r = runner.invoke(app, ["sample", str(model), "-o", str(tmp_path / name), "--samples", "1", "--seed", "3", *extra])
-        assert r.exit_code == 0, r.output
-        videos[name], _ = read_video(tmp_path / name / "sample_000.mp4")
-    assert torch.equal(videos["default"], videos["same"])
-    assert not torch.equal(videos["default"], videos["other_refine"])
-    assert not torch.equal(videos["default"], videos["other_smooth"])
+    for matched in (False, True):
+        steps, smooth = cfg.sampling(matched)
+        flag = "--match-histogram" if matched else "--no-match-histogram"
+        default = ([], [flag])[matched != MATCH_HISTOGRAM[3]]  # the default needs no flag
+        videos = {}
+        other_refine = [flag, "--refine", str(0 if steps else 2), "--smooth", str(smooth)]
+        other_smooth = [flag, "--refine", str(steps), "--smooth", str(0.0 if smooth else 1.5)]
+        cases = [("default", default), ("same", [flag, "--refine", str(steps), "--smooth", str(smooth)])]
+        for name, extra in [*cases, ("other_refine", other_refine), ("other_smooth", other_smooth)]:
+            out = tmp_path / f"{matched}_{name}"
+            r = runner.invoke(app, ["sample", str(model), "-o", str(out), "--samples", "1", "--seed", "3", *extra])
+            assert r.exit_code == 0, r.output
+            videos[name], _ = read_video(out / "sample_000.mp4")
+        assert torch.equal(videos["default"], videos["same"])
+        assert not torch.equal(videos["default"], videos["other_refine"])
+        assert not torch.equal(videos["default"], videos["other_smooth"])
+
+
+def test_motion_matching_of_matched_videos_measures_them_matched():
+    """match=True measures each sample after histogram matching, as `sample` writes it; a model
+    with no stored distribution is measured raw either way."""
+    torch.manual_seed(0)
+    clip = moving_clip(t=8, h=16, w=16)
+    model = CoopModel(tiny_net(dims=3), clip.flatten(1).mean(1), clip.flatten(1).std(1))
+    lv = TrainConfig().langevin()
+    raw = motion_matched_sampling(model, clip, max_steps=2, langevin=lv, seed=1)
+    assert motion_matched_sampling(model, clip, max_steps=2, langevin=lv, seed=1, match=True) == raw
+    model.quantiles = quantile_function(clip)
+    _, _, ratios = motion_matched_sampling(model, clip, max_steps=2, langevin=lv, seed=1, match=True)
+    gen = torch.Generator().manual_seed(1)
+    y = model.denormalise(model.generate(model.latent(2, (8, 16, 16), gen), (8, 16, 16))).clamp(0, 1)
+    want = sum(mean_motion(match_histogram(v, model.quantiles)) for v in y) / 2 / mean_motion(clip)
+    assert ratios["refine"][0] == pytest.approx(want, rel=1e-5)
+    assert ratios["refine"][0] != pytest.approx(raw[2]["refine"][0], rel=1e-3)
 
 
 def test_motion_matching_measures_against_the_clip():
