@@ -153,7 +153,7 @@ Refine = Annotated[
     typer.Option(
         "--refine",
         help="Descriptor Langevin revisions after the generator (default: the training L for textures; for videos the "
-        "count picked at the end of training so that samples move like the input; 0 = generator only).",
+        "count picked at the end of training so that samples, matched or not, move like the input; 0 = generator only).",
     ),
 ]
 Smooth = Annotated[
@@ -161,7 +161,8 @@ Smooth = Annotated[
     typer.Option(
         "--smooth",
         help="Videos: correlate the latents over time, a Gaussian of this many latent frames: slower motion (default: "
-        "the width picked at the end of training when the generator's videos move more than the input; 0 = none).",
+        "the width picked at the end of training, for matched and raw videos apart, when the generator's videos move more "
+        "than the input; 0 = none).",
     ),
 ]
 
