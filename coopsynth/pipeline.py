@@ -463,11 +463,10 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
         clip = trainer.model.denormalise(trainer.data[None])[0]  # (C, T, H, W) in [0, 1]
         # fitted apart for raw and histogram-matched videos: matching stretches a video's contrast,
         # and its frame-to-frame change with it (benchmarks/RESULTS.md, "motion fitted on matched videos")
-        fits = {}
+        fits, lv = {}, cfg.langevin(trainer.delta)
         for matched in (False, True) if trainer.model.quantiles is not None else (False,):
-            langevin = cfg.langevin(trainer.delta)
             fits[matched] = motion_matched_sampling(
-                trainer.model, clip, max_steps=cfg.match_motion, langevin=langevin, seed=job.seed, match=matched
+                trainer.model, clip, max_steps=cfg.match_motion, langevin=lv, seed=job.seed, match=matched
             )
         (steps, smooth, ratios), matched_fit = fits[False], fits.get(True)
         cfg = with_overrides(cfg, sample_refine=steps, sample_smooth=smooth)

@@ -56,10 +56,11 @@ def motion_matched_sampling(
     videos already move more than the clip, a latent correlation over time (`CoopModel.latent`'s
     `smooth`, one of `widths`), which slows them.
 
-    model: a CoopModel; data: the training clip (C, T, H, W) in [0, 1]. `match`: measure the videos
-    histogram-matched to the model's quantiles, as `CoopModel.sample(match=True)` writes them. Returns the refinement, the
-    smoothing width (0 = none) and the measured ratios: {"refine": [after 0, 1, ..., max_steps
-    steps], "smooth": {width: ratio}} (smoothing is tried only when the first refine ratio is above 1)."""
+    model: a CoopModel; data: the training clip (C, T, H, W) in [0, 1]; `match`: measure the videos
+    histogram-matched to the model's quantiles, as `CoopModel.sample(match=True)` writes them
+    (a model without quantiles: raw). Returns the refinement, the smoothing width (0 = none) and
+    the measured ratios: {"refine": [after 0, 1, ..., max_steps steps], "smooth": {width: ratio}}
+    (smoothing is tried only when the first refine ratio is above 1)."""
     target = mean_motion(data)
     if target <= 0:
         return 0, 0.0, {"refine": [], "smooth": {}}
