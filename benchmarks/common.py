@@ -18,6 +18,7 @@ from coopsynth.metrics import to_rgb
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
+REUSE_SUFFIX = ".reuse"  # --reuse rescorings write <item>.reuse.json/.png beside the training run's <item>.json/.png
 
 
 def machine() -> str:

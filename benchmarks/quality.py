@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import HERE, contact_sheet, fmt, header, median, publish  # noqa: E402
+from common import HERE, REUSE_SUFFIX, contact_sheet, fmt, header, median, publish  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
 from coopsynth.histogram import quantile_function  # noqa: E402
@@ -39,7 +39,6 @@ from coopsynth.io import read_image, write_image  # noqa: E402
 QUICK = ["gimp_brick", "skimage_grass", "efl_rock_01"]
 METHODS = ["coopsynth", "paper", "gmic", "resynth"]
 OUT = HERE / "out" / "quality"
-REUSE_SUFFIX = ".reuse"  # --reuse writes <texture>.reuse.json/.png beside the training run's <texture>.json/.png
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import HERE, contact_sheet, fmt, header, median, publish  # noqa: E402
+from common import HERE, REUSE_SUFFIX, contact_sheet, fmt, header, median, publish  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
 from coopsynth.histogram import quantile_function  # noqa: E402
@@ -130,7 +130,7 @@ def main() -> None:
     ap.add_argument(
         "--refit",
         action="store_true",
-        help="with --matched: also the matched samples at the motion fit measured on matched videos",
+        help="also the matched samples at the motion fit measured on matched videos (implies --matched)",
     )
     ap.add_argument("--set", default="{}", help="JSON of TrainConfig overrides, for experiments")
     ap.add_argument(
@@ -167,7 +167,7 @@ def main() -> None:
                     refines,
                     args.reuse,
                     json.loads(args.set),
-                    args.matched,
+                    args.matched or args.refit,
                     args.refit,
                 )
                 coop_secs = secs
@@ -187,7 +187,7 @@ def main() -> None:
                     f"  {label}: " + ", ".join(f"{k} {fmt(v) if isinstance(v, float) else v}" for k, v in scores.items()),
                     flush=True,
                 )
-        stem = name + ".reuse" if args.reuse else name  # a rescoring leaves the training run's files as they are
+        stem = name + REUSE_SUFFIX if args.reuse else name  # a rescoring leaves the training run's files as they are
         contact_sheet(args.out / f"{stem}.png", rows, height=96)
         (args.out / f"{stem}.json").write_text(json.dumps(r, indent=1))
         results.append(r)
@@ -205,7 +205,7 @@ def main() -> None:
                 f"| **median** | {m} | " + " | ".join(fmt(median([v.get(k, float("nan")) for v in vals])) for k in keys) + " |\n"
             )
     where = "benchmarks/out/video" if args.out == OUT else args.out
-    text += f"\nFrame strips (every 8th frame; input, then the first sample of each method): `{where}/<clip>{'.reuse' if args.reuse else ''}.png`.\n"
+    text += f"\nFrame strips (every 8th frame; input, then the first sample of each method): `{where}/<clip>{REUSE_SUFFIX if args.reuse else ''}.png`.\n"
     publish(text, not args.no_write)
 
 

@@ -308,6 +308,11 @@ class CoopModel:
                     callback(k + 1, len(corners))
         return out
 
+    def matches(self, match: bool | None = None) -> bool:
+        """Whether `sample(match=match)` histogram-matches its output: None means MATCH_HISTOGRAM
+        of the dims; never without stored quantiles."""
+        return (MATCH_HISTOGRAM[self.net.dims] if match is None else match) and self.quantiles is not None
+
     def sample(
         self,
         n: int,
@@ -338,7 +343,7 @@ class CoopModel:
         # wrapped axes: a whole number of latent cells; others: at least the descriptor's smallest
         # input (a smaller sample is cropped from a larger one)
         grid = tuple(-(-s // u) * u if w else max(s, f) for s, u, w, f in zip(size, self.net.up, wrap, floor, strict=True))
-        match = MATCH_HISTOGRAM[d] if match is None else match
+        match = self.matches(match)
         out = []
         for i in range(n):
 
@@ -360,7 +365,7 @@ class CoopModel:
             if grid != tuple(size):
                 y = periodic_resize(y, size, wrap)
             y = self.denormalise(y)  # (1, C, [T,] H, W) in [0, 1]
-            if match and self.quantiles is not None:
+            if match:
                 y = match_histogram(y[0], self.quantiles)[None]
             out.append(y)
         return torch.cat(out)

@@ -27,7 +27,7 @@ from .completion import CONTEXT, SEAM_LENGTH, default_refine, default_smooth, pi
 from .errors import CoopsynthError
 from .histogram import match as match_histogram
 from .io import MAX_FPS, check_writable, read_image, read_video, scale_down, write_image, write_video
-from .model import MATCH_HISTOGRAM, CoopModel
+from .model import CoopModel
 from .networks import NetConfig
 from .trainer import WATCHDOG_FLOOR, CollapseError, CoopTrainer, DivergenceError, TrainConfig, crop_size, preset, with_overrides
 
@@ -310,8 +310,8 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
         noise = torch.Generator(device=device).manual_seed(job.seed + 54321)
         y = trainer.model.revise(y0, steps=cfg.langevin_steps, generator=noise, **cfg.langevin(trainer.delta))
         y = trainer.model.denormalise(y)[0]
-        if kind == "texture" and MATCH_HISTOGRAM[2]:
-            y = match_histogram(y, trainer.quantiles)
+        if trainer.model.matches():  # as `sample` writes it by default
+            y = match_histogram(y, trainer.model.quantiles)
         snaps.append(y if kind == "texture" else y[:, 0])
         strip = torch.cat(snaps[-job.snapshots :], dim=-1)
         write_image(out / "progress.png", strip)
@@ -566,7 +566,7 @@ def sample(model: CoopModel, blob: dict, job: SampleJob, on_progress: ProgressFn
     if len(size) != model.net.dims:
         raise CoopsynthError(f"a {kind} model needs a size of {model.net.dims} numbers, got {size}")
     check_seed(job.seed)
-    matched = (MATCH_HISTOGRAM[model.net.dims] if job.match is None else job.match) and model.quantiles is not None
+    matched = model.matches(job.match)
     fit_refine, fit_smooth = cfg.sampling(matched)
     refine = fit_refine if job.refine is None else check_refine(job.refine)
     check_fps(job.fps)

@@ -70,7 +70,7 @@ def motion_matched_sampling(
 
     def ratio(x: Tensor) -> float:
         v = model.denormalise(x).clamp(0, 1)  # (S, C, T, H, W)
-        if match and model.quantiles is not None:
+        if model.matches(match):
             v = torch.stack([match_histogram(s, model.quantiles) for s in v])
         return mean_motion(v.flatten(0, 1)) / target  # (S*C, T, H, W): all samples
 

@@ -136,6 +136,16 @@ def test_image_samples_are_matched_by_default_and_videos_are_not():
     assert torch.equal(m.sample(1, (32, 32), refine=1, langevin=lang, generator=torch.Generator().manual_seed(3)), raw)
 
 
+def test_matches_says_what_sample_does():
+    """`CoopModel.matches`, which `pipeline.sample`, the progress strip and the motion fit ask:
+    None is the default of the dims, and nothing matches without quantiles."""
+    image, video = _model(2), _model(3)
+    assert [image.matches(m) for m in (None, True, False)] == [True, True, False]
+    assert [video.matches(m) for m in (None, True, False)] == [False, True, False]
+    image.quantiles = None
+    assert [image.matches(m) for m in (None, True, False)] == [False, False, False]
+
+
 def _cfg() -> TrainConfig:
     return TrainConfig(net=tiny_net(), batch=2, crop=16, langevin_steps=2, steps=4)
 
