@@ -6,6 +6,7 @@ CUDA graph, fp32/tf32/bf16 and channels-last on a GPU), as ratios measured in th
     python benchmarks/speed.py                 # CPU, sizes 64..512, default preset networks
     python benchmarks/speed.py --device cuda   # on a GPU (also run by default when one is present)
     python benchmarks/speed.py --only threads  # CPU: the revision at 1 thread and at all, against the product
+    python benchmarks/speed.py --only forms    # the generator's blocks, folded or not, and linear against nearest
     python benchmarks/speed.py --only layouts  # the generator, contiguous against channels-last
     python benchmarks/speed.py --only interleave  # the generator's interleave: its own backward against autograd's
     python benchmarks/speed.py --only sampling  # the 1024x1024 sample (matched and not) and the 8192x8192 one
@@ -520,33 +521,37 @@ def pair_row(
 
 
 def generator_forms(device: torch.device, sizes: list[int], cfg) -> list[str]:
-    """The generator's up-sampling blocks in both formulations, in interleaved rounds: nearest
-    up-sampling then the 3x3 conv (the plain form) against the conv folded onto the input's
-    resolution (`networks._upsampled_conv`, which the generator uses from SUBPIXEL_MIN input
-    positions up on a CPU). The same numbers (tested); a training iteration per crop size up to
-    256 px and a 1024x1024 sample."""
-    default = networks.SUBPIXEL_MIN
-    cpu_min = default["cpu"]
+    """The generator's up-sampling blocks in both formulations, in interleaved rounds: up-sampling
+    (the preset's mode, nearest or linear) then the 3x3 conv (the plain form) against the conv
+    folded onto the input's resolution (`networks._upsampled_conv` for nearest, from SUBPIXEL_MIN
+    input positions up; `networks._linear_upsampled_conv` for linear, from LINEAR_FOLD_MIN). The
+    same numbers (tested); a training iteration per crop size up to 256 px and a 1024x1024 sample.
+    Then the price of the mode: a training iteration with linear against nearest up-sampling, each
+    in its default form."""
+    mode = cfg.net.g_upsample
+    knob = "SUBPIXEL_MIN" if mode == "nearest" else "LINEAR_FOLD_MIN"
+    default = getattr(networks, knob)
+    cpu_min = default.get("cpu", math.inf)
 
     def form(threshold: float, fn: Callable[[], object]) -> Callable[[], object]:
         def call() -> object:
-            networks.SUBPIXEL_MIN = {device.type: threshold}
+            setattr(networks, knob, {device.type: threshold})
             return fn()
 
         return call
 
     folds = device.type in default  # the default on this device: folded (from cpu_min positions up) or plain
     lines = [
-        "\nGenerator up-sampling blocks, in interleaved rounds: nearest up-sampling then the 3x3 conv, against the conv "
-        f"folded onto the input's resolution from {cpu_min} input positions per channel up (the same numbers). "
-        f"The default on {device.type.upper()}: {'folded' if folds else 'up-sample then conv'}.\n",
+        f"\nGenerator up-sampling blocks ({mode}, the preset's), in interleaved rounds: {mode} up-sampling then the 3x3 "
+        f"conv, against the conv folded onto the input's resolution from {cpu_min} input positions per channel up (the "
+        f"same numbers). The default on {device.type.upper()}: {'folded' if folds else 'up-sample then conv'}.\n",
         f"| what | up-sample then conv{'' if folds else ' (default)'} | folded{' (default)' if folds else ''} | folded's speed-up |",
         "|---|---|---|---|",
     ]
     try:
         cases: list[tuple[str, Callable[[], object]]] = []
         for size in [s for s in sizes if s <= 256]:
-            c = type(cfg)(**{**cfg.__dict__, "crop": size})
+            c = replace(cfg, crop=size)
             tr = CoopTrainer(torch.rand(3, max(size, 64) * 2, max(size, 64) * 2), c, device=device, seed=0)
             cases.append((f"training iteration, {size} px crop", tr.step))
         m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device)
@@ -562,7 +567,20 @@ def generator_forms(device: torch.device, sizes: list[int], cfg) -> list[str]:
             lines.append(pair_row(name, form(math.inf, fn), form(cpu_min, fn), device, 3 if big else 6, 0.0 if big else 0.1))
             print(lines[-1], flush=True)
     finally:
-        networks.SUBPIXEL_MIN = default
+        setattr(networks, knob, default)
+    lines += [
+        "\nThe price of linear up-sampling (the image preset's since 2026-11-27): a training iteration with nearest "
+        "against linear up-sampling, each folded as by default, in interleaved rounds.\n",
+        "| what | nearest | linear | linear's speed-up |",
+        "|---|---|---|---|",
+    ]
+    for size in [s for s in sizes if s <= 256]:
+        steps = []
+        for up in ("nearest", "linear"):
+            c = replace(cfg, crop=size, net=replace(cfg.net, g_upsample=up))
+            steps.append(CoopTrainer(torch.rand(3, max(size, 64) * 2, max(size, 64) * 2), c, device=device, seed=0).step)
+        lines.append(pair_row(f"training iteration, {size} px crop", *steps, device, 6, 0.1))
+        print(lines[-1], flush=True)
     return lines
 
 
@@ -616,7 +634,8 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
             return m.sample(1, (1024, 1024), refine=r, langevin=cfg.langevin())
 
         cases.append((f"1024x1024 sample, refine {refine}", layout(False, False, sample), layout(True, True, sample)))
-    folds = device.type in networks.SUBPIXEL_MIN  # elsewhere no block is folded: OUTPUT_CHANNELS_LAST changes nothing
+    # nearest blocks alone fold into the interleave that OUTPUT_CHANNELS_LAST lays out; elsewhere it changes nothing
+    folds = device.type in networks.SUBPIXEL_MIN and cfg.net.g_upsample == "nearest"
     for crop in (cfg.crop, 2 * cfg.crop):
         z = m.latent(cfg.batch, (crop, crop))
         plain = layout(False, False, train_pass(z))
@@ -651,6 +670,10 @@ def interleave_backward(device: torch.device, sizes: list[int], cfg) -> list[str
     Per crop size: the generator's forward and backward with the trainer's loss, and a training
     iteration. The same numbers (tested)."""
     default = networks.OWN_INTERLEAVE_BACKWARD
+    if cfg.net.g_upsample != "nearest":
+        return [
+            "\nThe interleave's backward: not used (the preset's generator up-samples linearly: its blocks fold otherwise).\n"
+        ]
     if device.type not in networks.SUBPIXEL_MIN or device.type not in networks.OUTPUT_CHANNELS_LAST:
         return [
             f"\nThe interleave's backward: not used on {device.type.upper()} (no block there is folded into a channels-last output).\n"
@@ -924,9 +947,9 @@ def main() -> None:
     ap.add_argument("--big", type=int, default=8192, help="side of the large-sample check (0: skip)")
     ap.add_argument(
         "--only",
-        choices=["threads", "layouts", "interleave", "sampling"],
-        help="one table alone: threads (CPU thread scaling), layouts (the generator's), interleave (its gradient) or "
-        "sampling (the 1024x1024 and --big samples)",
+        choices=["threads", "forms", "layouts", "interleave", "sampling"],
+        help="one table alone: threads (CPU thread scaling), forms (the generator's blocks and up-sampling modes), "
+        "layouts (the generator's), interleave (its gradient) or sampling (the 1024x1024 and --big samples)",
     )
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -946,6 +969,9 @@ def main() -> None:
         if args.only == "threads":
             if d == "cpu":
                 text += "\n".join(thread_scaling(sizes, preset(args.preset))) + "\n"
+            continue
+        if args.only == "forms":
+            text += f"{d.upper()}:\n" + "\n".join(generator_forms(torch.device(d), sizes, preset(args.preset))) + "\n"
             continue
         if args.only == "layouts":
             text += f"{d.upper()}:\n" + "\n".join(generator_layouts(torch.device(d), preset(args.preset))) + "\n"

@@ -91,7 +91,11 @@ class TrainConfig:
 def preset(name: str, dims: int = 2, channels: int = 3) -> TrainConfig:
     """Named trade-offs. `default` is what the README's quality numbers are measured on."""
     if dims == 2:
-        base = TrainConfig(net=NetConfig(dims=2, channels=channels))
+        # linear up-sampling: nearest left blocky streaks (wood) and the same small worms on most
+        # inputs; over 14 textures at 3 training seeds linear lowered the median SWD ratio at each
+        # seed (1.25 / 1.16 / 1.23 -> 1.11 / 1.10 / 1.14), per texture 23 better and 19 worse, at
+        # 1.14x the time per iteration (RESULTS.md, "Linear up-sampling in the image generator")
+        base = TrainConfig(net=NetConfig(dims=2, channels=channels, g_upsample="linear"))
     else:  # videos: 3-D networks cost ~T times more per crop; smaller widths and crops keep a run in minutes
         # linear up-sampling: with nearest, the 4x up-sampling over time came out as blocks of 4
         # frames and the flame came out green; sample_refine 0: each refinement step adds flicker,

@@ -251,6 +251,37 @@ def test_folded_weight_sums_the_taps_each_phase_reads(ups):
         assert networks.folded_weight(w.float(), ups).dtype == torch.float32
 
 
+@pytest.mark.parametrize(
+    "scale, wrap",
+    [((2, 2), (False, False)), ((2, 2), (True, False)), ((2, 2, 2), (False, True, True)), ((1, 2, 2), (True, False, False))],
+)
+def test_linear_upsampled_conv_equals_interpolating_then_the_conv(scale, wrap):
+    """A linear block's conv(pad(linear_up(h))) computed at h's resolution (3 taps blended per
+    output phase, then a pixel shuffle): the same output and the same input, weight and bias
+    gradients as the generator's plain form (_up pads before interpolating), replicate and
+    circular padding alike, odd sizes, and an axis not up-sampled (videos' time)."""
+    torch.manual_seed(0)
+    d = len(scale)
+    g = Generator(NetConfig(dims=d, g_upsample="linear"))
+    conv = (torch.nn.Conv2d if d == 2 else torch.nn.Conv3d)(3, 5, 3).double()
+    h = torch.randn(2, 3, *((4, 5, 7) if d == 3 else (5, 7)), dtype=torch.float64, requires_grad=True)
+
+    def folded_fn(h):
+        return networks._linear_upsampled_conv(conv, pad(h, (1,) * d, wrap), scale)
+
+    folded = folded_fn(h)
+    plain = conv(pad(g._up(h, scale, wrap), (1,) * d, wrap))
+    assert folded.shape == plain.shape == (2, 5, *(n * s for n, s in zip(h.shape[2:], scale, strict=True)))
+    torch.testing.assert_close(folded, plain, rtol=1e-12, atol=1e-12)
+    for got, want in zip(
+        torch.autograd.grad(folded.pow(2).sum(), (h, conv.weight, conv.bias)),
+        torch.autograd.grad(plain.pow(2).sum(), (h, conv.weight, conv.bias)),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(folded_fn, (h.detach()[:1, ..., :3, :4].clone().requires_grad_(),))
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_generator_gives_the_same_samples_with_either_block_formulation(monkeypatch, dims):
     """SUBPIXEL_MIN only chooses how a block is computed (the folded form pays from 16x16 inputs
@@ -263,6 +294,27 @@ def test_generator_gives_the_same_samples_with_either_block_formulation(monkeypa
     monkeypatch.setattr(networks, "SUBPIXEL_MIN", {})
     plain = g(z)
     torch.testing.assert_close(folded, plain, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_linear_generator_gives_the_same_samples_folded_or_not(monkeypatch, dims):
+    """LINEAR_FOLD_MIN only chooses how a linear block is computed: forced on or off everywhere,
+    the generator's output and its latent's gradient are the same."""
+    torch.manual_seed(0)
+    g = Generator(tiny_net(dims, g_upsample="linear")).double()
+    z = torch.randn(2, g.cfg.z_channels, *((2, 3, 4) if dims == 3 else (3, 4)), dtype=torch.float64, requires_grad=True)
+    calls = []
+    real = networks._linear_upsampled_conv
+    monkeypatch.setattr(networks, "_linear_upsampled_conv", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(networks, "LINEAR_FOLD_MIN", {"cpu": 0})
+    folded = g(z)
+    assert len(calls) == len(g.blocks)
+    monkeypatch.setattr(networks, "LINEAR_FOLD_MIN", {})
+    plain = g(z)
+    assert len(calls) == len(g.blocks)
+    torch.testing.assert_close(folded, plain, rtol=1e-10, atol=1e-10)
+    (gf,), (gp,) = (torch.autograd.grad(y.pow(2).sum(), (z,)) for y in (folded, plain))
+    torch.testing.assert_close(gf, gp, rtol=1e-10, atol=1e-10)
 
 
 def test_cpu_sampling_runs_the_generator_channels_last_with_the_same_result(monkeypatch):

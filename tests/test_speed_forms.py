@@ -1,7 +1,9 @@
 """benchmarks/speed.py times the descriptor in other formulations that claim the same numbers:
 hold them to it (float64, image and video networks, replicated and circular padding)."""
 
+import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -116,8 +118,44 @@ def test_interleave_rows_time_each_form_with_its_setting_and_restore_it(monkeypa
 
     monkeypatch.setattr(speed, "timeit_all", fake_timeit_all)
     default = set(networks.OWN_INTERLEAVE_BACKWARD)
-    lines = speed.interleave_backward(torch.device("cpu"), [16], preset("fast"))
+    cfg = preset("fast")
+    assert "not used" in speed.interleave_backward(torch.device("cpu"), [16], cfg)[0] and not seen  # linear: no interleave
+    cfg = replace(cfg, net=replace(cfg.net, g_upsample="nearest"))
+    lines = speed.interleave_backward(torch.device("cpu"), [16], cfg)
     assert networks.OWN_INTERLEAVE_BACKWARD == default == {"cpu"}
     assert seen == [("first", set()), ("second", {"cpu"})] * 2  # the generator pass, then an iteration
     rows = [line for line in lines if line.startswith("| ") and "px crop" in line]
     assert len(rows) == 2 and all(r.endswith("| 20 ms | 10 ms | 2.00x |") for r in rows)
+
+
+@pytest.mark.parametrize(("mode", "knob"), [("nearest", "SUBPIXEL_MIN"), ("linear", "LINEAR_FOLD_MIN")])
+def test_generator_form_rows_time_the_presets_mode_plain_then_folded_and_restore_it(monkeypatch, mode, knob):
+    """The forms table times the preset's up-sampling mode with its folding off (plain) then on
+    (its default threshold), from made-up timings; then the mode's price: nearest against linear,
+    as the trainers' configs say. Both thresholds are back to their defaults afterwards."""
+    from coopsynth.trainer import CoopTrainer, preset
+
+    seen = []
+
+    def fake_timeit_all(fns, device, repeat=10, min_time=0.1):
+        for name, fn in fns.items():
+            fn()
+            seen.append((name, dict(getattr(networks, knob))))
+            if getattr(fn, "__self__", None) is not None:  # a trainer's step: which mode it trains
+                seen[-1] += (fn.__self__.cfg.net.g_upsample,)
+        return {"first": 0.02, "second": 0.01}
+
+    monkeypatch.setattr(speed, "timeit_all", fake_timeit_all)
+    monkeypatch.setattr(CoopTrainer, "__init__", lambda self, data, cfg, **kw: setattr(self, "cfg", cfg))
+    monkeypatch.setattr(CoopTrainer, "step", lambda self: None)
+    monkeypatch.setattr(speed.CoopModel, "sample", lambda self, *a, **k: None)
+    defaults = dict(networks.SUBPIXEL_MIN), dict(networks.LINEAR_FOLD_MIN)
+    cfg = preset("fast")
+    cfg = replace(cfg, net=replace(cfg.net, g_upsample=mode))
+    lines = speed.generator_forms(torch.device("cpu"), [16], cfg)
+    assert (dict(networks.SUBPIXEL_MIN), dict(networks.LINEAR_FOLD_MIN)) == defaults
+    assert any(f"({mode}, the preset's)" in line for line in lines)
+    assert [s[1] for s in seen[:6]] == [{"cpu": math.inf}, {"cpu": 256}] * 3  # an iteration, two 1024x1024 samples
+    assert [s[2] for s in seen[6:]] == ["nearest", "linear"]  # the mode's price
+    rows = [line for line in lines if line.startswith("| training iteration") or line.startswith("| 1024")]
+    assert len(rows) == 4 and all(r.endswith("| 20 ms | 10 ms | 2.00x |") for r in rows)
