@@ -4,8 +4,9 @@ Descriptor  f(Y; theta): bottom-up, fully convolutional; the energy of Y is the 
     position of 1x1 read-outs of every layer (a multi-scale FRAME-like energy), so any size works
     and the gradient of f with respect to one pixel does not depend on the image size.
 Generator   g(Z; alpha): top-down, fully convolutional from a spatial (spatio-temporal) latent
-    map Z ~ N(0, I); each block up-samples by 2 (nearest) and convolves (from 16x16 inputs up as
-    one convolution at the input's resolution, see _upsampled_conv), so the output is any
+    map Z ~ N(0, I); each block up-samples by 2 (NetConfig.g_upsample: nearest, or linear as
+    the presets use) and convolves (on a CPU from 16x16 inputs up as one convolution at the
+    input's resolution, see _upsampled_conv and _linear_upsampled_conv), so the output is any
     size: a latent of (h, w) gives (h * 2^n, w * 2^n).
 
 Tensors are (B, C, H, W) for images and (B, C, T, H, W) for videos. Padding is explicit, one mode
@@ -231,12 +232,11 @@ OWN_INTERLEAVE_BACKWARD = {"cpu"}
 COPY_SLAB = 1 << 20
 
 
-def folded_weight(w: Tensor, ups: list[int]) -> Tensor:
-    """The kernels of _upsampled_conv: w (O, I, [3,] 3, 3) with the 3 taps of each up-sampled axis
-    (indices into the trailing axes) folded to 2 per output phase, as (P * O, I, ...), P = 2^len(ups),
-    phase-major with the first up-sampled axis most significant. One einsum against the 0/1 fold
-    matrices (a quarter of the time of per-phase stacks, forward and backward), in w's dtype."""
-    fold = w.new_tensor([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]])  # (phase, 2 taps, 3 taps)
+def _fold_taps(fold: Tensor, w: Tensor, ups: list[int], phase_major: bool) -> Tensor:
+    """w (O, I, [3,] 3, 3) with the 3 taps of each up-sampled axis (indices into the trailing
+    axes) combined per output phase by fold (phase, new tap, old tap): one einsum, in w's dtype
+    (sums of taps, not a product to round). Laid out (P * O, I, ...) when phase_major (the first
+    up-sampled axis most significant), else (O * P, I, ...) (a pixel shuffle's order)."""
     letters = iter("abcdefghjklmnqrsuvwxyz")
     axes = [next(letters) for _ in range(w.dim() - 2)]  # w's own tap axes
     phases, taps, out_axes = [], [], list(axes)
@@ -245,10 +245,20 @@ def folded_weight(w: Tensor, ups: list[int]) -> Tensor:
         phases.append(p)
         taps.append(p + t + axes[a])
         out_axes[a] = t
-    spec = ",".join([*taps, "oi" + "".join(axes)]) + "->" + "".join(phases) + "oi" + "".join(out_axes)
-    with torch.autocast(w.device.type, enabled=False):  # sums of taps, not a product to round
-        k = torch.einsum(spec, *([fold] * len(ups)), w)  # (2, ..., O, I, taps)
-    return k.reshape(-1, *k.shape[len(ups) + 1 :])
+    out = "".join(phases) + "oi" if phase_major else "o" + "".join(phases) + "i"
+    spec = ",".join([*taps, "oi" + "".join(axes)]) + "->" + out + "".join(out_axes)
+    with torch.autocast(w.device.type, enabled=False):
+        k = torch.einsum(spec, *([fold.to(w)] * len(ups)), w)
+    return k.reshape(-1, *k.shape[len(ups) + 1 :])  # the phases and O (or O and the phases) as one axis
+
+
+def folded_weight(w: Tensor, ups: list[int]) -> Tensor:
+    """The kernels of _upsampled_conv: w (O, I, [3,] 3, 3) with the 3 taps of each up-sampled axis
+    (indices into the trailing axes) folded to 2 per output phase, as (P * O, I, ...), P = 2^len(ups),
+    phase-major with the first up-sampled axis most significant. One einsum against the 0/1 fold
+    matrices (a quarter of the time of per-phase stacks, forward and backward), in w's dtype."""
+    fold = w.new_tensor([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]])  # (phase, 2 taps, 3 taps)
+    return _fold_taps(fold, w, ups, phase_major=True)
 
 
 def _upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...], channels_last: bool = False) -> Tensor:
@@ -303,19 +313,8 @@ def _linear_upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...]) 
     `scale`: 1 or 2 per trailing axis."""
     d = len(scale)
     ups = [a for a, s in enumerate(scale) if s == 2]
-    w, o = conv.weight, conv.out_channels
-    fold = w.new_tensor(LINEAR_FOLD)  # (phase, input tap, conv tap)
-    letters = iter("abcdefghjklmnqrsuvwxyz")
-    axes = [next(letters) for _ in range(d)]  # w's own tap axes
-    phases, folds, out_axes = [], [], list(axes)
-    for a in ups:
-        p, t = next(letters), next(letters)
-        phases.append(p)
-        folds.append(p + t + axes[a])
-        out_axes[a] = t
-    spec = ",".join([*folds, "oi" + "".join(axes)]) + "->o" + "".join(phases) + "i" + "".join(out_axes)
-    with torch.autocast(w.device.type, enabled=False):  # blends of taps, not a product to round
-        k = torch.einsum(spec, *([fold] * len(ups)), w).reshape(-1, *w.shape[1:])  # (O * P, I, 3...)
+    o = conv.out_channels
+    k = _fold_taps(torch.tensor(LINEAR_FOLD), conv.weight, ups, phase_major=False)  # (O * P, I, 3...)
     bias = None if conv.bias is None else conv.bias.repeat_interleave(2 ** len(ups))
     y = (F.conv2d if d == 2 else F.conv3d)(hp, k, bias)  # (B, O * P, n...) h's own size
     if d == 2 and len(ups) == 2:

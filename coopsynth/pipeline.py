@@ -415,10 +415,23 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                 log.write(json.dumps(event) + "\n")
                 log.flush()
                 if rollbacks - attempt_rollbacks > 20:
-                    raise CoopsynthError(
-                        f"{job.input}: training diverged {rollbacks - attempt_rollbacks} times; "
-                        "try a smaller --langevin-steps or another preset"
-                    ) from None
+                    if not early_ends:
+                        raise CoopsynthError(
+                            f"{job.input}: training diverged {rollbacks - attempt_rollbacks} times; "
+                            "try a smaller --langevin-steps or another preset"
+                        ) from None
+                    # a fresh start that keeps diverging (its last good state fails again and
+                    # again): the run ends with the best of the attempts before it, which ended
+                    # early but stood (gimp_burlap's third attempt, RESULTS.md 2026-11-27 19:21)
+                    best = min(early_ends, key=lambda e: e[0])
+                    trainer.load_state_dict(best[1])
+                    kept_attempt = best[2]
+                    scores = [round(e[0], 5) for e in early_ends]
+                    pick = {"event": "best_attempt", "attempt": best[2], "step": trainer.step_count, "scores": scores}
+                    pick["diverged"] = f"attempt {restarts + 1} diverged {rollbacks - attempt_rollbacks} times"
+                    log.write(json.dumps(pick) + "\n")
+                    stop_reason = "collapse"
+                    break
                 continue
             step = trainer.step_count
             if step % 50 == 0 and trainer.balanced:

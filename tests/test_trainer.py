@@ -428,6 +428,50 @@ def test_when_every_attempt_ends_early_the_best_scoring_one_is_kept(tmp_path, mo
         assert torch.equal(v, seen[kept - 1][k]), k
 
 
+def test_a_fresh_start_that_keeps_diverging_ends_with_the_best_earlier_attempt(tmp_path, monkeypatch):
+    """The first attempt ends early (collapses) and is scored; the fresh start then diverges on
+    every iteration from its last good state: instead of an error that throws the run away, the
+    run keeps the first attempt's state, and the log and checkpoint say so."""
+    on, seen = {"attempt": 1}, []
+    real_restart = CoopTrainer.restart
+
+    def restart(self, seed):
+        on["attempt"] += 1
+        real_restart(self, seed)
+
+    def before(t):
+        if on["attempt"] == 2 and t.step_count >= 3:  # a non-finite descriptor: a divergence
+            t.descriptor.heads[0].bias.data.fill_(float("nan"))
+
+    def score(trainer, seed):
+        seen.append({k: v.clone() for k, v in trainer.generator.state_dict().items()})
+        return 0.5
+
+    monkeypatch.setattr(CoopTrainer, "restart", restart)
+    monkeypatch.setattr(pipeline, "MAX_RESTARTS", 1)
+    monkeypatch.setattr(pipeline, "attempt_score", score)
+    first_collapses = lambda t, call: on["attempt"] == 1 and t.step_count >= 2  # noqa: E731
+    res, events = train_with_collapses(tmp_path, monkeypatch, 80, first_collapses, before)
+    assert res["stopped"] == "collapse" and res["restarts"] == 1 and res["kept_attempt"] == 1 and len(seen) == 1
+    assert sum(e.get("event") == "divergence" for e in events) == 21
+    pick = [e for e in events if e.get("event") == "best_attempt"]
+    assert len(pick) == 1 and pick[0]["attempt"] == 1 and pick[0]["diverged"] == "attempt 2 diverged 21 times"
+    for k, v in res["trainer"].generator.state_dict().items():
+        assert torch.equal(v, seen[0][k]), k
+    assert load_checkpoint(tmp_path / "out" / "model.pt")["meta"]["kept_attempt"] == 1
+
+
+def test_a_first_attempt_that_keeps_diverging_is_an_error(tmp_path, monkeypatch):
+    """With no earlier attempt to fall back on, 21 divergences in a row are one error line."""
+
+    def before(t):
+        if t.step_count >= 3:
+            t.descriptor.heads[0].bias.data.fill_(float("nan"))
+
+    with pytest.raises(CoopsynthError, match="training diverged 21 times"):
+        train_with_collapses(tmp_path, monkeypatch, 80, lambda t, call: False, before)
+
+
 def test_attempts_are_not_scored_when_a_fresh_start_reaches_the_end(tmp_path, monkeypatch):
     """Only an early end is scored, and a run whose fresh start trains to the end keeps that."""
     on, seen = {"collapse": True}, []
