@@ -347,6 +347,20 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
         return ckpt_path
 
     with _SignalTrap() as trap, open(log_path if lead else os.devnull, "a") as log:
+
+        def keep_best(**why: str) -> None:
+            """Every attempt ended early: keep the one whose samples came closest to the input (a
+            later attempt is not better by rule; each is a few hundred iterations from its own
+            seed), loaded unless it is the one running, and log the pick."""
+            nonlocal kept_attempt
+            best = min(early_ends, key=lambda e: e[0])
+            if best[2] != restarts + 1:
+                trainer.load_state_dict(best[1])
+                kept_attempt = best[2]
+            scores = [round(e[0], 5) for e in early_ends]
+            pick = {"event": "best_attempt", "attempt": best[2], "step": trainer.step_count, "scores": scores, **why}
+            log.write(json.dumps(pick) + "\n")
+
         while trainer.step_count < cfg.steps:
             if distributed.any_true(lead and budget is not None and elapsed() >= budget):
                 stop_reason = "minutes"
@@ -390,16 +404,7 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                     event["watchdog"] = "out of halvings: the run ends at the last balanced state"
                     log.write(json.dumps(event) + "\n")
                     if early and len(early_ends) > 1:
-                        # every attempt ended early: keep the one whose samples come closest to the
-                        # input (a later attempt is not better by rule; each is a few hundred
-                        # iterations from its own seed)
-                        best = min(early_ends, key=lambda e: e[0])
-                        if best is not early_ends[-1]:
-                            trainer.load_state_dict(best[1])
-                            kept_attempt = best[2]
-                        scores = [round(e[0], 5) for e in early_ends]
-                        pick = {"event": "best_attempt", "attempt": best[2], "step": trainer.step_count, "scores": scores}
-                        log.write(json.dumps(pick) + "\n")
+                        keep_best()
                     stop_reason = "collapse"
                     break
                 trainer.reseed(rollbacks)  # not a replay of the draws that failed
@@ -423,13 +428,7 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                     # a fresh start that keeps diverging (its last good state fails again and
                     # again): the run ends with the best of the attempts before it, which ended
                     # early but stood (gimp_burlap's third attempt, RESULTS.md 2026-11-27 19:21)
-                    best = min(early_ends, key=lambda e: e[0])
-                    trainer.load_state_dict(best[1])
-                    kept_attempt = best[2]
-                    scores = [round(e[0], 5) for e in early_ends]
-                    pick = {"event": "best_attempt", "attempt": best[2], "step": trainer.step_count, "scores": scores}
-                    pick["diverged"] = f"attempt {restarts + 1} diverged {rollbacks - attempt_rollbacks} times"
-                    log.write(json.dumps(pick) + "\n")
+                    keep_best(diverged=f"attempt {restarts + 1} diverged {rollbacks - attempt_rollbacks} times")
                     stop_reason = "collapse"
                     break
                 continue
