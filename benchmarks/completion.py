@@ -35,6 +35,7 @@ from common import HERE, contact_sheet, fmt, header, median, publish  # noqa: E4
 
 from coopsynth import metrics, pipeline  # noqa: E402
 from coopsynth.completion import complete, default_refine, default_smooth  # noqa: E402
+from coopsynth.errors import CoopsynthError  # noqa: E402
 from coopsynth.io import read_image, write_image  # noqa: E402
 
 QUICK = ["gimp_brick", "skimage_grass", "efl_rock_01"]
@@ -193,7 +194,17 @@ def run_item(
         result["masks"][mname] = {}
         for method in methods:
             if method == "coopsynth":
-                outs = run_coopsynth(img, missing, preset, seed, out / path.stem / mname, overrides, average)
+                t0 = time.perf_counter()
+                try:
+                    outs = run_coopsynth(img, missing, preset, seed, out / path.stem / mname, overrides, average)
+                except CoopsynthError as e:
+                    # a masked training that fails is a result, the worst one, and the peers still run
+                    secs = time.perf_counter() - t0
+                    for m in ["coopsynth"] + [f"coopsynth --average {average}"] * (average > 1):
+                        result["masks"][mname][m] = {"failed": str(e), "minutes": secs / 60}
+                        row.append(shown)  # the contact sheet keeps its columns: the input, unfilled
+                    print(f"  {path.stem} {mname} coopsynth: failed after {secs:.0f} s: {e}", flush=True)
+                    continue
             else:
                 t0 = time.perf_counter()
                 done = peer(method, img, missing)
@@ -220,6 +231,8 @@ def _cell(s: dict | None, pyramid: bool) -> str:
     """error / hole SWD ratio [/ pyramid ratio] / minutes of one result."""
     if s is None:
         return "–"
+    if s.get("failed"):
+        return f"failed / {fmt(s['minutes'], 1)}"
     p = f" / {fmt(s.get('pyramid_swd_ratio'))}" if pyramid else ""
     return f"{s['recovery_error']:.1f} / {fmt(s['hole_swd_ratio'])}{p} / {fmt(s['minutes'], 1)}"
 
@@ -243,12 +256,19 @@ def table(results: list[dict]) -> str:
         cells = []
         for m in methods:
             vals = [r["masks"][mname][m] for r in results if m in r["masks"][mname]]
+            worst = {"recovery_error": float("inf"), "hole_swd_ratio": float("inf")}  # a failure's scores
+            if pyramid:
+                worst["pyramid_swd_ratio"] = float("inf")
+            vals = [dict(v, **worst) if v.get("failed") else v for v in vals]
             med = {
                 k: median([v.get(k) for v in vals if v.get(k) is not None])
                 for k in ("recovery_error", "hole_swd_ratio", "pyramid_swd_ratio", "minutes")
             }
             cells.append(f"**{_cell(med, pyramid)}**")
         text += "| **median** | " + " | ".join(cells) + " |\n"
+        failed = [sum(bool(r["masks"][mname].get(m, {}).get("failed")) for r in results) for m in methods]
+        if any(failed):
+            text += "| failed runs (counted as the worst) | " + " | ".join(map(str, failed)) + " |\n"
     return text
 
 

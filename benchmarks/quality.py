@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import HERE, REUSE_SUFFIX, contact_sheet, fmt, header, median, publish  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
+from coopsynth.errors import CoopsynthError  # noqa: E402
 from coopsynth.histogram import quantile_function  # noqa: E402
 from coopsynth.io import read_image, write_image  # noqa: E402
 
@@ -196,19 +197,30 @@ def run_item(
         print(f"  {item}: {m} ...", flush=True)
         if m.startswith("coopsynth"):
             precision = m.split()[1] if " " in m else precisions[0]
-            runs, secs, note = run_coopsynth(
-                train,
-                k,
-                seed,
-                preset,
-                work / m.replace(" ", "_"),
-                overrides,
-                device,
-                precision,
-                sample_precisions,
-                unmatched,
-                reuse,
-            )
+            t0 = time.perf_counter()
+            try:
+                runs, secs, note = run_coopsynth(
+                    train,
+                    k,
+                    seed,
+                    preset,
+                    work / m.replace(" ", "_"),
+                    overrides,
+                    device,
+                    precision,
+                    sample_precisions,
+                    unmatched,
+                    reuse,
+                )
+            except CoopsynthError as e:
+                # a run that fails (training that diverges from its first attempt) is a result, the
+                # worst one, and the other textures still run
+                secs = time.perf_counter() - t0
+                keys = [""] + [f", {sp} sampling" for sp in sample_precisions] + [" unmatched"] * unmatched
+                for key in keys:  # every column this run would have filled
+                    result["methods"][m + key] = {"failed": str(e), "minutes": secs / 60, "finite": False}
+                print(f"    {m}: failed after {secs / 60:.1f} min: {e}", flush=True)
+                continue
             minutes_coop = minutes_coop or secs / 60
             outputs = [(m + key, samples) for key, samples in runs.items()]
         elif m == "paper":
@@ -240,6 +252,11 @@ def run_item(
     return result
 
 
+def swd_ratio(scores: dict) -> float:
+    """The SWD ratio of one method on one texture; a failed run counts as the worst (inf)."""
+    return float("inf") if scores.get("failed") else scores.get("swd_ratio", float("nan"))
+
+
 def table(results: list[dict], methods: list[str]) -> str:
     lines = [
         "| texture | " + " | ".join(f"{m} SWD ratio / copy / div / min" for m in methods) + " |",
@@ -249,27 +266,36 @@ def table(results: list[dict], methods: list[str]) -> str:
         cells = []
         for m in methods:
             s = r["methods"].get(m)
-            cells.append(
-                "–"
-                if not s
-                else f"{fmt(s.get('swd_ratio'))} / {fmt(s.get('copy_index'))} / {fmt(s.get('diversity'))} / {fmt(s['minutes'], 1)}"
-            )
+            if not s:
+                cells.append("–")
+            elif s.get("failed"):
+                cells.append(f"failed / – / – / {fmt(s['minutes'], 1)}")
+            else:
+                cells.append(
+                    f"{fmt(s.get('swd_ratio'))} / {fmt(s.get('copy_index'))} / {fmt(s.get('diversity'))} / {fmt(s['minutes'], 1)}"
+                )
         lines.append(f"| {r['item']} | " + " | ".join(cells) + " |")
     cells = []
     for m in methods:
         vals = [r["methods"][m] for r in results if m in r["methods"]]
         cells.append(
             " / ".join(
-                fmt(median([v.get(key, float("nan")) for v in vals]), 1 if key == "minutes" else 2)
+                fmt(
+                    median([swd_ratio(v) if key == "swd_ratio" else v.get(key, float("nan")) for v in vals]),
+                    1 if key == "minutes" else 2,
+                )
                 for key in ("swd_ratio", "copy_index", "diversity", "minutes")
             )
         )
     lines.append("| **median** | " + " | ".join(f"**{c}**" for c in cells) + " |")
     worst = []
     for m in methods:
-        vals = [r["methods"][m].get("swd_ratio", float("nan")) for r in results if m in r["methods"]]
-        worst.append(fmt(max(vals)) if vals else "–")
+        vals = [swd_ratio(r["methods"][m]) for r in results if m in r["methods"]]
+        worst.append(("failed" if max(vals) == float("inf") else fmt(max(vals))) if vals else "–")
     lines.append("| worst SWD ratio | " + " | ".join(worst) + " |")
+    failed = [sum(bool(r["methods"].get(m, {}).get("failed")) for r in results) for m in methods]
+    if any(failed):
+        lines.append("| failed runs (counted as the worst) | " + " | ".join(str(n) for n in failed) + " |")
     return "\n".join(lines) + "\n"
 
 

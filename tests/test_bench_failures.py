@@ -1,0 +1,94 @@
+"""benchmarks/quality.py and completion.py: a coopsynth run that fails is recorded as a failure,
+counted as the worst result, and the run goes on with the other methods (it used to stop the whole
+benchmark)."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from coopsynth.errors import CoopsynthError
+from coopsynth.io import write_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+quality = pytest.importorskip("quality")
+completion = pytest.importorskip("completion")
+
+
+def diverges(*args, **kwargs):
+    raise CoopsynthError("tiny.png: training diverged 21 times")
+
+
+def test_failed_training_is_a_result_and_the_item_goes_on(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    src = tmp_path / "tiny.png"
+    write_image(src, torch.rand(3, 32, 64))
+
+    def copies(train, k, seed):  # a stand-in peer: k copies of the training half
+        return [train.clone() for _ in range(k)], 0.0, ""
+
+    monkeypatch.setattr(quality, "run_coopsynth", diverges)
+    monkeypatch.setattr(quality, "run_gmic", copies)
+    res = quality.run_item(
+        src, ["coopsynth", "gmic"], k=2, seed=0, preset="default", overrides={}, out=tmp_path / "out", unmatched=True
+    )
+    for label in ("coopsynth", "coopsynth unmatched"):
+        assert "diverged" in res["methods"][label]["failed"]
+        assert "swd_ratio" not in res["methods"][label]
+    assert math.isfinite(res["methods"]["gmic"]["swd_ratio"])  # the peer after it still ran
+    assert (tmp_path / "out" / "tiny.json").exists() and (tmp_path / "out" / "tiny.png").exists()
+
+
+def test_table_counts_a_failure_as_the_worst():
+    ok = {"swd_ratio": 1.5, "copy_index": 0.1, "diversity": 0.2, "minutes": 1.0}
+    results = [
+        {"item": "a", "methods": {"coopsynth": dict(ok, swd_ratio=1.2), "gmic": ok}},
+        {"item": "b", "methods": {"coopsynth": {"failed": "diverged", "minutes": 0.5}, "gmic": ok}},
+        {"item": "c", "methods": {"coopsynth": dict(ok, swd_ratio=1.4), "gmic": ok}},
+    ]
+    lines = quality.table(results, ["coopsynth", "gmic"]).splitlines()
+    assert "| b | failed / – / – / 0.5 |" in lines[3]
+    median = next(row for row in lines if row.startswith("| **median**"))
+    assert median.split("|")[2].strip().startswith("**1.40 /")  # median of 1.2, 1.4 and the failure
+    worst = next(row for row in lines if row.startswith("| worst"))
+    assert worst.split("|")[2:4] == [" failed ", " 1.50 "]
+    failed = next(row for row in lines if row.startswith("| failed runs"))
+    assert failed.split("|")[2:4] == [" 1 ", " 0 "]
+    assert not any(row.startswith("| failed runs") for row in quality.table(results[:1], ["coopsynth"]).splitlines())
+
+
+def test_failed_masked_training_is_a_result_and_the_peers_go_on(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    src = tmp_path / "tiny.png"
+    write_image(src, torch.rand(3, 32, 64))
+    monkeypatch.setattr(completion, "run_coopsynth", diverges)
+    monkeypatch.setattr(completion, "peer", lambda name, img, missing: img.flip(-1))  # a stand-in peer
+    res = completion.run_item(src, ["coopsynth", "telea"], "default", 0, 256, {}, tmp_path / "out", 4, ("centre",))
+    scores = res["masks"]["centre"]
+    assert "diverged" in scores["coopsynth"]["failed"] and "diverged" in scores["coopsynth --average 4"]["failed"]
+    assert math.isfinite(scores["telea"]["hole_swd_ratio"])
+    assert (tmp_path / "out" / "tiny.png").exists()
+    text = completion.table(
+        [
+            res,
+            {
+                "item": "b",
+                "size": [32, 32],
+                "masks": {
+                    "centre": {
+                        "coopsynth": dict(scores["telea"], recovery_error=10.0),
+                        "coopsynth --average 4": dict(scores["telea"]),
+                        "telea": dict(scores["telea"]),
+                    }
+                },
+            },
+        ]
+    )
+    rows = text.splitlines()
+    assert "| tiny (32x32) | failed / " in text
+    median = next(row for row in rows if row.startswith("| **median**"))
+    assert median.split("|")[2].strip().startswith("**inf /")  # one failure in two: the median is the worst
+    failed = next(row for row in rows if row.startswith("| failed runs"))
+    assert failed.split("|")[2:5] == [" 1 ", " 1 ", " 0 "]
