@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import HERE, REUSE_SUFFIX, contact_sheet, fmt, header, median, publish  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
+from coopsynth.errors import CoopsynthError  # noqa: E402
 from coopsynth.histogram import quantile_function  # noqa: E402
 from coopsynth.video import motion_matched_sampling, prepare_video  # noqa: E402
 
@@ -111,6 +112,26 @@ def run_paper(train: torch.Tensor, k: int, seed: int, seconds: float) -> tuple[l
     return list(s), time.perf_counter() - t0, f"{iters} it"
 
 
+def table(results: list[dict]) -> str:
+    """One row per clip and method, then each method's medians. A failed run reads "failed" and
+    counts as the worst in the medians (inf, like a motion ratio that is off by everything)."""
+    keys = ["spatial_swd_ratio", "st_swd_ratio", "motion_ratio", "copy_index", "diversity", "minutes"]
+    worst = {k: float("inf") for k in keys[:3]}
+    text = "| clip | method | " + " | ".join(keys) + " |\n|---|---|" + "---|" * len(keys) + "\n"
+    for r in results:
+        for m, s in r["methods"].items():
+            cells = ["failed"] * 3 + ["–", "–", fmt(s["minutes"])] if s.get("failed") else [fmt(s.get(k)) for k in keys]
+            text += f"| {r['item']} | {m} | " + " | ".join(cells) + " |\n"
+    labels = list(dict.fromkeys(m for r in results for m in r["methods"]))
+    for m in labels:
+        vals = [dict(v, **worst) if v.get("failed") else v for r in results if (v := r["methods"].get(m))]
+        text += f"| **median** | {m} | " + " | ".join(fmt(median([v.get(k, float("nan")) for v in vals])) for k in keys) + " |\n"
+        failed = sum(bool(r["methods"].get(m, {}).get("failed")) for r in results)
+        if failed:
+            text += f"| failed runs (counted as the worst) | {m} | {failed} |" + " |" * (len(keys) - 1) + "\n"
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data" / "videos")
@@ -158,18 +179,26 @@ def main() -> None:
         coop_secs = None
         for m in methods:
             if m == "coopsynth":
-                runs, secs, note = run_coopsynth(
-                    train,
-                    args.k,
-                    args.seed,
-                    args.preset,
-                    args.out / name,
-                    refines,
-                    args.reuse,
-                    json.loads(args.set),
-                    args.matched or args.refit,
-                    args.refit,
-                )
+                t0 = time.perf_counter()
+                try:
+                    runs, secs, note = run_coopsynth(
+                        train,
+                        args.k,
+                        args.seed,
+                        args.preset,
+                        args.out / name,
+                        refines,
+                        args.reuse,
+                        json.loads(args.set),
+                        args.matched or args.refit,
+                        args.refit,
+                    )
+                except CoopsynthError as e:
+                    # a failed run (training that diverges from its first attempt) is a result, shown
+                    # as such, and the peer and the other clips still run
+                    r["methods"][m] = {"failed": str(e), "minutes": (time.perf_counter() - t0) / 60}
+                    print(f"  {m}: failed: {e}", flush=True)
+                    continue
                 coop_secs = secs
             elif m == "paper":
                 s, secs, note = run_paper(train, args.k, args.seed, coop_secs or 300.0)
@@ -191,19 +220,7 @@ def main() -> None:
         contact_sheet(args.out / f"{stem}.png", rows, height=96)
         (args.out / f"{stem}.json").write_text(json.dumps(r, indent=1))
         results.append(r)
-    keys = ["spatial_swd_ratio", "st_swd_ratio", "motion_ratio", "copy_index", "diversity", "minutes"]
-    text = header(f"Dynamic textures, preset `{args.preset}`")
-    text += "| clip | method | " + " | ".join(keys) + " |\n|---|---|" + "---|" * len(keys) + "\n"
-    for r in results:
-        for m, s in r["methods"].items():
-            text += f"| {r['item']} | {m} | " + " | ".join(fmt(s.get(k)) for k in keys) + " |\n"
-    labels = list(dict.fromkeys(m for r in results for m in r["methods"]))
-    for m in labels:
-        vals = [r["methods"][m] for r in results if m in r["methods"]]
-        if vals:
-            text += (
-                f"| **median** | {m} | " + " | ".join(fmt(median([v.get(k, float("nan")) for v in vals])) for k in keys) + " |\n"
-            )
+    text = header(f"Dynamic textures, preset `{args.preset}`") + table(results)
     where = "benchmarks/out/video" if args.out == OUT else args.out
     text += f"\nFrame strips (every 8th frame; input, then the first sample of each method): `{where}/<clip>{REUSE_SUFFIX if args.reuse else ''}.png`.\n"
     publish(text, not args.no_write)

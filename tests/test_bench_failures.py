@@ -70,25 +70,31 @@ def test_failed_masked_training_is_a_result_and_the_peers_go_on(tmp_path, monkey
     assert "diverged" in scores["coopsynth"]["failed"] and "diverged" in scores["coopsynth --average 4"]["failed"]
     assert math.isfinite(scores["telea"]["hole_swd_ratio"])
     assert (tmp_path / "out" / "tiny.png").exists()
-    text = completion.table(
-        [
-            res,
-            {
-                "item": "b",
-                "size": [32, 32],
-                "masks": {
-                    "centre": {
-                        "coopsynth": dict(scores["telea"], recovery_error=10.0),
-                        "coopsynth --average 4": dict(scores["telea"]),
-                        "telea": dict(scores["telea"]),
-                    }
-                },
-            },
-        ]
-    )
+    ok = scores["telea"]  # a second texture where every method ran
+    other = {"item": "b", "size": [32, 32], "masks": {"centre": {"coopsynth": ok, "coopsynth --average 4": ok, "telea": ok}}}
+    text = completion.table([res, other])
     rows = text.splitlines()
     assert "| tiny (32x32) | failed / " in text
     median = next(row for row in rows if row.startswith("| **median**"))
     assert median.split("|")[2].strip().startswith("**inf /")  # one failure in two: the median is the worst
     failed = next(row for row in rows if row.startswith("| failed runs"))
     assert failed.split("|")[2:5] == [" 1 ", " 1 ", " 0 "]
+
+
+def test_video_table_counts_a_failure_as_the_worst():
+    video = pytest.importorskip("video")
+    ok = {"spatial_swd_ratio": 1.2, "st_swd_ratio": 1.3, "motion_ratio": 0.9, "copy_index": 0.5, "diversity": 0.4, "minutes": 5.0}
+    results = [
+        {
+            "item": "flame",
+            "methods": {"coopsynth": {"failed": "flame.mp4: training diverged 21 times", "minutes": 0.4}, "paper": ok},
+        },
+        {"item": "tree", "methods": {"coopsynth": ok, "paper": ok}},
+    ]
+    rows = video.table(results).splitlines()
+    assert "| flame | coopsynth | failed | failed | failed | – | – | 0.40 |" in rows
+    medians = {row.split("|")[2].strip(): row for row in rows if row.startswith("| **median**")}
+    assert medians["coopsynth"].split("|")[3].strip() == "inf"  # one failure in two clips
+    assert medians["paper"].split("|")[3].strip() == "1.20"
+    assert any(row.startswith("| failed runs (counted as the worst) | coopsynth | 1 |") for row in rows)
+    assert not any("failed runs" in row and "paper" in row for row in rows)
