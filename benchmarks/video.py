@@ -114,7 +114,8 @@ def run_paper(train: torch.Tensor, k: int, seed: int, seconds: float) -> tuple[l
 
 def table(results: list[dict]) -> str:
     """One row per clip and method, then each method's medians. A failed run reads "failed" and
-    counts as the worst in the medians (inf, like a motion ratio that is off by everything)."""
+    counts as the worst (inf) in the medians of the three ratios. It fills its "coopsynth" row
+    only: the other sampling settings of that clip have no row and no part in their medians."""
     keys = ["spatial_swd_ratio", "st_swd_ratio", "motion_ratio", "copy_index", "diversity", "minutes"]
     worst = {k: float("inf") for k in keys[:3]}
     text = "| clip | method | " + " | ".join(keys) + " |\n|---|---|" + "---|" * len(keys) + "\n"
