@@ -252,13 +252,15 @@ def _fold_taps(fold: Tensor, w: Tensor, ups: list[int], phase_major: bool) -> Te
     return k.reshape(-1, *k.shape[len(ups) + 1 :])  # the phases and O (or O and the phases) as one axis
 
 
+NEAREST_FOLD = torch.tensor([[[1.0, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]])  # (phase, 2 taps, 3 taps)
+
+
 def folded_weight(w: Tensor, ups: list[int]) -> Tensor:
     """The kernels of _upsampled_conv: w (O, I, [3,] 3, 3) with the 3 taps of each up-sampled axis
     (indices into the trailing axes) folded to 2 per output phase, as (P * O, I, ...), P = 2^len(ups),
     phase-major with the first up-sampled axis most significant. One einsum against the 0/1 fold
     matrices (a quarter of the time of per-phase stacks, forward and backward), in w's dtype."""
-    fold = w.new_tensor([[[1, 0, 0], [0, 1, 1]], [[1, 1, 0], [0, 0, 1]]])  # (phase, 2 taps, 3 taps)
-    return _fold_taps(fold, w, ups, phase_major=True)
+    return _fold_taps(NEAREST_FOLD, w, ups, phase_major=True)
 
 
 def _upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...], channels_last: bool = False) -> Tensor:
@@ -292,10 +294,12 @@ def _upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...], channel
 # 2i + a reads the input at i - 1, i and i + 1. LINEAR_FOLD[a][j][t]: the weight of input tap j
 # (i - 1, i, i + 1) in conv tap t (-1, 0, +1), the up-sampled neighbours at the edges included
 # (they are the padded input's blends, for replicate and circular padding alike).
-LINEAR_FOLD = (
-    ((0.75, 0.25, 0.0), (0.25, 0.75, 0.75), (0.0, 0.0, 0.25)),
-    ((0.25, 0.0, 0.0), (0.75, 0.75, 0.25), (0.0, 0.25, 0.75)),
-)
+LINEAR_FOLD = torch.tensor(
+    [
+        [[0.75, 0.25, 0.0], [0.25, 0.75, 0.75], [0.0, 0.0, 0.25]],
+        [[0.25, 0.0, 0.0], [0.75, 0.75, 0.25], [0.0, 0.25, 0.75]],
+    ]
+)  # (phase, input tap, conv tap); _fold_taps casts it to the weight's dtype and device
 # Per device type, from how many input positions per channel a linear generator block folds its
 # up-sampling into one convolution at the input's resolution (_linear_upsampled_conv), rather than
 # interpolate, pad and convolve the up-sampled tensor: the same arithmetic without the up-sampled
@@ -314,7 +318,7 @@ def _linear_upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...]) 
     d = len(scale)
     ups = [a for a, s in enumerate(scale) if s == 2]
     o = conv.out_channels
-    k = _fold_taps(torch.tensor(LINEAR_FOLD), conv.weight, ups, phase_major=False)  # (O * P, I, 3...)
+    k = _fold_taps(LINEAR_FOLD, conv.weight, ups, phase_major=False)  # (O * P, I, 3...)
     bias = None if conv.bias is None else conv.bias.repeat_interleave(2 ** len(ups))
     y = (F.conv2d if d == 2 else F.conv3d)(hp, k, bias)  # (B, O * P, n...) h's own size
     if d == 2 and len(ups) == 2:
