@@ -139,6 +139,14 @@ MatchHistogram = Annotated[
         show_default=False,
     ),
 ]
+Bits = Annotated[
+    str,
+    typer.Option(
+        "--bits",
+        help="Bits a channel of the written images: auto (16 for a 16-bit input, such as a height map, where the "
+        "format holds it: PNG or TIFF; else 8), 8 or 16.",
+    ),
+]
 MaxSize = Annotated[
     int | None,
     typer.Option(
@@ -379,10 +387,12 @@ def texture(
     force: Force = False,
     max_size: MaxSize = None,
     match_histogram: MatchHistogram = None,
+    bits: Bits = "auto",
 ) -> None:
     """Train on a texture image, then write new samples, model.pt, progress.png and log.jsonl."""
     hw = pipeline.parse_size(size)
     pipeline.check_refine(refine)
+    pipeline.check_bits_option(bits)
     _precision_note(device, precision)
     opts = dict(
         preset=preset,
@@ -399,6 +409,7 @@ def texture(
         if pipeline.input_kind(path) != "texture":
             raise CoopsynthError(f"{path}: this looks like a video; use `coopsynth video`")
         run, dest, names = _plan(path, out, "texture", samples, 4, force, batch=overall is not None)
+        pipeline.output_bits(bits, "texture", 8, names[0])  # --bits 16 into a format without it: refused now
         job = _train_job(path, run, resume=resume_, force=force, **opts)
         result = _run_training(job, overall, ready=lambda prep: check_writable(names[0].parent))
         if distributed.world()[0] != 0:
@@ -406,7 +417,9 @@ def texture(
         trainer = result["trainer"]
         blob = {"config_obj": trainer.cfg, "kind": "texture", "meta": result["meta"], "delta": trainer.delta}
         # force: the run checked the sample files before training
-        sj = pipeline.SampleJob(dest, len(names), hw, seed, tile=tile, refine=refine, force=True, match=match_histogram)
+        sj = pipeline.SampleJob(
+            dest, len(names), hw, seed, tile=tile, refine=refine, force=True, match=match_histogram, bits=bits
+        )
         return result, _sample(trainer.model, blob, sj)
 
     if len(inputs) == 1 and not inputs[0].is_dir():
@@ -602,11 +615,13 @@ def sample(
     precision: Precision = "auto",
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing sample files in the output folder.")] = False,
     match_histogram: MatchHistogram = None,
+    bits: Bits = "auto",
 ) -> None:
     """Sample from a trained model without retraining: a generator pass, then --refine Langevin steps."""
     t0 = time.perf_counter()
     hw = pipeline.parse_size(size)
     pipeline.check_seed(seed)
+    pipeline.check_bits_option(bits)
     _precision_note(device, precision)
     m, blob = pipeline.load_model(model, device, precision)
     full = pipeline.sample_size(blob, hw, frames)
@@ -622,6 +637,7 @@ def sample(
         fps=fps,
         force=force,
         match=match_histogram,
+        bits=bits,
     )
     written = _sample(m, blob, sj)
     if len(written) == 1:
@@ -702,6 +718,7 @@ def complete(
     device: Device = "auto",
     precision: Precision = "auto",
     force: Force = False,
+    bits: Bits = "auto",
 ) -> None:
     """Fill the missing pixels of an image or video by learning from its visible pixels."""
     t0 = time.perf_counter()
@@ -727,6 +744,7 @@ def complete(
         smooth=smooth,
         context=parse_context(context),
         force=force,
+        bits=bits,
     )
     bar = recovery = None
 

@@ -114,9 +114,10 @@ def check_mask(missing: Tensor, path: Path) -> None:
         raise CoopsynthError(f"{path}: everything is masked; there is nothing to learn from")
 
 
-def load_masked_image(path: Path, mask: Path | None, key_color: str | None) -> tuple[Tensor, Tensor]:
-    """The image (C, H, W) and its missing-pixel mask (H, W) by the three conventions."""
-    image, alpha = read_image_rgba(path)
+def load_masked_image(path: Path, mask: Path | None, key_color: str | None) -> tuple[Tensor, Tensor, int]:
+    """The image (C, H, W), its missing-pixel mask (H, W) by the three conventions, and its bit
+    depth (8 or 16, `io.Image.bits`)."""
+    image, alpha, bits = read_image_rgba(path)
     size = tuple(image.shape[1:])
     if mask is not None and key_color is not None:
         raise CoopsynthError("give either --mask or --key-color, not both")
@@ -127,7 +128,7 @@ def load_masked_image(path: Path, mask: Path | None, key_color: str | None) -> t
     else:
         missing = mask_from_alpha(alpha, path)
     check_mask(missing, mask or path)
-    return image, missing
+    return image, missing, bits
 
 
 def parse_context(text: str) -> int | None:

@@ -3,15 +3,24 @@
 Images come back as float32 tensors (C, H, W) in [0, 1] with C = 1 (grey) or 3 (colour), videos as
 (C, T, H, W). Every writer writes to a temporary name beside the target and renames it, so a crash
 never leaves a half-written file.
+
+Bit depth: a 16-bit image (a grey or colour PNG, a TIFF, or any float image) is read at its full
+precision and can be written back at it (`write_image(..., bits=16)`: PNG or TIFF), so a 16-bit
+height map or photograph keeps its levels. Pillow, which imageio reads PNGs with, cuts colour
+16-bit PNGs to 8 bits; those are decoded by the ffmpeg that imageio-ffmpeg ships, and 16-bit PNGs
+are written by a small encoder here (zlib), since Pillow writes 16-bit grey only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,6 +34,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".g
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".webm", ".mkv", ".m4v", ".gif", ".mpg", ".mpeg"}
 MAX_PIXELS = 8192 * 8192  # refuse larger images before decoding them
 MAX_VOXELS = 2048 * 2048 * 1024  # and larger videos
+BITS16_SUFFIXES = {".png", ".tif", ".tiff"}  # image formats written with 16 bits a channel
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,8 +104,45 @@ def _to_float(a: np.ndarray, path: Path) -> np.ndarray:
     raise CoopsynthError(f"{path}: unsupported pixel type {a.dtype}")
 
 
-def read_image_rgba(path: str | Path) -> tuple[Tensor, Tensor | None]:
-    """Read an image: (C, H, W) float in [0, 1] with C in {1, 3}, and its alpha (H, W) or None."""
+class Image(NamedTuple):
+    pixels: Tensor  # (C, H, W) float32 in [0, 1], C in {1, 3}
+    alpha: Tensor | None  # (H, W) in [0, 1], or None for an image without alpha
+    bits: int  # 8, or 16 for a file with more than 8 bits a channel (16-bit integers, floats)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG16_FORMATS = {2: ("rgb48le", 3), 4: ("ya16le", 2), 6: ("rgba64le", 4)}  # colour type: ffmpeg's format, channels
+
+
+def _png16_colour(path: Path) -> int | None:
+    """The PNG colour type of a 16-bit grey + alpha or colour PNG (the ones Pillow cuts to 8 bits),
+    else None (not a PNG, 8 bits or fewer, or plain grey, which Pillow reads at 16 bits)."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR" or head[24] != 16:
+        return None
+    return head[25] if head[25] in PNG16_FORMATS else None
+
+
+def _read_png16(path: Path, colour: int) -> np.ndarray:
+    """A 16-bit colour (or grey + alpha) PNG as (H, W, C) uint16, decoded by ffmpeg."""
+    import imageio_ffmpeg
+
+    fmt, c = PNG16_FORMATS[colour]
+    frames = imageio_ffmpeg.read_frames(str(path), pix_fmt=fmt, bits_per_pixel=16 * c)
+    try:
+        w, h = next(frames)["size"]
+        a = np.frombuffer(next(frames), dtype="<u2")
+    finally:
+        frames.close()
+    if a.size != h * w * c:
+        raise ValueError(f"decoded {a.size} values for {w}x{h}x{c}")
+    return a.reshape(h, w, c)
+
+
+def read_image_rgba(path: str | Path) -> Image:
+    """Read an image: its pixels (C, H, W) float in [0, 1] with C in {1, 3}, its alpha (H, W) or
+    None, and its bit depth (8 or 16)."""
     import imageio.v3 as iio
 
     path = Path(path)
@@ -104,7 +151,11 @@ def read_image_rgba(path: str | Path) -> tuple[Tensor, Tensor | None]:
         props = iio.improps(path)
         if props.shape is not None and int(np.prod(props.shape[:2])) > MAX_PIXELS:
             raise CoopsynthError(f"{path}: {props.shape[1]}x{props.shape[0]} is too large (at most {MAX_PIXELS} pixels)")
-        a = iio.imread(path, index=0) if props.n_images is not None and props.n_images > 1 else iio.imread(path)
+        colour16 = _png16_colour(path)
+        if colour16 is not None:
+            a = _read_png16(path, colour16)
+        else:
+            a = iio.imread(path, index=0) if props.n_images is not None and props.n_images > 1 else iio.imread(path)
     except CoopsynthError:
         raise
     except Exception as e:  # imageio raises many types for corrupt or foreign files
@@ -116,42 +167,90 @@ def read_image_rgba(path: str | Path) -> tuple[Tensor, Tensor | None]:
         raise CoopsynthError(f"{path}: unsupported image layout {a.shape}")
     if a.shape[0] * a.shape[1] > MAX_PIXELS:
         raise CoopsynthError(f"{path}: {a.shape[1]}x{a.shape[0]} is too large (at most {MAX_PIXELS} pixels)")
+    bits = 8 if a.dtype in (np.uint8, np.int8, bool) else 16
     f = _to_float(a, path)
     alpha = None
     if f.shape[2] in (2, 4):
         alpha = torch.from_numpy(np.ascontiguousarray(f[..., -1]))
         f = f[..., :-1]
     img = torch.from_numpy(np.ascontiguousarray(f.transpose(2, 0, 1)))
-    return img, alpha
+    return Image(img, alpha, bits)
 
 
 def read_image(path: str | Path) -> Tensor:
     """Read an image as (C, H, W) float in [0, 1], C in {1, 3}; alpha is dropped."""
-    return read_image_rgba(path)[0]
+    return read_image_rgba(path).pixels
+
+
+def _check_finite(x: Tensor) -> None:
+    if not torch.isfinite(x).all():
+        raise CoopsynthError("refusing to write an image with NaN or infinite values")
 
 
 def to_uint8(x: Tensor) -> np.ndarray:
     """(C, H, W) or (C, T, H, W) in [0, 1] -> uint8 (H, W, C) / (T, H, W, C); NaN is refused."""
-    if not torch.isfinite(x).all():
-        raise CoopsynthError("refusing to write an image with NaN or infinite values")
+    _check_finite(x)
     a = (x.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
     return np.moveaxis(a, 0, -1)
 
 
-def write_image(path: str | Path, x: Tensor) -> Path:
-    """Write (C, H, W) in [0, 1] as an 8-bit image (PNG by the suffix), atomically."""
+def to_uint16(x: Tensor) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> uint16 (H, W, C); NaN is refused. A 16-bit input's pixels come back
+    exactly (v / 65535 in float32, times 65535, rounds to v)."""
+    _check_finite(x)
+    a = (x.detach().double().clamp(0, 1) * 65535.0).round().to(torch.int32).cpu().numpy().astype(np.uint16)
+    return np.moveaxis(a, 0, -1)
+
+
+def check_bits(path: str | Path, bits: int) -> None:
+    """An error unless an image file named `path` can hold `bits` (8 or 16) bits a channel."""
+    path = Path(path)
+    if bits not in (8, 16):
+        raise CoopsynthError(f"--bits {bits}: must be 8 or 16")
+    if bits == 16 and path.suffix.lower() not in BITS16_SUFFIXES:
+        raise CoopsynthError(f"{path}: a {path.suffix or 'suffix-less'} file cannot hold 16 bits a channel (use .png or .tif)")
+
+
+def write_image(path: str | Path, x: Tensor, bits: int = 8) -> Path:
+    """Write (C, H, W) in [0, 1] as an image of `bits` (8 or 16) bits a channel, its format by
+    the suffix (16 bits: PNG or TIFF), atomically."""
     import imageio.v3 as iio
 
-    a = to_uint8(x)
+    path = Path(path)
+    check_bits(path, bits)
+    a = to_uint16(x) if bits == 16 else to_uint8(x)
     if a.shape[-1] == 1:
         a = a[..., 0]
-    path = Path(path)
     with atomic_path(path) as tmp:
         try:
-            iio.imwrite(tmp, a)
+            if bits == 16 and path.suffix.lower() == ".png":
+                tmp.write_bytes(png16(a))
+            else:
+                iio.imwrite(tmp, a)
         except (OSError, ValueError, RuntimeError, TypeError) as e:  # the format's writer refused (or is missing)
             raise CoopsynthError(f"{path}: cannot write this image ({_short(e)})") from None
     return path
+
+
+def png16(a: np.ndarray, level: int = 6) -> bytes:
+    """A 16-bit PNG file of a uint16 array (H, W) grey or (H, W, C) with C = 1-4 (grey, grey +
+    alpha, RGB, RGBA). Every row is stored with the 'Up' filter (its difference from the row
+    above), which compresses smooth images better than raw rows at no cost to write."""
+    a = a[..., None] if a.ndim == 2 else a
+    h, w, c = a.shape
+    colour = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    rows = np.ascontiguousarray(a, dtype=">u2").view(np.uint8).reshape(h, w * c * 2)  # big-endian bytes
+    up = rows.copy()
+    up[1:] -= rows[:-1]  # uint8: modulo 256, as the filter is defined
+    raw = np.concatenate([np.full((h, 1), 2, np.uint8), up], axis=1)  # filter type 2 before each row
+    data = zlib.compress(raw.tobytes(), level)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    step = 1 << 30  # an IDAT chunk holds under 2^31 bytes; a long stream is split over several
+    idat = b"".join(chunk(b"IDAT", data[i : i + step]) for i in range(0, max(len(data), 1), step))
+    return PNG_SIGNATURE + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, 0)) + idat + chunk(b"IEND", b"")
 
 
 def scale_down(x: Tensor, max_size: int) -> tuple[Tensor, str]:

@@ -26,7 +26,17 @@ from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .completion import CONTEXT, SEAM_LENGTH, default_refine, default_smooth, pieces
 from .errors import CoopsynthError
 from .histogram import match as match_histogram
-from .io import MAX_FPS, check_writable, read_image, read_video, scale_down, write_image, write_video
+from .io import (
+    BITS16_SUFFIXES,
+    MAX_FPS,
+    check_bits,
+    check_writable,
+    read_image_rgba,
+    read_video,
+    scale_down,
+    write_image,
+    write_video,
+)
 from .model import CoopModel
 from .networks import NetConfig
 from .trainer import WATCHDOG_FLOOR, CollapseError, CoopTrainer, DivergenceError, TrainConfig, crop_size, preset, with_overrides
@@ -162,10 +172,11 @@ def load_input(job: TrainJob) -> tuple[str, Tensor, dict]:
     """Read the job's input: kind, data (C, [T,] H, W) in [0, 1], metadata."""
     kind = input_kind(job.input)
     if kind == "texture":
-        img, note = read_image(job.input), ""
+        img, _, bits = read_image_rgba(job.input)
+        note = ""
         if job.max_size is not None:
             img, note = scale_down(img, job.max_size)
-        return kind, img, {"input": str(job.input), "size": list(img.shape[1:]), "notes": [note] * bool(note)}
+        return kind, img, {"input": str(job.input), "size": list(img.shape[1:]), "bits": bits, "notes": [note] * bool(note)}
     from .video import prepare_video
 
     vid, fps, notes = prepare_video(job.input, job.max_size, job.max_frames)
@@ -532,6 +543,7 @@ class SampleJob:
     fps: float | None = None
     force: bool = False  # overwrite existing sample files
     match: bool | None = None  # histogram-match to the training data; None = the kind's default (images yes, videos no)
+    bits: str = "auto"  # images: bits a channel, "8", "16" or "auto" (the training input's where the format holds it)
 
 
 def load_model(path: str | Path, device: str = "auto", precision: str = "auto") -> tuple[CoopModel, dict]:
@@ -591,6 +603,7 @@ def sample(model: CoopModel, blob: dict, job: SampleJob, on_progress: ProgressFn
             "older coopsynth); train it again, or sample without --match-histogram"
         )
     names = sample_names(Path(job.output), kind, job.samples)
+    bits = output_bits(job.bits, kind, int(meta.get("bits", 8)), names[0])
     refuse_existing(names, job.force)
     check_writable(names[0].parent)
     wrap = (job.tile, job.tile) if kind == "texture" else (job.loop, job.tile, job.tile)
@@ -617,7 +630,7 @@ def sample(model: CoopModel, blob: dict, job: SampleJob, on_progress: ProgressFn
             )[0]
             report(i, "writing", 0, 1)
             if kind == "texture":
-                paths.append(write_image(path, y))
+                paths.append(write_image(path, y, bits))
             else:
                 paths.append(write_video(path, y, fps))
                 if i == 0 and preview is not None:  # a folder gets a GIF preview of the first
@@ -735,6 +748,31 @@ def check_refine(refine: int | None) -> int | None:
     return refine
 
 
+BITS_CHOICES = ("auto", "8", "16")
+
+
+def check_bits_option(bits: str, kind: str | None = None) -> str:
+    """A `--bits` value, or an error saying why not (checked before a run, not after it)."""
+    if bits not in BITS_CHOICES:
+        raise CoopsynthError(f"--bits {bits}: must be auto, 8 or 16")
+    if bits == "16" and kind == "video":
+        raise CoopsynthError("--bits 16: videos are written with 8 bits a channel (H.264, GIF)")
+    return bits
+
+
+def output_bits(bits: str, kind: str, source_bits: int, path: Path) -> int:
+    """The bits a channel of the image files named like `path`: `--bits` 8 or 16 as asked (16 in a
+    PNG or TIFF file only), or auto: 16 for a 16-bit input where the file's format holds it, else
+    8. Videos: 8."""
+    check_bits_option(bits, kind)
+    if kind == "video":
+        return 8
+    if bits == "auto":
+        return 16 if source_bits == 16 and Path(path).suffix.lower() in BITS16_SUFFIXES else 8
+    check_bits(path, int(bits))
+    return int(bits)
+
+
 def check_fps(fps: float | None) -> float | None:
     """A `--fps` value, or an error saying why not (checked before a run, not after it)."""
     if fps is not None and not 0 < fps <= MAX_FPS:
@@ -790,6 +828,7 @@ class CompleteJob:
     smooth: float | None = None  # videos: the latent prior's time correlation (latent frames); 0 = off; None = default_smooth
     context: int | None = CONTEXT  # visible pixels (frames) kept around the missing ones beyond the networks' reach; None = all
     force: bool = False
+    bits: str = "auto"  # images: bits a channel, "8", "16" or "auto" (the input's where the format holds it)
 
 
 def load_completion_input(job: CompleteJob) -> tuple[str, Tensor, Tensor, dict]:
@@ -800,8 +839,8 @@ def load_completion_input(job: CompleteJob) -> tuple[str, Tensor, Tensor, dict]:
     if kind == "texture":
         if job.missing_frames:
             raise CoopsynthError("--missing-frames is for videos")
-        image, missing = load_masked_image(job.input, job.mask, job.key_color)
-        return kind, image, missing, {"input": str(job.input), "size": list(image.shape[1:])}
+        image, missing, bits = load_masked_image(job.input, job.mask, job.key_color)
+        return kind, image, missing, {"input": str(job.input), "size": list(image.shape[1:]), "bits": bits}
     video, fps = read_video(job.input)
     c, t, h, w = video.shape
     given = [x is not None for x in (job.mask, job.key_color, job.missing_frames)]
@@ -890,6 +929,7 @@ def complete(
     else:  # the file names are checked before any work: kind, count, files already there
         names = sample_names(file, kind, job.samples)
         refuse_existing(names, job.force)
+    bits = output_bits(job.bits, kind, int(meta.get("bits", 8)), names[0])
     result: dict = {"kind": kind}
     if job.model is not None:
         model, blob = load_model(job.model, job.device, job.precision)
@@ -949,7 +989,7 @@ def complete(
             ),
         )
         if kind == "texture":
-            paths.append(write_image(names[i], done))
+            paths.append(write_image(names[i], done, bits))
         else:
             paths.append(write_video(names[i], done, float(meta.get("fps", 25.0))))
     result["paths"] = paths

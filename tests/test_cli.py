@@ -322,12 +322,17 @@ def test_texture_into_a_file_name_writes_that_file_and_keeps_the_model_in_the_de
         (["video", "t.png", "--refine", "-1"], "--refine -1: must be 0 or more"),
         (["video", "t.png", "--fps", "-5"], "--fps -5: must be above 0 and at most 1000"),
         (["video", "t.png", "--fps", "0"], "--fps 0: must be above 0"),
+        (["texture", "t.png", "--bits", "12"], "--bits 12: must be auto, 8 or 16"),
+        (["texture", "t.png", "-o", "big.jpg", "--bits", "16"], "big.jpg: a .jpg file cannot hold 16 bits a channel"),
+        (["complete", "t.png", "--key-color", "0,0,0", "-o", "c.jpg", "--bits", "16"], "c.jpg: a .jpg file cannot hold 16"),
     ],
 )
 def test_output_and_count_errors_come_before_training(tmp_path, monkeypatch, args, message):
     """Nothing is trained or written when the outputs asked for cannot be written."""
     monkeypatch.chdir(tmp_path)
-    write_image(tmp_path / "t.png", texture_image(32, 32))
+    img = texture_image(32, 32)
+    img[:, :4, :4] = 0.0  # a few black pixels for --key-color 0,0,0 to find
+    write_image(tmp_path / "t.png", img)
     r = runner.invoke(app, [*args, "--steps", "2"])
     assert r.exit_code == 1, r.output
     assert message in r.output and len(r.output.strip().splitlines()) == 1
@@ -419,3 +424,26 @@ def test_the_core_imports_neither_typer_nor_rich():
     code = f"import sys\n{imports}print(sorted({{'typer', 'rich'}} & set(sys.modules)))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_a_16_bit_input_gives_16_bit_samples_unless_told_otherwise(tmp_path):
+    """--bits auto follows the input (into the model too, for `sample`); --bits 8 and an 8-bit
+    format (JPEG) write 8 bits; the 16-bit samples use more than 256 levels."""
+    from PIL import Image
+
+    x = texture_image(32, 40)[:1]  # a grey height map
+    write_image(tmp_path / "h.png", x, bits=16)
+    base = ["--steps", "2", "--preset", "fast", "--samples", "1"]
+    r = runner.invoke(app, ["texture", str(tmp_path / "h.png"), "-o", str(tmp_path / "run"), *base])
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "run" / "sample_000.png").mode == "I;16"
+    y = read_image(tmp_path / "run" / "sample_000.png")
+    assert y.shape == (1, 32, 40) and len(torch.unique(y)) > 256
+    model = str(tmp_path / "run" / "model.pt")
+    for extra, name, mode in [([], "a.png", "I;16"), (["--bits", "8"], "b.png", "L"), ([], "c.jpg", "L")]:
+        r = runner.invoke(app, ["sample", model, "-o", str(tmp_path / name), "--refine", "1", *extra])
+        assert r.exit_code == 0, r.output
+        assert Image.open(tmp_path / name).mode == mode, name
+    r = runner.invoke(app, ["sample", model, "-o", str(tmp_path / "d.tif"), "--refine", "1"])
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "d.tif").mode.startswith("I;16")

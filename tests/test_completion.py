@@ -51,11 +51,31 @@ def make_inputs(d, h=32, w=40):
     return img, missing
 
 
+def test_a_16_bit_image_is_completed_at_16_bits_with_its_visible_pixels_exact(tmp_path, monkeypatch):
+    """A colour 16-bit PNG (which Pillow alone reads at 8 bits) keeps every visible pixel's 16-bit
+    value; the hole is filled."""
+    monkeypatch.chdir(tmp_path)  # the model goes to coopsynth-out/in/
+    img = (texture_image(32, 40) * 65535).round() / 65535  # 16-bit values
+    write_image(tmp_path / "in.png", img, bits=16)
+    missing = torch.zeros(32, 40, dtype=torch.bool)
+    missing[8:20, 10:26] = True
+    write_image(tmp_path / "mask.png", missing[None].float())
+    args = ["complete", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"), "--steps", "2", "--preset", "fast"]
+    r = runner.invoke(app, [*args, "-o", str(tmp_path / "done.png")])
+    assert r.exit_code == 0, r.output
+    src, done = read_image(tmp_path / "in.png"), read_image(tmp_path / "done.png")
+    assert torch.equal(src, img)  # read back at 16 bits
+    assert torch.equal(done[:, ~missing], src[:, ~missing])
+    assert not torch.equal(done[:, missing], src[:, missing])
+    assert len(torch.unique(done[:, missing])) > 256
+
+
 def test_three_mask_conventions_parse_the_same_mask(tmp_path):
     _, missing = make_inputs(tmp_path)
-    _, m_alpha = load_masked_image(tmp_path / "alpha.png", None, None)
-    _, m_file = load_masked_image(tmp_path / "plain.png", tmp_path / "mask.png", None)
-    _, m_key = load_masked_image(tmp_path / "keyed.png", None, "255,0,255")
+    _, m_alpha, bits = load_masked_image(tmp_path / "alpha.png", None, None)
+    _, m_file, _ = load_masked_image(tmp_path / "plain.png", tmp_path / "mask.png", None)
+    _, m_key, _ = load_masked_image(tmp_path / "keyed.png", None, "255,0,255")
+    assert bits == 8
     assert torch.equal(m_alpha, missing) and torch.equal(m_file, missing) and torch.equal(m_key, missing)
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from coopsynth.errors import CoopsynthError
-from coopsynth.io import atomic_path, read_image, read_image_rgba, read_video, write_image, write_video
+from coopsynth.io import atomic_path, png16, read_image, read_image_rgba, read_video, to_uint16, write_image, write_video
 
 
 def test_image_round_trip_rgb_and_grey(tmp_path):
@@ -28,9 +28,66 @@ def test_sixteen_bit_grey_and_rgba_alpha(tmp_path):
     np.testing.assert_allclose(img[0].numpy(), g16 / 65535, atol=1e-6)
     rgba = (rng.random((8, 6, 4)) * 255).astype(np.uint8)
     iio.imwrite(tmp_path / "rgba.png", rgba)
-    img, alpha = read_image_rgba(tmp_path / "rgba.png")
-    assert img.shape == (3, 8, 6) and alpha.shape == (8, 6)
+    img, alpha, bits = read_image_rgba(tmp_path / "rgba.png")
+    assert img.shape == (3, 8, 6) and alpha.shape == (8, 6) and bits == 8
     np.testing.assert_allclose(alpha.numpy(), rgba[..., 3] / 255, atol=1e-6)
+
+
+def _plain_png16(a: np.ndarray) -> bytes:
+    """A 16-bit PNG written another way than io.png16: unfiltered rows (filter type 0)."""
+    import struct
+    import zlib
+
+    h, w, c = a.shape
+    raw = b"".join(b"\x00" + a[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_16_bit_pngs_of_every_colour_type_read_exactly(tmp_path, channels):
+    """Grey, grey + alpha, RGB and RGBA at 16 bits: every value back (Pillow alone cuts the colour
+    ones to 8 bits), alpha split off, bits 16; and io.png16 writes what this reads."""
+    a = np.random.default_rng(channels).integers(0, 65536, (5, 7, channels)).astype(np.uint16)
+    colour = a[..., : 1 if channels < 3 else 3]
+    for name, data in [("plain.png", _plain_png16(a)), ("ours.png", png16(a))]:
+        (tmp_path / name).write_bytes(data)
+        img, alpha, bits = read_image_rgba(tmp_path / name)
+        assert bits == 16 and img.shape == (colour.shape[2], 5, 7), name
+        np.testing.assert_array_equal((img.numpy() * 65535).round().astype(np.uint16), colour.transpose(2, 0, 1))
+        if channels in (2, 4):
+            np.testing.assert_array_equal((alpha.numpy() * 65535).round().astype(np.uint16), a[..., -1])
+        else:
+            assert alpha is None
+
+
+def test_every_16_bit_value_survives_float_and_back():
+    v = torch.arange(65536, dtype=torch.float32) / 65535  # how a 16-bit file's values are held
+    assert np.array_equal(to_uint16(v.reshape(1, 256, 256))[..., 0].ravel(), np.arange(65536))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_write_image_at_16_bits_round_trips(tmp_path, suffix, channels):
+    x = torch.rand(channels, 6, 9, generator=torch.Generator().manual_seed(0))
+    write_image(tmp_path / f"x{suffix}", x, bits=16)
+    img, _, bits = read_image_rgba(tmp_path / f"x{suffix}")
+    assert bits == 16
+    torch.testing.assert_close(img, x, atol=0.5 / 65535 + 1e-7, rtol=0)
+    write_image(tmp_path / f"y{suffix}", x)  # the default is 8 bits
+    assert read_image_rgba(tmp_path / f"y{suffix}").bits == 8
+
+
+def test_16_bits_into_an_8_bit_format_is_refused_before_writing(tmp_path):
+    with pytest.raises(CoopsynthError, match=r"x.jpg: a .jpg file cannot hold 16 bits a channel"):
+        write_image(tmp_path / "x.jpg", torch.rand(3, 4, 4), bits=16)
+    with pytest.raises(CoopsynthError, match="--bits 12: must be 8 or 16"):
+        write_image(tmp_path / "x.png", torch.rand(3, 4, 4), bits=12)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
