@@ -147,6 +147,15 @@ Bits = Annotated[
         "format holds it: PNG or TIFF; else 8), 8 or 16.",
     ),
 ]
+Stack = Annotated[
+    bool,
+    typer.Option(
+        "--stack",
+        help="The inputs are the maps of one material (colour, height, normals, roughness, ...: one size), or a "
+        "folder of them: learn them together as one texture, so that each sample's maps line up; each sample is "
+        "then one file per map (sample_000_<map>.png, ...).",
+    ),
+]
 MaxSize = Annotated[
     int | None,
     typer.Option(
@@ -388,6 +397,7 @@ def texture(
     max_size: MaxSize = None,
     match_histogram: MatchHistogram = None,
     bits: Bits = "auto",
+    stack: Stack = False,
 ) -> None:
     """Train on a texture image, then write new samples, model.pt, progress.png and log.jsonl."""
     hw = pipeline.parse_size(size)
@@ -405,12 +415,14 @@ def texture(
         max_size=max_size,
     )
 
-    def one(path: Path, out: Path | None, resume_: bool, overall: tuple[int, int] | None = None) -> tuple[dict, list[Path]]:
+    def one(
+        path: Path, out: Path | None, resume_: bool, overall: tuple[int, int] | None = None, maps: tuple[Path, ...] = ()
+    ) -> tuple[dict, list[Path]]:
         if pipeline.input_kind(path) != "texture":
             raise CoopsynthError(f"{path}: this looks like a video; use `coopsynth video`")
         run, dest, names = _plan(path, out, "texture", samples, 4, force, batch=overall is not None)
         pipeline.output_bits(bits, "texture", 8, names[0])  # --bits 16 into a format without it: refused now
-        job = _train_job(path, run, resume=resume_, force=force, **opts)
+        job = _train_job(path, run, resume=resume_, force=force, maps=maps, **opts)
         result = _run_training(job, overall, ready=lambda prep: check_writable(names[0].parent))
         if distributed.world()[0] != 0:
             return result, []
@@ -422,12 +434,27 @@ def texture(
         )
         return result, _sample(trainer.model, blob, sj)
 
+    if stack:
+        files = _stack_files(inputs)
+        t0 = time.perf_counter()
+        out = output or pipeline.default_output(inputs[0])  # a folder of maps names the run
+        result, written = one(files[0], out, resume, maps=tuple(files[1:]))
+        _summary(result, written, t0)
+        return
     if len(inputs) == 1 and not inputs[0].is_dir():
         t0 = time.perf_counter()
         result, written = one(inputs[0], output, resume)
         _summary(result, written, t0)
         return
     _batch(pipeline.expand_inputs(inputs, "texture"), output, force, resume, one)
+
+
+def _stack_files(inputs: list[Path]) -> list[Path]:
+    """The maps of a --stack: the files given, and the images of the folders given, in order."""
+    files = pipeline.expand_inputs(inputs, "texture")
+    if len(files) < 2:
+        raise CoopsynthError("--stack: give two or more maps of one material (image files, or a folder of them)")
+    return files
 
 
 def _batch(files: list[Path], output: Path | None, force: bool, resume: bool, one) -> None:
@@ -546,7 +573,13 @@ def video(
 @app.command()
 @friendly
 def train(
-    input: Annotated[Path, typer.Argument(help="A texture image or a video (file or folder of frames).")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="A texture image or a video (file or folder of frames); with --stack, the maps of one material.",
+            show_default=False,
+        ),
+    ],
     output: RunFolder = None,
     steps: Steps = None,
     seed: Seed = 0,
@@ -559,9 +592,20 @@ def train(
     force: Force = False,
     max_size: MaxSize = None,
     max_frames: MaxFrames = None,
+    stack: Stack = False,
 ) -> None:
     """Train only: write model.pt, progress.png and log.jsonl (sample later with `coopsynth sample`)."""
     t0 = time.perf_counter()
+    if stack:
+        files = _stack_files(inputs)
+        input, maps, output = files[0], tuple(files[1:]), output or pipeline.default_output(inputs[0])
+    elif len(inputs) > 1:
+        raise CoopsynthError(
+            f"train takes one input, got {len(inputs)}; `coopsynth texture` trains one model per input, and --stack "
+            "learns the maps of one material together"
+        )
+    else:
+        input, maps = inputs[0], ()
     if output is not None and pipeline.output_is_file(output):
         raise CoopsynthError(
             f"{output}: train writes a folder (model.pt, log.jsonl, progress.png); give a folder for -o, "
@@ -582,6 +626,7 @@ def train(
         force=force,
         max_size=max_size,
         max_frames=max_frames,
+        maps=maps,
     )
     result = _run_training(job)
     _summary(result, [], t0)

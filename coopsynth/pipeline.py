@@ -166,21 +166,81 @@ class TrainJob:
     checkpoint_every: float = 120.0  # seconds between safety checkpoints
     overrides: dict = field(default_factory=dict)  # further TrainConfig fields
     shards: int = 1  # random streams in one process (equals that many data-parallel processes)
+    maps: tuple[Path, ...] = ()  # further images of the same material (same size), learnt with `input` as one stack
 
 
 def load_input(job: TrainJob) -> tuple[str, Tensor, dict]:
-    """Read the job's input: kind, data (C, [T,] H, W) in [0, 1], metadata."""
+    """Read the job's input: kind, data (C, [T,] H, W) in [0, 1], metadata. With `job.maps`, the
+    input and the maps are stacked along C, and meta["maps"] lists each one's name, channels and
+    bits (see `load_stack`)."""
     kind = input_kind(job.input)
     if kind == "texture":
-        img, _, bits = read_image_rgba(job.input)
+        if job.maps:
+            img, maps = load_stack((job.input, *job.maps))
+            bits = max(m["bits"] for m in maps)
+        else:
+            img, _, bits = read_image_rgba(job.input)
+            maps = None
         note = ""
         if job.max_size is not None:
             img, note = scale_down(img, job.max_size)
-        return kind, img, {"input": str(job.input), "size": list(img.shape[1:]), "bits": bits, "notes": [note] * bool(note)}
+        meta = {"input": str(job.input), "size": list(img.shape[1:]), "bits": bits, "notes": [note] * bool(note)}
+        return kind, img, meta if maps is None else {**meta, "maps": maps}
+    if job.maps:
+        raise CoopsynthError(f"{job.input}: only images stack (the maps of one material), not videos")
     from .video import prepare_video
 
     vid, fps, notes = prepare_video(job.input, job.max_size, job.max_frames)
     return kind, vid, {"input": str(job.input), "size": list(vid.shape[1:]), "fps": fps, "notes": notes}
+
+
+def load_stack(paths: tuple[Path, ...]) -> tuple[Tensor, list[dict]]:
+    """The maps of one material (colour, height, normals, roughness, ...: images of one size) as
+    one image (C, H, W), their channels concatenated in the order given, and a list of
+    {"name" (the file's stem), "channels", "bits"} per map: a model learns them together, so that
+    a sample's maps line up, and `sample` writes one file per map."""
+    imgs, maps = [], []
+    for path in paths:
+        if input_kind(path) != "texture":
+            raise CoopsynthError(f"{path}: only images stack (the maps of one material), not videos")
+        img, _, bits = read_image_rgba(path)
+        if imgs and img.shape[1:] != imgs[0].shape[1:]:
+            (h, w), (h0, w0) = img.shape[1:], imgs[0].shape[1:]
+            raise CoopsynthError(f"{path}: {w}x{h}, but {paths[0]} is {w0}x{h0}; the maps of a stack are one size")
+        if any(m["name"] == path.stem for m in maps):
+            raise CoopsynthError(f"{path}: two maps of the stack are named {path.stem}; their files would collide")
+        imgs.append(img)
+        maps.append({"name": path.stem, "channels": img.shape[0], "bits": bits})
+    return torch.cat(imgs), maps
+
+
+def map_files(path: Path, maps: list[dict] | None) -> list[Path]:
+    """The files one sample named `path` is written to: itself, or for a stack of maps one per map,
+    NAME_<map>.png (sample_000_albedo.png, ...)."""
+    if not maps:
+        return [path]
+    return [path.with_name(f"{path.stem}_{m['name']}{path.suffix}") for m in maps]
+
+
+def write_texture(path: Path, y: Tensor, bits: str, meta: dict) -> list[Path]:
+    """Write one texture sample (C, H, W) in [0, 1] to `path`, or a stack's maps to their files
+    (`map_files`), each at the bits `--bits` gives it (`output_bits`, from its own input's depth)."""
+    maps = meta.get("maps")
+    if not maps:
+        return [write_image(path, y, output_bits(bits, "texture", int(meta.get("bits", 8)), path))]
+    parts = y.split([m["channels"] for m in maps])
+    files = map_files(path, maps)
+    return [write_image(f, x, output_bits(bits, "texture", m["bits"], f)) for f, x, m in zip(files, parts, maps, strict=True)]
+
+
+def preview_image(y: Tensor, meta: dict) -> Tensor:
+    """A texture (C, H, W) as an image to look at: itself, or a stack's maps one above the other
+    (grey maps in grey, maps of other than 1 or 3 channels by their first channel)."""
+    maps = meta.get("maps")
+    if not maps:
+        return y
+    rows = [x if x.shape[0] == 3 else x[:1].expand(3, *x.shape[1:]) for x in y.split([m["channels"] for m in maps])]
+    return torch.cat(rows, dim=-2)
 
 
 def make_config(job: TrainJob, kind: str, channels: int) -> TrainConfig:
@@ -248,6 +308,8 @@ def prepare_training(job: TrainJob, mask: Tensor | None = None, data: Tensor | N
             raise CoopsynthError(
                 f"{ckpt_path}: the checkpoint's networks differ from this input and preset; use --force to start over"
             )
+        if state.get("meta", {}).get("maps") != meta.get("maps"):
+            raise CoopsynthError(f"{ckpt_path}: the checkpoint was trained on other maps; use --force to start over")
         # a resumed run keeps its own schedule unless the user asks for more steps
         cfg = with_overrides(old, steps=job.steps, langevin_steps=job.langevin_steps)
         start_seconds = float(state.get("meta", {}).get("seconds", 0.0))
@@ -323,7 +385,7 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
         y = trainer.model.denormalise(y)[0]
         if trainer.model.matches():  # as `sample` writes it by default
             y = match_histogram(y, trainer.model.quantiles)
-        snaps.append(y if kind == "texture" else y[:, 0])
+        snaps.append(preview_image(y, meta) if kind == "texture" else y[:, 0])
         strip = torch.cat(snaps[-job.snapshots :], dim=-1)
         write_image(out / "progress.png", strip)
 
@@ -603,8 +665,9 @@ def sample(model: CoopModel, blob: dict, job: SampleJob, on_progress: ProgressFn
             "older coopsynth); train it again, or sample without --match-histogram"
         )
     names = sample_names(Path(job.output), kind, job.samples)
-    bits = output_bits(job.bits, kind, int(meta.get("bits", 8)), names[0])
-    refuse_existing(names, job.force)
+    for m in meta.get("maps") or [meta]:  # every file's bits, checked before any is written
+        output_bits(job.bits, kind, int(m.get("bits", 8)), names[0])
+    refuse_existing([f for n in names for f in map_files(n, meta.get("maps"))], job.force)
     check_writable(names[0].parent)
     wrap = (job.tile, job.tile) if kind == "texture" else (job.loop, job.tile, job.tile)
     gen = torch.Generator(device=model.device).manual_seed(job.seed)
@@ -630,7 +693,7 @@ def sample(model: CoopModel, blob: dict, job: SampleJob, on_progress: ProgressFn
             )[0]
             report(i, "writing", 0, 1)
             if kind == "texture":
-                paths.append(write_image(path, y, bits))
+                paths += write_texture(path, y, job.bits, meta)
             else:
                 paths.append(write_video(path, y, fps))
                 if i == 0 and preview is not None:  # a folder gets a GIF preview of the first
@@ -937,6 +1000,9 @@ def complete(
             raise CoopsynthError(
                 f"{job.model}: a {blob['kind']} model cannot complete {'a video' if kind == 'video' else 'an image'}"
             )
+        if blob.get("meta", {}).get("maps"):
+            names = ", ".join(m["name"] for m in blob["meta"]["maps"])
+            raise CoopsynthError(f"{job.model}: a model of a stack of maps ({names}) cannot complete one image")
         if model.net.channels != data.shape[0]:
             raise CoopsynthError(f"{job.model}: the model has {model.net.channels} channels, {job.input} has {data.shape[0]}")
         cfg: TrainConfig = blob["config_obj"]

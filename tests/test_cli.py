@@ -447,3 +447,98 @@ def test_a_16_bit_input_gives_16_bit_samples_unless_told_otherwise(tmp_path):
     r = runner.invoke(app, ["sample", model, "-o", str(tmp_path / "d.tif"), "--refine", "1"])
     assert r.exit_code == 0, r.output
     assert Image.open(tmp_path / "d.tif").mode.startswith("I;16")
+
+
+def _material(d, h=32, w=40):
+    """A colour map and a 16-bit grey height map of one size, in folder d."""
+    d.mkdir(exist_ok=True)
+    x = texture_image(h, w)
+    write_image(d / "albedo.png", x)
+    write_image(d / "height.png", x.mean(0, keepdim=True), bits=16)
+    return d
+
+
+def test_a_stack_of_maps_trains_one_model_and_writes_every_map_of_every_sample(tmp_path):
+    """--stack: one model on the maps' channels together; each sample is one file per map, each
+    at its own channel count and depth; `sample` splits the same way; progress.png shows the maps
+    one above the other."""
+    from PIL import Image
+
+    mat = _material(tmp_path / "mat")
+    base = ["--steps", "2", "--preset", "fast", "--samples", "2"]
+    r = runner.invoke(app, ["texture", str(mat), "--stack", "-o", str(tmp_path / "run"), *base])
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "run"
+    blob = torch.load(run / "model.pt", weights_only=True)
+    assert blob["config"]["net"]["channels"] == 4
+    assert [m["name"] for m in blob["meta"]["maps"]] == ["albedo", "height"]
+    for i in range(2):
+        assert Image.open(run / f"sample_00{i}_albedo.png").mode == "RGB"
+        assert Image.open(run / f"sample_00{i}_height.png").mode == "I;16"
+        assert not (run / f"sample_00{i}.png").exists()
+    progress = read_image(run / "progress.png")  # (3, 2 h, n w): the colour map above, the height map below
+    h = progress.shape[1] // 2
+    assert torch.equal(progress[0, h:], progress[1, h:]) and torch.equal(progress[1, h:], progress[2, h:])
+    assert not torch.equal(progress[0, :h], progress[1, :h])
+    r = runner.invoke(app, ["sample", str(run / "model.pt"), "-o", str(tmp_path / "big.png"), "--size", "48", "--refine", "1"])
+    assert r.exit_code == 0, r.output
+    assert read_image(tmp_path / "big_albedo.png").shape == (3, 48, 48)
+    assert read_image(tmp_path / "big_height.png").shape == (1, 48, 48)
+    r = runner.invoke(app, ["sample", str(run / "model.pt"), "-o", str(tmp_path / "big.png"), "--size", "48"])
+    assert r.exit_code == 1 and "big_albedo.png: already exists" in r.output
+
+
+def test_train_stacks_files_named_one_by_one(tmp_path):
+    mat = _material(tmp_path / "mat")
+    args = ["train", str(mat / "height.png"), str(mat / "albedo.png"), "--stack", "--steps", "2", "--preset", "fast"]
+    r = runner.invoke(app, [*args, "-o", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    blob = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert [(m["name"], m["channels"], m["bits"]) for m in blob["meta"]["maps"]] == [("height", 1, 16), ("albedo", 3, 8)]
+
+
+@pytest.mark.parametrize(
+    "make, args, message",
+    [
+        (lambda d: write_image(d / "b.png", texture_image(32, 48)), ["a.png", "b.png"], "b.png: 48x32, but a.png is 40x32"),
+        (lambda d: None, ["a.png"], "--stack: give two or more maps of one material"),
+        (lambda d: (d / "x").mkdir() or write_image(d / "x" / "a.png", texture_image(32, 40)), ["a.png", "x"], "two maps"),
+    ],
+)
+def test_a_stack_that_cannot_be_one_material_is_refused_before_training(tmp_path, monkeypatch, make, args, message):
+    monkeypatch.chdir(tmp_path)
+    write_image(tmp_path / "a.png", texture_image(32, 40))
+    make(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for cmd in ("texture", "train"):
+        r = runner.invoke(app, [cmd, *args, "--stack", "--steps", "2"])
+        assert r.exit_code == 1 and message in r.output, r.output
+        assert len(r.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_train_without_stack_takes_one_input(tmp_path):
+    write_image(tmp_path / "a.png", texture_image(32, 40))
+    r = runner.invoke(app, ["train", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--steps", "2"])
+    assert r.exit_code == 1 and "train takes one input, got 2" in r.output
+
+
+def test_a_stacked_model_cannot_complete_one_image(tmp_path):
+    mat = _material(tmp_path / "mat")
+    r = runner.invoke(app, ["train", str(mat), "--stack", "--steps", "2", "--preset", "fast", "-o", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    img = texture_image(32, 40)
+    img[:, :4, :4] = 0.0
+    write_image(tmp_path / "hole.png", img)
+    args = ["complete", str(tmp_path / "hole.png"), "--key-color", "0,0,0", "--model", str(tmp_path / "run" / "model.pt")]
+    r = runner.invoke(app, [*args, "-o", str(tmp_path / "done.png")])
+    assert r.exit_code == 1 and "a model of a stack of maps (albedo, height) cannot complete one image" in r.output
+
+
+def test_resuming_a_stack_on_other_maps_is_refused(tmp_path):
+    mat = _material(tmp_path / "mat")
+    args = ["--stack", "--preset", "fast", "-o", str(tmp_path / "run")]
+    assert runner.invoke(app, ["train", str(mat / "albedo.png"), str(mat / "height.png"), *args, "--steps", "2"]).exit_code == 0
+    write_image(mat / "rough.png", texture_image(32, 40)[:1])
+    r = runner.invoke(app, ["train", str(mat / "albedo.png"), str(mat / "rough.png"), *args, "--resume", "--steps", "4"])
+    assert r.exit_code == 1 and "trained on other maps" in r.output, r.output
