@@ -18,6 +18,8 @@ the alignment: the correlation over pixels between a sample's height map and the
 its colour map, averaged over the k samples (1 = the maps agree as in the input; about 0 =
 unrelated). Writes benchmarks/out/stack/<item>.json and a contact sheet <item>.png (rows: input,
 stack colour, stack height, separate colour, separate height), and appends a table to RESULTS.md.
+A training run that fails (`CoopsynthError`, such as one that keeps diverging) is recorded as
+"failed" and counts as the worst in the medians; `--summarize` tables the items already in --out.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import HERE, contact_sheet, fmt, header, median, publish  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
+from coopsynth.errors import CoopsynthError  # noqa: E402
 from coopsynth.io import read_image  # noqa: E402
 
 DEFAULT = ["efl_rock_01", "gimp_bark", "gimpx_pebbles"]
@@ -80,32 +83,46 @@ def run_item(path: Path, k: int, seed: int, preset: str, out: Path) -> dict:
     work = out / path.stem
     result: dict = {"item": path.stem, "size": list(img.shape[1:]), "k": k, "seed": seed}
 
-    print(f"  {path.stem}: stack ...", flush=True)
-    s, mins, note = train_and_sample(torch.cat([train, h_train]), k, seed, preset, work / "stack")
-    stack_c, stack_h = [x[:3] for x in s], [x[3:] for x in s]
-    print(f"  {path.stem}: separate ...", flush=True)
-    sep_c, mins_c, note_c = train_and_sample(train, k, seed, preset, work / "colour")
-    sep_h, mins_h, note_h = train_and_sample(h_train, k, seed, preset, work / "height")
+    def run(name: str, data: torch.Tensor) -> tuple[list | None, float, str]:
+        print(f"  {path.stem}: {name} ...", flush=True)
+        t0 = time.perf_counter()
+        try:
+            return train_and_sample(data, k, seed, preset, work / name)
+        except CoopsynthError as e:  # recorded, and the other runs go on
+            return None, (time.perf_counter() - t0) / 60, f"failed: {e}"
 
-    def scores(cs: list, hs: list) -> dict:
+    def scores(cs: list | None, hs: list | None, minutes: float, note: str) -> dict:
+        if cs is None or hs is None:
+            return {"failed": note, "minutes": minutes, "note": note}
         return {
             "colour_swd_ratio": metrics.swd_ratio(cs, held, train, seed=seed)["swd_ratio"],
             "height_swd_ratio": metrics.swd_ratio(hs, h_held, h_train, seed=seed)["swd_ratio"],
             "alignment": sum(alignment(c, h) for c, h in zip(cs, hs, strict=True)) / len(cs),
+            "minutes": minutes,
+            "note": note,
         }
 
-    result["stack"] = {**scores(stack_c, stack_h), "minutes": mins, "note": note}
-    result["separate"] = {**scores(sep_c, sep_h), "minutes": mins_c + mins_h, "note": f"colour {note_c}; height {note_h}"}
+    s, mins, note = run("stack", torch.cat([train, h_train]))
+    stack_c, stack_h = ([x[:3] for x in s], [x[3:] for x in s]) if s is not None else (None, None)
+    sep_c, mins_c, note_c = run("colour", train)
+    sep_h, mins_h, note_h = run("height", h_train)
+    result["stack"] = scores(stack_c, stack_h, mins, note)
+    result["separate"] = scores(sep_c, sep_h, mins_c + mins_h, f"colour {note_c}; height {note_h}")
     result["input_alignment"] = alignment(train, h_train)  # 1 by construction: the check of the rule
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{path.stem}.json").write_text(json.dumps(result, indent=1))
     rows = [("input", [img, height_of(img)]), ("stack colour", stack_c), ("stack height", stack_h)]
     rows += [("separate colour", sep_c), ("separate height", sep_h)]
-    contact_sheet(out / f"{path.stem}.png", rows)
+    contact_sheet(out / f"{path.stem}.png", [(name, imgs) for name, imgs in rows if imgs is not None])
     return result
 
 
+KEYS = ("colour_swd_ratio", "height_swd_ratio", "alignment")
+WORST = {"colour_swd_ratio": float("inf"), "height_swd_ratio": float("inf"), "alignment": float("-inf")}
+
+
 def table(results: list[dict]) -> str:
+    """One row per texture; a failed run's cell reads "failed" and counts as the worst in the medians."""
     lines = [
         "| texture | stack: colour SWD ratio / height SWD ratio / alignment / min | separate: colour / height / alignment / min |",
         "|---|---|---|",
@@ -114,14 +131,14 @@ def table(results: list[dict]) -> str:
         cells = []
         for m in ("stack", "separate"):
             x = r[m]
-            cells.append(
-                f"{fmt(x['colour_swd_ratio'])} / {fmt(x['height_swd_ratio'])} / {fmt(x['alignment'])} / {fmt(x['minutes'], 1)}"
-            )
+            if "failed" in x:
+                cells.append(f"failed / {fmt(x['minutes'], 1)}")
+            else:
+                cells.append(" / ".join([*(fmt(x[key]) for key in KEYS), fmt(x["minutes"], 1)]))
         lines.append(f"| {r['item']} | {' | '.join(cells)} |")
     med = []
     for m in ("stack", "separate"):
-        keys = ("colour_swd_ratio", "height_swd_ratio", "alignment")
-        med.append(" / ".join(fmt(median([r[m][key] for r in results])) for key in keys))
+        med.append(" / ".join(fmt(median([r[m].get(key, WORST[key]) for r in results])) for key in KEYS))
     lines.append(f"| **median** | **{med[0]}** | **{med[1]}** |")
     notes = [f"- {r['item']}: stack {r['stack']['note']}; separate {r['separate']['note']}" for r in results]
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
@@ -136,7 +153,15 @@ def main() -> None:
     ap.add_argument("--preset", default="default")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
+    ap.add_argument("--summarize", action="store_true", help="table the items already in --out (no training)")
     args = ap.parse_args()
+    if args.summarize:
+        results = [json.loads(f.read_text()) for f in sorted(args.out.glob("*.json"))]
+        if not results:
+            raise SystemExit(f"{args.out}: no item results")
+        title = f"Maps learnt together (--stack), summary of the item runs in {args.out.name}, {len(results)} textures"
+        publish(header(title) + table(results), write=not args.no_write)
+        return
     folder = args.data / "textures"
     if not folder.is_dir():
         print(f"skipped: {folder} not found (give --data)")

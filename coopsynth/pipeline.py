@@ -45,6 +45,8 @@ RESTART_BEFORE = 0.5  # a watchdog end before this fraction of the run (steps or
 MAX_RESTARTS = 2  # fresh starts per run; after them a watchdog end stands wherever it comes
 RESTART_SEED = 1000  # attempt k (from 1) trains with seed + RESTART_SEED * k
 SCORE_SIDE = 256  # attempt scores: samples and the training image's centre, at most this many pixels a side
+STEP_BACK_AFTER = 3  # divergences from one good state before the run goes back to the one before it
+KEEP_GOOD = 3  # good states kept (every 50 iterations), newest last
 SCORE_SEED = 4242  # attempt scores: every attempt is judged from the same latents, noise and patches
 
 Tensor = torch.Tensor
@@ -393,6 +395,12 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
     last_ckpt = t0
     good = copy.deepcopy(trainer.state_dict())
     good_step = trainer.step_count
+    # the last KEEP_GOOD good states: a state can pass as good (balanced, finite) and still fail on
+    # every iteration after it, whatever the step size (a generator already blowing up: gimpx_pebbles'
+    # height map, RESULTS.md "Maps learnt together"); after STEP_BACK_AFTER divergences from one
+    # state the run goes back to the state before it
+    goods = [(good_step, good)]
+    fails_here = 0  # divergences since the run last rolled back to a new state
     rollbacks = 0
     restarts = int(state.get("meta", {}).get("restarts", 0)) if state is not None else 0
     attempt_rollbacks = 0  # rollbacks before this attempt (a restart begins a new one)
@@ -445,10 +453,20 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                 # (the descriptor ran away) with halved learning rates, after a divergence (a
                 # non-finite or runaway revision) with a smaller Langevin step
                 rollbacks += 1
-                trainer.load_state_dict(good)
                 collapse = isinstance(e, CollapseError)
+                stepped_back = None
+                if not collapse:
+                    fails_here += 1
+                    if fails_here > STEP_BACK_AFTER and len(goods) > 1:
+                        stepped_back = good_step
+                        goods.pop()
+                        good_step, good = goods[-1]
+                        fails_here = 1
+                trainer.load_state_dict(good)
                 event = {"event": "collapse" if collapse else "divergence", "at_step": e.stats.get("step")}
                 event["rolled_back_to"] = good_step
+                if stepped_back is not None:
+                    event["stepped_back"] = f"the state of iteration {stepped_back} failed {STEP_BACK_AFTER} times"
                 if collapse and trainer.lr_scale <= WATCHDOG_FLOOR:
                     # out of halvings: carrying on lets the descriptor win for good (a flame run's lead
                     # went to 10 and its samples to yellow-green mush), so the run ends at the last
@@ -470,6 +488,7 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                         log.flush()
                         trainer.restart(new_seed)
                         good, good_step, attempt_rollbacks = copy.deepcopy(trainer.state_dict()), 0, rollbacks
+                        goods, fails_here = [(good_step, good)], 0
                         if trainer.progress is not None:  # the schedule runs over the time that is left
                             begun = elapsed()
                             trainer.progress = lambda begun=begun: (elapsed() - begun) / max(budget - begun, 1e-9)
@@ -509,6 +528,8 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
             if step % 50 == 0 and trainer.balanced:
                 good = copy.deepcopy(trainer.state_dict())
                 good_step = step
+                goods = [*goods[1 - KEEP_GOOD :], (good_step, good)]
+                fails_here = 0
             secs = elapsed()
             rate = secs / max(step - (state["step"] if state is not None else 0), 1)
             left = (cfg.steps - step) * rate

@@ -98,3 +98,26 @@ def test_video_table_counts_a_failure_as_the_worst():
     assert medians["paper"].split("|")[3].strip() == "1.20"
     assert any(row.startswith("| failed runs (counted as the worst) | coopsynth | 1 |") for row in rows)
     assert not any("failed runs" in row and "paper" in row for row in rows)
+
+
+def test_stack_benchmark_records_a_failed_run_and_scores_the_rest(tmp_path, monkeypatch):
+    """benchmarks/stack.py: the height model's run fails, the stack's still scores; the rule's
+    alignment of the input with itself is 1, and the table counts the failure as the worst."""
+    stack = pytest.importorskip("stack")
+    torch.manual_seed(0)
+    src = tmp_path / "tiny.png"
+    write_image(src, torch.rand(3, 32, 64))
+
+    def fake(data, k, seed, preset, workdir):  # the stack and colour runs: copies of the data; height: fails
+        if data.shape[0] == 1:
+            raise CoopsynthError("train.png: training diverged 21 times")
+        return [data.clone() for _ in range(k)], 0.1, "stand-in"
+
+    monkeypatch.setattr(stack, "train_and_sample", fake)
+    res = stack.run_item(src, k=2, seed=0, preset="default", out=tmp_path / "out")
+    assert res["input_alignment"] == pytest.approx(1.0)
+    assert res["stack"]["alignment"] == pytest.approx(1.0)  # copies of the stacked input line up exactly
+    assert "diverged" in res["separate"]["failed"]
+    text = stack.table([res])
+    assert "| failed / " in text and "**median** | **" in text and "-inf" in text
+    assert (tmp_path / "out" / "tiny.json").is_file() and (tmp_path / "out" / "tiny.png").is_file()

@@ -717,3 +717,34 @@ def test_energies_scores_batches_in_one_pass_while_they_fit_the_cpu_chunk(monkey
         assert batches == passes
         torch.testing.assert_close(fa, m.energy(a), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(fb, m.energy(b), rtol=1e-5, atol=1e-5)
+
+
+def test_a_good_state_that_fails_again_and_again_gives_way_to_the_one_before(tmp_path, monkeypatch):
+    """The state saved at iteration 50 passes as good but diverges on every iteration after it,
+    whatever the step size (a marker in its weights stands for a generator already blowing up).
+    After STEP_BACK_AFTER divergences from it the run goes back to the state before it (iteration
+    0), which trains past 50 again, and the run finishes; the log says so."""
+    poisoned = {"done": False}
+
+    def before(t):  # in the marked state: a non-finite descriptor, whatever the step size
+        bias = t.descriptor.heads[0].bias
+        if bias.item() == 123.0:
+            bias.data.fill_(float("nan"))
+
+    real_step = CoopTrainer.step
+
+    def after_step_marks(self):  # marked after iteration 50, once: the state the run then saves as good
+        out = real_step(self)
+        if self.step_count == 50 and not poisoned["done"]:
+            poisoned["done"] = True
+            with torch.no_grad():
+                self.descriptor.heads[0].bias.fill_(123.0)
+        return out
+
+    monkeypatch.setattr(CoopTrainer, "step", after_step_marks)
+    res, events = train_with_collapses(tmp_path, monkeypatch, 80, lambda t, call: False, before)
+    divergences = [e for e in events if e.get("event") == "divergence"]
+    assert [e["rolled_back_to"] for e in divergences] == [50, 50, 50, 0]
+    assert "the state of iteration 50 failed 3 times" in divergences[3]["stepped_back"]
+    assert res["stopped"] == "steps" and res["steps"] == 80 and res["rollbacks"] == 4
+    assert res["trainer"].descriptor.heads[0].bias.item() != 123.0
