@@ -159,7 +159,8 @@ def read_image_rgba(path: str | Path) -> Image:
     except CoopsynthError:
         raise
     except Exception as e:  # imageio raises many types for corrupt or foreign files
-        raise CoopsynthError(f"{path}: not a readable image ({_short(e)})") from None
+        why = "no reader knows this format" if "Could not find a backend" in str(e) else _short(e)
+        raise CoopsynthError(f"{path}: not a readable image ({why})") from None
     a = np.asarray(a)
     if a.ndim == 2:
         a = a[..., None]
