@@ -300,17 +300,30 @@ def _train_job(input: Path, output: Path | None, **kw) -> pipeline.TrainJob:
     return pipeline.TrainJob(input=input, output=out, **kw)
 
 
-def _plan(path: Path, out: Path | None, kind: str, samples: int | None, folder_default: int, force: bool, batch: bool):
+def _plan(
+    path: Path,
+    out: Path | None,
+    kind: str,
+    samples: int | None,
+    folder_default: int,
+    force: bool,
+    batch: bool,
+    maps: tuple[Path, ...] = (),
+    named: Path | None = None,
+):
     """Where a training command's run and samples go: (the run folder, the samples' -o: that
     folder or a file name, their names), checked before training: the count, a file name's
     format, and a file name's files already there (a folder's samples go with its model, which
-    --force or --resume already governs). `batch`: `out` is one input's folder in a batch (its
-    name is the input's stem, which may look like a file name: photo.jpg.png)."""
-    run, file = (out, None) if batch and out is not None else pipeline.split_output(out, path)
+    --force or --resume already governs; a stack's samples are a file per map). `batch`: `out` is
+    one input's folder in a batch (its name is the input's stem, which may look like a file name:
+    photo.jpg.png). `named`: the input the default run folder is named after (default: `path`;
+    a stack given as a folder: the folder)."""
+    run, file = (out, None) if batch and out is not None else pipeline.split_output(out, named or path)
     dest = file or run
     names = pipeline.sample_names(dest, kind, samples if samples is not None else (1 if file else folder_default))
     if file is not None:
-        pipeline.refuse_existing(names, force)
+        stack = [{"name": p.stem} for p in (path, *maps)] if maps else None
+        pipeline.refuse_existing([f for n in names for f in pipeline.map_files(n, stack)], force)
     return run, dest, names
 
 
@@ -416,11 +429,17 @@ def texture(
     )
 
     def one(
-        path: Path, out: Path | None, resume_: bool, overall: tuple[int, int] | None = None, maps: tuple[Path, ...] = ()
+        path: Path,
+        out: Path | None,
+        resume_: bool,
+        overall: tuple[int, int] | None = None,
+        maps: tuple[Path, ...] = (),
+        named: Path | None = None,
     ) -> tuple[dict, list[Path]]:
         if pipeline.input_kind(path) != "texture":
             raise CoopsynthError(f"{path}: this looks like a video; use `coopsynth video`")
-        run, dest, names = _plan(path, out, "texture", samples, 4, force, batch=overall is not None)
+        batch = overall is not None
+        run, dest, names = _plan(path, out, "texture", samples, 4, force, batch=batch, maps=maps, named=named)
         pipeline.output_bits(bits, "texture", 8, names[0])  # --bits 16 into a format without it: refused now
         job = _train_job(path, run, resume=resume_, force=force, maps=maps, **opts)
         result = _run_training(job, overall, ready=lambda prep: check_writable(names[0].parent))
@@ -437,8 +456,7 @@ def texture(
     if stack:
         files = _stack_files(inputs)
         t0 = time.perf_counter()
-        out = output or pipeline.default_output(inputs[0])  # a folder of maps names the run
-        result, written = one(files[0], out, resume, maps=tuple(files[1:]))
+        result, written = one(files[0], output, resume, maps=tuple(files[1:]), named=inputs[0])  # a folder names the run
         _summary(result, written, t0)
         return
     if len(inputs) == 1 and not inputs[0].is_dir():

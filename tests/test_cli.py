@@ -458,12 +458,13 @@ def _material(d, h=32, w=40):
     return d
 
 
-def test_a_stack_of_maps_trains_one_model_and_writes_every_map_of_every_sample(tmp_path):
+def test_a_stack_of_maps_trains_one_model_and_writes_every_map_of_every_sample(tmp_path, monkeypatch):
     """--stack: one model on the maps' channels together; each sample is one file per map, each
     at its own channel count and depth; `sample` splits the same way; progress.png shows the maps
     one above the other."""
     from PIL import Image
 
+    monkeypatch.chdir(tmp_path)  # a file name's run folder: coopsynth-out/mat/, named after the folder
     mat = _material(tmp_path / "mat")
     base = ["--steps", "2", "--preset", "fast", "--samples", "2"]
     r = runner.invoke(app, ["texture", str(mat), "--stack", "-o", str(tmp_path / "run"), *base])
@@ -486,6 +487,17 @@ def test_a_stack_of_maps_trains_one_model_and_writes_every_map_of_every_sample(t
     assert read_image(tmp_path / "big_height.png").shape == (1, 48, 48)
     r = runner.invoke(app, ["sample", str(run / "model.pt"), "-o", str(tmp_path / "big.png"), "--size", "48"])
     assert r.exit_code == 1 and "big_albedo.png: already exists" in r.output
+    # into a file name: each map's file is checked before training, not the name given
+    (tmp_path / "one.png").write_bytes(b"not ours")
+    args = ["texture", str(mat), "--stack", "-o", str(tmp_path / "one.png"), "--steps", "2", "--preset", "fast"]
+    r = runner.invoke(app, [*args, "--force"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "one.png").read_bytes() == b"not ours" and (tmp_path / "one_height.png").is_file()
+    assert (tmp_path / "coopsynth-out" / "mat" / "model.pt").is_file()
+    before = (tmp_path / "one_albedo.png").read_bytes()
+    r = runner.invoke(app, args)
+    assert r.exit_code == 1 and "one_albedo.png: already exists" in r.output
+    assert (tmp_path / "one_albedo.png").read_bytes() == before
 
 
 def test_train_stacks_files_named_one_by_one(tmp_path):
