@@ -1022,8 +1022,8 @@ def complete(
                 f"{job.model}: a {blob['kind']} model cannot complete {'a video' if kind == 'video' else 'an image'}"
             )
         if blob.get("meta", {}).get("maps"):
-            names = ", ".join(m["name"] for m in blob["meta"]["maps"])
-            raise CoopsynthError(f"{job.model}: a model of a stack of maps ({names}) cannot complete one image")
+            stack = ", ".join(m["name"] for m in blob["meta"]["maps"])
+            raise CoopsynthError(f"{job.model}: a model of a stack of maps ({stack}) cannot complete one image")
         if model.net.channels != data.shape[0]:
             raise CoopsynthError(f"{job.model}: the model has {model.net.channels} channels, {job.input} has {data.shape[0]}")
         cfg: TrainConfig = blob["config_obj"]
