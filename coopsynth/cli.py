@@ -715,7 +715,14 @@ def sample(
 @app.command()
 @friendly
 def complete(
-    input: Annotated[Path, typer.Argument(help="Image with missing pixels (alpha 0 by default), or a video.")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Image with missing pixels (alpha 0 by default), or a video; with --stack, the maps of one material "
+            "(the mask: --mask, or the first map's alpha or --key-color).",
+            show_default=False,
+        ),
+    ],
     output: Output = None,
     mask: Annotated[
         Path | None,
@@ -782,11 +789,19 @@ def complete(
     precision: Precision = "auto",
     force: Force = False,
     bits: Bits = "auto",
+    stack: Stack = False,
 ) -> None:
     """Fill the missing pixels of an image or video by learning from its visible pixels."""
     t0 = time.perf_counter()
+    if stack:
+        files = _stack_files(inputs)
+        input, maps = files[0], tuple(files[1:])
+    elif len(inputs) > 1:
+        raise CoopsynthError(f"complete takes one input, got {len(inputs)}; --stack completes the maps of one material together")
+    else:
+        input, maps = inputs[0], ()
     _precision_note(device, precision)
-    out = output or pipeline.default_output(input)
+    out = output or pipeline.default_output(inputs[0])
     job = pipeline.CompleteJob(
         input,
         out,
@@ -808,6 +823,7 @@ def complete(
         context=parse_context(context),
         force=force,
         bits=bits,
+        maps=maps,
     )
     bar = recovery = None
 

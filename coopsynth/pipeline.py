@@ -913,6 +913,7 @@ class CompleteJob:
     context: int | None = CONTEXT  # visible pixels (frames) kept around the missing ones beyond the networks' reach; None = all
     force: bool = False
     bits: str = "auto"  # images: bits a channel, "8", "16" or "auto" (the input's where the format holds it)
+    maps: tuple[Path, ...] = ()  # further maps of the same material (same size), completed with `input` as one stack
 
 
 def load_completion_input(job: CompleteJob) -> tuple[str, Tensor, Tensor, dict]:
@@ -923,8 +924,15 @@ def load_completion_input(job: CompleteJob) -> tuple[str, Tensor, Tensor, dict]:
     if kind == "texture":
         if job.missing_frames:
             raise CoopsynthError("--missing-frames is for videos")
+        # the mask by any convention of the first map (its alpha, --mask, its --key-color)
         image, missing, bits = load_masked_image(job.input, job.mask, job.key_color)
-        return kind, image, missing, {"input": str(job.input), "size": list(image.shape[1:]), "bits": bits}
+        meta = {"input": str(job.input), "size": list(image.shape[1:]), "bits": bits}
+        if not job.maps:
+            return kind, image, missing, meta
+        image, maps = load_stack((job.input, *job.maps))
+        return kind, image, missing, {**meta, "bits": max(m["bits"] for m in maps), "maps": maps}
+    if job.maps:
+        raise CoopsynthError(f"{job.input}: only images stack (the maps of one material), not videos")
     video, fps = read_video(job.input)
     c, t, h, w = video.shape
     given = [x is not None for x in (job.mask, job.key_color, job.missing_frames)]
@@ -1010,10 +1018,11 @@ def complete(
     if file is None:
         ext = "png" if kind == "texture" else "mp4"
         names = [out / (f"completed_{i:03d}.{ext}" if i else f"completed.{ext}") for i in range(job.samples)]
-    else:  # the file names are checked before any work: kind, count, files already there
+    else:  # the file names are checked before any work: kind, count, files already there (each map's)
         names = sample_names(file, kind, job.samples)
-        refuse_existing(names, job.force)
-    bits = output_bits(job.bits, kind, int(meta.get("bits", 8)), names[0])
+        refuse_existing([f for n in names for f in map_files(n, meta.get("maps"))], job.force)
+    for m in meta.get("maps") or [meta]:  # every file's bits, checked before any work
+        output_bits(job.bits, kind, int(m.get("bits", 8)), names[0])
     result: dict = {"kind": kind}
     if job.model is not None:
         model, blob = load_model(job.model, job.device, job.precision)
@@ -1021,9 +1030,11 @@ def complete(
             raise CoopsynthError(
                 f"{job.model}: a {blob['kind']} model cannot complete {'a video' if kind == 'video' else 'an image'}"
             )
-        if blob.get("meta", {}).get("maps"):
-            stack = ", ".join(m["name"] for m in blob["meta"]["maps"])
-            raise CoopsynthError(f"{job.model}: a model of a stack of maps ({stack}) cannot complete one image")
+        have, want = blob.get("meta", {}).get("maps"), meta.get("maps")
+        layout = lambda ms: [(m["name"], m["channels"]) for m in ms or []]  # noqa: E731
+        if layout(have) != layout(want):  # a stack's model completes the same maps, in the same order
+            name = lambda ms: "maps " + ", ".join(m["name"] for m in ms) if ms else "one image"  # noqa: E731
+            raise CoopsynthError(f"{job.model}: a model of {name(have)} cannot complete {name(want)}")
         if model.net.channels != data.shape[0]:
             raise CoopsynthError(f"{job.model}: the model has {model.net.channels} channels, {job.input} has {data.shape[0]}")
         cfg: TrainConfig = blob["config_obj"]
@@ -1076,7 +1087,7 @@ def complete(
             ),
         )
         if kind == "texture":
-            paths.append(write_image(names[i], done, bits))
+            paths += write_texture(names[i], done, job.bits, meta)
         else:
             paths.append(write_video(names[i], done, float(meta.get("fps", 25.0))))
     result["paths"] = paths
