@@ -153,7 +153,8 @@ Stack = Annotated[
         "--stack",
         help="The inputs are the maps of one material (colour, height, normals, roughness, ...: one size), or a "
         "folder of them: learn them together as one texture, so that each sample's maps line up; each sample is "
-        "then one file per map (sample_000_<map>.png, ...).",
+        "then one file per map (sample_000_<map>.png, ...). `texture` with several folders: one material per "
+        "folder, one model each.",
     ),
 ]
 MaxSize = Annotated[
@@ -453,6 +454,14 @@ def texture(
         )
         return result, _sample(trainer.model, blob, sj)
 
+    if stack and len(inputs) > 1 and all(p.is_dir() for p in inputs):  # a folder per material: one model each
+
+        def one_material(folder: Path, out: Path | None, resume_: bool, overall: tuple[int, int] | None = None):
+            files = _stack_files([folder])
+            return one(files[0], out, resume_, overall, maps=tuple(files[1:]), named=folder)
+
+        _batch(inputs, output, force, resume, one_material)
+        return
     if stack:
         files = _stack_files(inputs)
         t0 = time.perf_counter()
@@ -485,7 +494,7 @@ def _batch(files: list[Path], output: Path | None, force: bool, resume: bool, on
         table.add_column(col)
     failed = 0
     for i, path in enumerate(files):
-        out = base / path.stem
+        out = base / (path.name if path.is_dir() else path.stem)
         state = pipeline.run_state(out / "model.pt")
         if state == "finished" and not force:
             console.print(f"[dim]({i + 1}/{len(files)}) {path.name}: finished before, skipped (--force to redo)[/]")

@@ -576,3 +576,23 @@ def test_resuming_a_stack_on_other_maps_is_refused(tmp_path):
     write_image(mat / "rough.png", texture_image(32, 40)[:1])
     r = runner.invoke(app, ["train", str(mat / "albedo.png"), str(mat / "rough.png"), *args, "--resume", "--steps", "4"])
     assert r.exit_code == 1 and "trained on other maps" in r.output, r.output
+
+
+def test_several_material_folders_with_stack_train_one_model_each(tmp_path):
+    """texture A/ B/ --stack: one material per folder, one model each in <output>/<folder>/; a
+    folder whose maps differ in size fails alone, and the run exits 1 after the others."""
+    _material(tmp_path / "oak")
+    _material(tmp_path / "slate")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    write_image(bad / "a.png", texture_image(32, 40))
+    write_image(bad / "b.png", texture_image(32, 48))
+    args = ["texture", str(tmp_path / "oak"), str(bad), str(tmp_path / "slate"), "--stack", "-o", str(tmp_path / "out")]
+    r = runner.invoke(app, [*args, "--steps", "2", "--preset", "fast", "--samples", "1"])
+    assert r.exit_code == 1, r.output
+    assert "b.png: 48x32, but" in r.output
+    for name in ("oak", "slate"):
+        blob = torch.load(tmp_path / "out" / name / "model.pt", weights_only=True)
+        assert [m["name"] for m in blob["meta"]["maps"]] == ["albedo", "height"]
+        assert (tmp_path / "out" / name / "sample_000_height.png").is_file()
+    assert not (tmp_path / "out" / "bad" / "model.pt").exists()
