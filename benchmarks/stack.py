@@ -76,8 +76,6 @@ def train_and_sample(data: torch.Tensor, k: int, seed: int, preset: str, workdir
 
 def run_item(path: Path, k: int, seed: int, preset: str, out: Path) -> dict:
     img = read_image(path)
-    if img.shape[0] != 3:
-        raise SystemExit(f"{path}: the rule needs a colour texture")
     train, held = metrics.split_halves(img)
     h_train, h_held = height_of(train), height_of(held)
     work = out / path.stem
@@ -170,7 +168,12 @@ def main() -> None:
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise SystemExit(f"not found: {', '.join(map(str, missing))}")
-    results = [run_item(p, args.k, args.seed, args.preset, args.out) for p in paths]
+    grey = [p for p in paths if read_image(p).shape[0] != 3]
+    for p in grey:
+        print(f"{p.stem}: skipped (grey: the height rule needs a colour texture)")
+    results = [run_item(p, args.k, args.seed, args.preset, args.out) for p in paths if p not in grey]
+    if not results:
+        return
     text = header(f"Maps learnt together (--stack), preset `{args.preset}`, {len(results)} textures") + table(results)
     publish(text, write=not args.no_write)
 
