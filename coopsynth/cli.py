@@ -833,6 +833,7 @@ def complete(
         force=force,
         bits=bits,
         maps=maps,
+        named=inputs[0],
     )
     bar = recovery = None
 

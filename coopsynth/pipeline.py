@@ -914,6 +914,7 @@ class CompleteJob:
     force: bool = False
     bits: str = "auto"  # images: bits a channel, "8", "16" or "auto" (the input's where the format holds it)
     maps: tuple[Path, ...] = ()  # further maps of the same material (same size), completed with `input` as one stack
+    named: Path | None = None  # what the default run folder is named after (None: input; a stack's folder)
 
 
 def load_completion_input(job: CompleteJob) -> tuple[str, Tensor, Tensor, dict]:
@@ -1014,7 +1015,7 @@ def complete(
         shape = max((tuple(b.stop - b.start for b in box) for box in boxes), key=math.prod)
         check_completion_memory(job, kind, shape, shape == tuple(missing.shape))
 
-    out, file = split_output(Path(job.output), job.input)
+    out, file = split_output(Path(job.output), job.named or job.input)
     if file is None:
         ext = "png" if kind == "texture" else "mp4"
         names = [out / (f"completed_{i:03d}.{ext}" if i else f"completed.{ext}") for i in range(job.samples)]

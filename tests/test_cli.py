@@ -535,7 +535,7 @@ def test_train_without_stack_takes_one_input(tmp_path):
     assert r.exit_code == 1 and "train takes one input, got 2" in r.output
 
 
-def test_complete_a_stack_fills_one_hole_in_every_map_and_keeps_the_visible_pixels(tmp_path):
+def test_complete_a_stack_fills_one_hole_in_every_map_and_keeps_the_visible_pixels(tmp_path, monkeypatch):
     """--stack on complete: one mask for every map; each map's visible pixels come back exactly (the
     16-bit height too), its hole is filled; the model it trains completes the same stack again."""
     mat = _material(tmp_path / "mat")
@@ -553,6 +553,10 @@ def test_complete_a_stack_fills_one_hole_in_every_map_and_keeps_the_visible_pixe
     r = runner.invoke(app, [*args, "--model", str(tmp_path / "out" / "model.pt"), "-o", str(tmp_path / "again.png")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "again_albedo.png").is_file() and (tmp_path / "again_height.png").is_file()
+    monkeypatch.chdir(tmp_path)  # into a file name, trained: the run folder is named after the folder of maps
+    r = runner.invoke(app, [*args, "--steps", "2", "--preset", "fast", "-o", "third.png"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "coopsynth-out" / "mat" / "model.pt").is_file() and (tmp_path / "third_height.png").is_file()
     r = runner.invoke(app, ["complete", str(mat / "albedo.png"), str(mat / "height.png"), "--mask", str(tmp_path / "mask.png")])
     assert r.exit_code == 1 and "complete takes one input, got 2" in r.output
 
