@@ -71,6 +71,10 @@ def train_and_sample(data: torch.Tensor, k: int, seed: int, preset: str, workdir
     with model.using(model.accel.for_sampling(model.device, model.net.dims)):
         s = model.sample(k, tuple(data.shape[1:]), refine=cfg.langevin_steps, langevin=cfg.langevin(tr.delta), generator=gen)
     note = f"{res['steps']} it" + (", ended by the watchdog" if res["stopped"] == "collapse" else "")
+    if res["restarts"]:
+        note += f", {res['restarts']} fresh start{'s' * (res['restarts'] > 1)}"
+    if res["rollbacks"]:
+        note += f", {res['rollbacks']} roll-back{'s' * (res['rollbacks'] > 1)}"
     return list(s.cpu()), (time.perf_counter() - t0) / 60, note
 
 
