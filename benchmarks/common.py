@@ -8,11 +8,14 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from coopsynth.errors import CoopsynthError
 from coopsynth.io import write_image
 from coopsynth.metrics import to_rgb
 
@@ -64,6 +67,29 @@ def publish(text: str, write: bool = True) -> None:
     print(text)
     if write:
         append_results(text)
+
+
+def attempt(fn: Callable, *args, **kwargs) -> tuple[object, dict | None]:
+    """(fn(*args, **kwargs), None), or (None, {"failed": message, "minutes"}) where coopsynth
+    raises CoopsynthError (a training run that keeps diverging, say): a benchmark records the
+    failure as a result, the worst one, and goes on with the other methods and items."""
+    t0 = time.perf_counter()
+    try:
+        return fn(*args, **kwargs), None
+    except CoopsynthError as e:
+        failure = {"failed": str(e), "minutes": (time.perf_counter() - t0) / 60}
+        print(f"    failed after {failure['minutes']:.1f} min: {e}", flush=True)
+        return None, failure
+
+
+def as_worst(scores: dict, worst: dict) -> dict:
+    """A result's scores, with a failed run's replaced by `worst` (inf for errors and ratios)."""
+    return dict(scores, **worst) if scores.get("failed") else scores
+
+
+def failed_count(results: Iterable[dict | None]) -> int:
+    """How many of these results (None: not run) are failures."""
+    return sum(bool(r and r.get("failed")) for r in results)
 
 
 def median(xs: list[float]) -> float:

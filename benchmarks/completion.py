@@ -31,11 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import HERE, contact_sheet, fmt, header, median, publish  # noqa: E402
+from common import HERE, as_worst, attempt, contact_sheet, failed_count, fmt, header, median, publish  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
 from coopsynth.completion import complete, default_refine, default_smooth  # noqa: E402
-from coopsynth.errors import CoopsynthError  # noqa: E402
 from coopsynth.io import read_image, write_image  # noqa: E402
 
 QUICK = ["gimp_brick", "skimage_grass", "efl_rock_01"]
@@ -194,16 +193,11 @@ def run_item(
         result["masks"][mname] = {}
         for method in methods:
             if method == "coopsynth":
-                t0 = time.perf_counter()
-                try:
-                    outs = run_coopsynth(img, missing, preset, seed, out / path.stem / mname, overrides, average)
-                except CoopsynthError as e:
-                    # a masked training that fails is a result, the worst one, and the peers still run
-                    secs = time.perf_counter() - t0
+                outs, failure = attempt(run_coopsynth, img, missing, preset, seed, out / path.stem / mname, overrides, average)
+                if failure is not None:  # a masked training that fails is a result, the worst one, and the peers still run
                     for m in ["coopsynth"] + [f"coopsynth --average {average}"] * (average > 1):
-                        result["masks"][mname][m] = {"failed": str(e), "minutes": secs / 60}
+                        result["masks"][mname][m] = failure
                         row.append(shown)  # the contact sheet keeps its columns: the input, unfilled
-                    print(f"  {path.stem} {mname} coopsynth: failed after {secs:.0f} s: {e}", flush=True)
                     continue
             else:
                 t0 = time.perf_counter()
@@ -259,14 +253,14 @@ def table(results: list[dict]) -> str:
             worst = {"recovery_error": float("inf"), "hole_swd_ratio": float("inf")}  # a failure's scores
             if pyramid:
                 worst["pyramid_swd_ratio"] = float("inf")
-            vals = [dict(v, **worst) if v.get("failed") else v for v in vals]
+            vals = [as_worst(v, worst) for v in vals]
             med = {
                 k: median([v.get(k) for v in vals if v.get(k) is not None])
                 for k in ("recovery_error", "hole_swd_ratio", "pyramid_swd_ratio", "minutes")
             }
             cells.append(f"**{_cell(med, pyramid)}**")
         text += "| **median** | " + " | ".join(cells) + " |\n"
-        failed = [sum(bool(r["masks"][mname].get(m, {}).get("failed")) for r in results) for m in methods]
+        failed = [failed_count(r["masks"][mname].get(m) for r in results) for m in methods]
         if any(failed):
             text += "| failed runs (counted as the worst) | " + " | ".join(map(str, failed)) + " |\n"
     return text

@@ -30,10 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import HERE, REUSE_SUFFIX, contact_sheet, fmt, header, median, publish  # noqa: E402
+from common import HERE, REUSE_SUFFIX, as_worst, attempt, contact_sheet, failed_count, fmt, header, median, publish  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
-from coopsynth.errors import CoopsynthError  # noqa: E402
 from coopsynth.histogram import quantile_function  # noqa: E402
 from coopsynth.io import read_image, write_image  # noqa: E402
 
@@ -197,30 +196,26 @@ def run_item(
         print(f"  {item}: {m} ...", flush=True)
         if m.startswith("coopsynth"):
             precision = m.split()[1] if " " in m else precisions[0]
-            t0 = time.perf_counter()
-            try:
-                runs, secs, note = run_coopsynth(
-                    train,
-                    k,
-                    seed,
-                    preset,
-                    work / m.replace(" ", "_"),
-                    overrides,
-                    device,
-                    precision,
-                    sample_precisions,
-                    unmatched,
-                    reuse,
-                )
-            except CoopsynthError as e:
-                # a run that fails (training that diverges from its first attempt) is a result, the
-                # worst one, and the other textures still run
-                secs = time.perf_counter() - t0
+            ran, failure = attempt(
+                run_coopsynth,
+                train,
+                k,
+                seed,
+                preset,
+                work / m.replace(" ", "_"),
+                overrides,
+                device,
+                precision,
+                sample_precisions,
+                unmatched,
+                reuse,
+            )
+            if failure is not None:  # a failed run is a result, the worst one, and the other textures still run
                 keys = [""] + [f", {sp} sampling" for sp in sample_precisions] + [" unmatched"] * unmatched
                 for key in keys:  # every column this run would have filled
-                    result["methods"][m + key] = {"failed": str(e), "minutes": secs / 60, "finite": False}
-                print(f"    {m}: failed after {secs / 60:.1f} min: {e}", flush=True)
+                    result["methods"][m + key] = dict(failure, finite=False)
                 continue
+            runs, secs, note = ran
             minutes_coop = minutes_coop or secs / 60
             outputs = [(m + key, samples) for key, samples in runs.items()]
         elif m == "paper":
@@ -254,7 +249,7 @@ def run_item(
 
 def swd_ratio(scores: dict) -> float:
     """The SWD ratio of one method on one texture; a failed run counts as the worst (inf)."""
-    return float("inf") if scores.get("failed") else scores.get("swd_ratio", float("nan"))
+    return as_worst(scores, {"swd_ratio": float("inf")}).get("swd_ratio", float("nan"))
 
 
 def table(results: list[dict], methods: list[str]) -> str:
@@ -293,7 +288,7 @@ def table(results: list[dict], methods: list[str]) -> str:
         vals = [swd_ratio(r["methods"][m]) for r in results if m in r["methods"]]
         worst.append(("failed" if max(vals) == float("inf") else fmt(max(vals))) if vals else "–")
     lines.append("| worst SWD ratio | " + " | ".join(worst) + " |")
-    failed = [sum(bool(r["methods"].get(m, {}).get("failed")) for r in results) for m in methods]
+    failed = [failed_count(r["methods"].get(m) for r in results) for m in methods]
     if any(failed):
         lines.append("| failed runs (counted as the worst) | " + " | ".join(str(n) for n in failed) + " |")
     return "\n".join(lines) + "\n"

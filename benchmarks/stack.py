@@ -36,10 +36,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import HERE, contact_sheet, fmt, header, median, publish  # noqa: E402
+from common import HERE, as_worst, attempt, contact_sheet, fmt, header, median, publish  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
-from coopsynth.errors import CoopsynthError  # noqa: E402
 from coopsynth.io import read_image  # noqa: E402
 
 DEFAULT = ["efl_rock_01", "gimp_bark", "gimpx_pebbles"]
@@ -87,11 +86,10 @@ def run_item(path: Path, k: int, seed: int, preset: str, out: Path) -> dict:
 
     def run(name: str, data: torch.Tensor) -> tuple[list | None, float, str]:
         print(f"  {path.stem}: {name} ...", flush=True)
-        t0 = time.perf_counter()
-        try:
-            return train_and_sample(data, k, seed, preset, work / name)
-        except CoopsynthError as e:  # recorded, and the other runs go on
-            return None, (time.perf_counter() - t0) / 60, f"failed: {e}"
+        ran, failure = attempt(train_and_sample, data, k, seed, preset, work / name)
+        return (
+            ran if failure is None else (None, failure["minutes"], f"failed: {failure['failed']}")
+        )  # recorded; the others go on
 
     def scores(cs: list | None, hs: list | None, minutes: float, note: str) -> dict:
         if cs is None or hs is None:
@@ -140,7 +138,7 @@ def table(results: list[dict]) -> str:
         lines.append(f"| {r['item']} | {' | '.join(cells)} |")
     med = []
     for m in ("stack", "separate"):
-        med.append(" / ".join(fmt(median([r[m].get(key, WORST[key]) for r in results])) for key in KEYS))
+        med.append(" / ".join(fmt(median([as_worst(r[m], WORST)[key] for r in results])) for key in KEYS))
     lines.append(f"| **median** | **{med[0]}** | **{med[1]}** |")
     notes = [f"- {r['item']}: stack {r['stack']['note']}; separate {r['separate']['note']}" for r in results]
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"

@@ -25,10 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import HERE, REUSE_SUFFIX, contact_sheet, fmt, header, median, publish  # noqa: E402
+from common import HERE, REUSE_SUFFIX, as_worst, attempt, contact_sheet, failed_count, fmt, header, median, publish  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
-from coopsynth.errors import CoopsynthError  # noqa: E402
 from coopsynth.histogram import quantile_function  # noqa: E402
 from coopsynth.video import motion_matched_sampling, prepare_video  # noqa: E402
 
@@ -125,9 +124,9 @@ def table(results: list[dict]) -> str:
             text += f"| {r['item']} | {m} | " + " | ".join(cells) + " |\n"
     labels = list(dict.fromkeys(m for r in results for m in r["methods"]))
     for m in labels:
-        vals = [dict(v, **worst) if v.get("failed") else v for r in results if (v := r["methods"].get(m))]
+        vals = [as_worst(v, worst) for r in results if (v := r["methods"].get(m))]
         text += f"| **median** | {m} | " + " | ".join(fmt(median([v.get(k, float("nan")) for v in vals])) for k in keys) + " |\n"
-        failed = sum(bool(r["methods"].get(m, {}).get("failed")) for r in results)
+        failed = failed_count(r["methods"].get(m) for r in results)
         if failed:
             text += f"| failed runs (counted as the worst) | {m} | {failed} |" + " |" * (len(keys) - 1) + "\n"
     return text
@@ -180,26 +179,23 @@ def main() -> None:
         coop_secs = None
         for m in methods:
             if m == "coopsynth":
-                t0 = time.perf_counter()
-                try:
-                    runs, secs, note = run_coopsynth(
-                        train,
-                        args.k,
-                        args.seed,
-                        args.preset,
-                        args.out / name,
-                        refines,
-                        args.reuse,
-                        json.loads(args.set),
-                        args.matched or args.refit,
-                        args.refit,
-                    )
-                except CoopsynthError as e:
-                    # a failed run (training that diverges from its first attempt) is a result, shown
-                    # as such, and the peer and the other clips still run
-                    r["methods"][m] = {"failed": str(e), "minutes": (time.perf_counter() - t0) / 60}
-                    print(f"  {m}: failed: {e}", flush=True)
+                ran, failure = attempt(
+                    run_coopsynth,
+                    train,
+                    args.k,
+                    args.seed,
+                    args.preset,
+                    args.out / name,
+                    refines,
+                    args.reuse,
+                    json.loads(args.set),
+                    args.matched or args.refit,
+                    args.refit,
+                )
+                if failure is not None:  # a failed run is a result, shown as such; the peer and the other clips still run
+                    r["methods"][m] = failure
                     continue
+                runs, secs, note = ran
                 coop_secs = secs
             elif m == "paper":
                 s, secs, note = run_paper(train, args.k, args.seed, coop_secs or 300.0)
