@@ -177,17 +177,16 @@ def load_input(job: TrainJob) -> tuple[str, Tensor, dict]:
     bits (see `load_stack`)."""
     kind = input_kind(job.input)
     if kind == "texture":
-        if job.maps:
+        if job.maps:  # each map's depth is in its entry of meta["maps"]
             img, maps = load_stack((job.input, *job.maps))
-            bits = max(m["bits"] for m in maps)
+            depth = {"maps": maps}
         else:
             img, _, bits = read_image_rgba(job.input)
-            maps = None
+            depth = {"bits": bits}
         note = ""
         if job.max_size is not None:
             img, note = scale_down(img, job.max_size)
-        meta = {"input": str(job.input), "size": list(img.shape[1:]), "bits": bits, "notes": [note] * bool(note)}
-        return kind, img, meta if maps is None else {**meta, "maps": maps}
+        return kind, img, {"input": str(job.input), "size": list(img.shape[1:]), **depth, "notes": [note] * bool(note)}
     if job.maps:
         raise CoopsynthError(f"{job.input}: only images stack (the maps of one material), not videos")
     from .video import prepare_video
@@ -196,16 +195,21 @@ def load_input(job: TrainJob) -> tuple[str, Tensor, dict]:
     return kind, vid, {"input": str(job.input), "size": list(vid.shape[1:]), "fps": fps, "notes": notes}
 
 
-def load_stack(paths: tuple[Path, ...]) -> tuple[Tensor, list[dict]]:
+def load_stack(paths: tuple[Path, ...], first: tuple[Tensor, int] | None = None) -> tuple[Tensor, list[dict]]:
     """The maps of one material (colour, height, normals, roughness, ...: images of one size) as
     one image (C, H, W), their channels concatenated in the order given, and a list of
     {"name" (the file's stem), "channels", "bits"} per map: a model learns them together, so that
-    a sample's maps line up, and `sample` writes one file per map."""
+    a sample's maps line up, and `sample` writes one file per map. `first`: the first map's
+    (pixels, bits) where the caller has read it already."""
     imgs, maps = [], []
-    for path in paths:
+    for i, path in enumerate(paths):
         if input_kind(path) != "texture":
             raise CoopsynthError(f"{path}: only images stack (the maps of one material), not videos")
-        img, _, bits = read_image_rgba(path)
+        if i == 0 and first is not None:
+            img, bits = first
+        else:
+            read = read_image_rgba(path)
+            img, bits = read.pixels, read.bits
         if imgs and img.shape[1:] != imgs[0].shape[1:]:
             (h, w), (h0, w0) = img.shape[1:], imgs[0].shape[1:]
             raise CoopsynthError(f"{path}: {w}x{h}, but {paths[0]} is {w0}x{h0}; the maps of a stack are one size")
@@ -686,8 +690,7 @@ def sample(model: CoopModel, blob: dict, job: SampleJob, on_progress: ProgressFn
             "older coopsynth); train it again, or sample without --match-histogram"
         )
     names = sample_names(Path(job.output), kind, job.samples)
-    for m in meta.get("maps") or [meta]:  # every file's bits, checked before any is written
-        output_bits(job.bits, kind, int(m.get("bits", 8)), names[0])
+    check_output_bits(job.bits, kind, meta, names[0])
     refuse_existing([f for n in names for f in map_files(n, meta.get("maps"))], job.force)
     check_writable(names[0].parent)
     wrap = (job.tile, job.tile) if kind == "texture" else (job.loop, job.tile, job.tile)
@@ -857,6 +860,13 @@ def output_bits(bits: str, kind: str, source_bits: int, path: Path) -> int:
     return int(bits)
 
 
+def check_output_bits(bits: str, kind: str, meta: dict, path: Path) -> None:
+    """`output_bits` for every file a result named like `path` is written to (each map of a stack),
+    before any work: an error where one cannot hold the bits asked for."""
+    for m in meta.get("maps") or [meta]:
+        output_bits(bits, kind, int(m.get("bits", 8)), path)
+
+
 def check_fps(fps: float | None) -> float | None:
     """A `--fps` value, or an error saying why not (checked before a run, not after it)."""
     if fps is not None and not 0 < fps <= MAX_FPS:
@@ -927,11 +937,11 @@ def load_completion_input(job: CompleteJob) -> tuple[str, Tensor, Tensor, dict]:
             raise CoopsynthError("--missing-frames is for videos")
         # the mask by any convention of the first map (its alpha, --mask, its --key-color)
         image, missing, bits = load_masked_image(job.input, job.mask, job.key_color)
-        meta = {"input": str(job.input), "size": list(image.shape[1:]), "bits": bits}
+        meta = {"input": str(job.input), "size": list(image.shape[1:])}
         if not job.maps:
-            return kind, image, missing, meta
-        image, maps = load_stack((job.input, *job.maps))
-        return kind, image, missing, {**meta, "bits": max(m["bits"] for m in maps), "maps": maps}
+            return kind, image, missing, {**meta, "bits": bits}
+        image, maps = load_stack((job.input, *job.maps), first=(image, bits))
+        return kind, image, missing, {**meta, "maps": maps}
     if job.maps:
         raise CoopsynthError(f"{job.input}: only images stack (the maps of one material), not videos")
     video, fps = read_video(job.input)
@@ -1022,8 +1032,7 @@ def complete(
     else:  # the file names are checked before any work: kind, count, files already there (each map's)
         names = sample_names(file, kind, job.samples)
         refuse_existing([f for n in names for f in map_files(n, meta.get("maps"))], job.force)
-    for m in meta.get("maps") or [meta]:  # every file's bits, checked before any work
-        output_bits(job.bits, kind, int(m.get("bits", 8)), names[0])
+    check_output_bits(job.bits, kind, meta, names[0])
     result: dict = {"kind": kind}
     if job.model is not None:
         model, blob = load_model(job.model, job.device, job.precision)
