@@ -484,6 +484,17 @@ def _stack_files(inputs: list[Path]) -> list[Path]:
     return files
 
 
+def _one_input(command: str, inputs: list[Path], stack: bool, more: str) -> tuple[Path, tuple[Path, ...]]:
+    """(the input, the further maps) of a command that takes one input, or with --stack the maps
+    of one material; more inputs without --stack are an error whose advice is `more`."""
+    if stack:
+        files = _stack_files(inputs)
+        return files[0], tuple(files[1:])
+    if len(inputs) > 1:
+        raise CoopsynthError(f"{command} takes one input, got {len(inputs)}; {more}")
+    return inputs[0], ()
+
+
 def _batch(files: list[Path], output: Path | None, force: bool, resume: bool, one) -> None:
     """One model per input in <output>/<stem>/, a summary table, exit 1 if any failed."""
     if output is not None and pipeline.output_is_file(output):
@@ -623,16 +634,10 @@ def train(
 ) -> None:
     """Train only: write model.pt, progress.png and log.jsonl (sample later with `coopsynth sample`)."""
     t0 = time.perf_counter()
+    more = "`coopsynth texture` trains one model per input, and --stack learns the maps of one material together"
+    input, maps = _one_input("train", inputs, stack, more)
     if stack:
-        files = _stack_files(inputs)
-        input, maps, output = files[0], tuple(files[1:]), output or pipeline.default_output(inputs[0])
-    elif len(inputs) > 1:
-        raise CoopsynthError(
-            f"train takes one input, got {len(inputs)}; `coopsynth texture` trains one model per input, and --stack "
-            "learns the maps of one material together"
-        )
-    else:
-        input, maps = inputs[0], ()
+        output = output or pipeline.default_output(inputs[0])  # a folder of maps names the run
     if output is not None and pipeline.output_is_file(output):
         raise CoopsynthError(
             f"{output}: train writes a folder (model.pt, log.jsonl, progress.png); give a folder for -o, "
@@ -802,13 +807,7 @@ def complete(
 ) -> None:
     """Fill the missing pixels of an image or video by learning from its visible pixels."""
     t0 = time.perf_counter()
-    if stack:
-        files = _stack_files(inputs)
-        input, maps = files[0], tuple(files[1:])
-    elif len(inputs) > 1:
-        raise CoopsynthError(f"complete takes one input, got {len(inputs)}; --stack completes the maps of one material together")
-    else:
-        input, maps = inputs[0], ()
+    input, maps = _one_input("complete", inputs, stack, "--stack completes the maps of one material together")
     _precision_note(device, precision)
     out = output or pipeline.default_output(inputs[0])
     job = pipeline.CompleteJob(
