@@ -271,7 +271,8 @@ class _WorkBar(_LiveBar):
             TextColumn("{task.fields[what]}"),
             TextColumn("{task.fields[left]} left"),
         )
-        self.progress = Progress(*columns, console=console, transient=True)
+        # transient: nothing of it stays; off a terminal it would leave a blank line and no bar
+        self.progress = Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
         self.task = self.progress.add_task(title, total=1.0, what="", left="?")
         self.t0 = self.last = time.perf_counter()
 

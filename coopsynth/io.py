@@ -149,19 +149,25 @@ def read_image_rgba(path: str | Path) -> Image:
     _check_file(path)
     try:
         props = iio.improps(path)
-        if props.shape is not None and int(np.prod(props.shape[:2])) > MAX_PIXELS:
-            raise CoopsynthError(f"{path}: {props.shape[1]}x{props.shape[0]} is too large (at most {MAX_PIXELS} pixels)")
+        # a GIF (any animation format) reads as a batch of frames, even of one: its first is taken
+        hw = None if props.shape is None else props.shape[1:3] if props.is_batch else props.shape[:2]
+        if hw is not None and len(hw) == 2 and int(np.prod(hw)) > MAX_PIXELS:
+            raise CoopsynthError(f"{path}: {hw[1]}x{hw[0]} is too large (at most {MAX_PIXELS} pixels)")
         colour16 = _png16_colour(path)
         if colour16 is not None:
             a = _read_png16(path, colour16)
         else:
-            a = iio.imread(path, index=0) if props.n_images is not None and props.n_images > 1 else iio.imread(path)
+            a = iio.imread(path, index=0) if props.is_batch else iio.imread(path)
     except CoopsynthError:
         raise
     except Exception as e:  # imageio raises many types for corrupt or foreign files
         why = "no reader knows this format" if "Could not find a backend" in str(e) else _short(e)
         raise CoopsynthError(f"{path}: not a readable image ({why})") from None
     a = np.asarray(a)
+    if a.ndim == 4 and a.shape[0] == 1:  # a stack of one image
+        a = a[0]
+    if a.ndim == 4 and a.shape[-1] in (1, 2, 3, 4):
+        raise CoopsynthError(f"{path}: holds {a.shape[0]} images, not one (save the one to learn from as its own file)")
     if a.ndim == 2:
         a = a[..., None]
     if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):

@@ -107,6 +107,24 @@ def test_bad_images_give_one_line_errors(tmp_path, setup, message):
     assert "\n" not in str(e.value) and str(p) in str(e.value)
 
 
+def test_gifs_read_as_one_image_and_an_image_stack_is_refused(tmp_path):
+    import imageio.v3 as iio
+
+    rng = np.random.default_rng(0)
+    frames = (rng.random((3, 12, 20, 3)) * 255).astype(np.uint8)
+    iio.imwrite(tmp_path / "one.gif", frames[:1])  # imageio reads a GIF as a batch, even of one
+    iio.imwrite(tmp_path / "anim.gif", frames)
+    one = read_image(tmp_path / "one.gif")
+    assert one.shape == (3, 12, 20)
+    first = read_image(tmp_path / "anim.gif")  # an animation: its first frame
+    assert first.shape == (3, 12, 20)
+    assert torch.equal(first, read_image(tmp_path / "one.gif"))
+    iio.imwrite(tmp_path / "volume.tif", frames)  # one TIFF array of three images
+    with pytest.raises(CoopsynthError, match=r"volume.tif: holds 3 images, not one") as e:
+        read_image(tmp_path / "volume.tif")
+    assert "\n" not in str(e.value)
+
+
 def test_truncated_png_is_refused(tmp_path):
     write_image(tmp_path / "ok.png", torch.rand(3, 64, 64))
     data = (tmp_path / "ok.png").read_bytes()
