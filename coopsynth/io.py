@@ -31,6 +31,10 @@ from .errors import CoopsynthError
 Tensor = torch.Tensor
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".tga"}
+VIDEO_CODECS = {  # suffix -> (ffmpeg encoder, its options); any other video suffix gets .mp4's
+    ".mp4": ("libx264", ("-crf", "12")),
+    ".webm": ("libvpx-vp9", ("-crf", "15", "-b:v", "0", "-row-mt", "1", "-cpu-used", "4")),  # WebM holds VP8/VP9/AV1 only
+}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".webm", ".mkv", ".m4v", ".gif", ".mpg", ".mpeg"}
 MAX_PIXELS = 8192 * 8192  # refuse larger images before decoding them
 MAX_VOXELS = 2048 * 2048 * 1024  # and larger videos
@@ -138,6 +142,18 @@ def _read_png16(path: Path, colour: int) -> np.ndarray:
     if a.size != h * w * c:
         raise ValueError(f"decoded {a.size} values for {w}x{h}x{c}")
     return a.reshape(h, w, c)
+
+
+def frame_count(path: Path) -> int:
+    """How many images a file holds as imageio reads it (an animated GIF: its frames); 1 where it
+    cannot tell (a missing or unreadable file: reading it says what is wrong)."""
+    import imageio.v3 as iio
+
+    try:
+        props = iio.improps(path)
+    except Exception:  # imageio raises many types for corrupt or foreign files
+        return 1
+    return int(props.n_images or 1) if props.is_batch else 1
 
 
 def read_image_rgba(path: str | Path) -> Image:
@@ -290,9 +306,7 @@ def read_video(path: str | Path, max_frames: int | None = None) -> tuple[Tensor,
     _check_file(path)
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise CoopsynthError(f"{path}: unsupported video format '{path.suffix}' (use {', '.join(sorted(VIDEO_SUFFIXES))})")
-    import imageio.v2 as iio2
-
-    frames = []
+    frames: list[np.ndarray] = []
     try:
         if path.suffix.lower() == ".gif":
             import imageio.v3 as iio
@@ -301,15 +315,7 @@ def read_video(path: str | Path, max_frames: int | None = None) -> tuple[Tensor,
             fps = 1000.0 / max(float(iio.immeta(path).get("duration", 40) or 40), 1.0)
             frames = [f for f in (arr if arr.ndim == 4 else arr[None])][:max_frames]
         else:
-            reader = iio2.get_reader(path, "ffmpeg")
-            fps = float(reader.get_meta_data().get("fps", 25.0) or 25.0)
-            for i, f in enumerate(reader):
-                if max_frames is not None and i >= max_frames:
-                    break
-                frames.append(f)
-                if len(frames) * f.shape[0] * f.shape[1] > MAX_VOXELS:
-                    raise CoopsynthError(f"{path}: the video is too large (at most {MAX_VOXELS} voxels)")
-            reader.close()
+            fps = _read_ffmpeg(path, max_frames, frames)
     except CoopsynthError:
         raise
     except Exception as e:
@@ -317,6 +323,27 @@ def read_video(path: str | Path, max_frames: int | None = None) -> tuple[Tensor,
             raise CoopsynthError(f"{path}: not a readable video ({_short(e)})") from None
         # a truncated file: keep the frames read so far only if there are enough, else refuse
     return _stack_frames(frames, path), fps if 0 < fps <= MAX_FPS else 25.0  # metadata can say nan, 0 or 90000
+
+
+def _read_ffmpeg(path: Path, max_frames: int | None, frames: list[np.ndarray]) -> float:
+    """Decode a video file's frames as (H, W, 3) uint8 into `frames` (which keeps those read before
+    a failure: a truncated file) with the ffmpeg of imageio-ffmpeg, whatever the suffix (imageio's
+    own reader refuses some, .m4v); return its frame rate (0 where unknown)."""
+    import imageio_ffmpeg
+
+    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    try:
+        meta = next(gen)
+        w, h = meta["size"]
+        for buf in gen:
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+            frames.append(np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3))
+            if len(frames) * h * w > MAX_VOXELS:
+                raise CoopsynthError(f"{path}: the video is too large (at most {MAX_VOXELS} voxels)")
+    finally:
+        gen.close()
+    return float(meta.get("fps") or 0.0)
 
 
 def _read_frame_folder(path: Path, max_frames: int | None) -> tuple[Tensor, float]:
@@ -356,37 +383,49 @@ def write_video(path: str | Path, video: Tensor, fps: float) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         try:
-            _write_frames(tmp, a, fps, gif=path.suffix.lower() == ".gif")
-        except (OSError, ValueError, RuntimeError, TypeError) as e:  # the encoder refused (or is missing)
+            _write_frames(tmp, a, fps, path.suffix.lower())
+        except (OSError, ValueError, RuntimeError, TypeError, StopIteration) as e:  # the encoder refused (or is missing)
             raise CoopsynthError(f"{path}: cannot write this video ({_short(e)})") from None
     return path
 
 
-def _write_frames(tmp: Path, a: np.ndarray, fps: float, gif: bool) -> None:
-    """(T, H, W, 3) uint8 frames as a looping GIF or an H.264 MP4 at `tmp`."""
-    if gif:
+def _write_frames(tmp: Path, a: np.ndarray, fps: float, suffix: str) -> None:
+    """(T, H, W, 3) uint8 frames at `tmp` as a looping GIF, a VP9 WebM, or H.264 in the container
+    the suffix names (.mp4, .mov, .mkv, ...). The file is read back before it counts as written:
+    ffmpeg can exit having written only a header (H.264 into WebM did) without any error here."""
+    if suffix == ".gif":
         import imageio.v3 as iio
 
         iio.imwrite(tmp, a, duration=1000.0 / fps, loop=0)
         return
-    import imageio.v2 as iio2
+    import imageio_ffmpeg
 
-    even = a.shape[1] % 2 == 0 and a.shape[2] % 2 == 0
-    w = iio2.get_writer(
-        tmp,
-        "ffmpeg",
+    t, h, w, _ = a.shape
+    even = h % 2 == 0 and w % 2 == 0  # 4:2:0 halves the chroma planes: odd sides keep full chroma
+    codec, params = VIDEO_CODECS.get(suffix, VIDEO_CODECS[".mp4"])
+    gen = imageio_ffmpeg.write_frames(
+        str(tmp),
+        (w, h),
         fps=fps,
-        codec="libx264",
+        codec=codec,
+        pix_fmt_out="yuv420p" if even else "yuv444p",
+        quality=None,  # the codec's own quality setting is in params
         macro_block_size=1,
-        pixelformat="yuv420p" if even else "yuv444p",
-        output_params=["-crf", "12"],
+        output_params=list(params),
         ffmpeg_log_level="error",
     )
+    gen.send(None)
+    for f in a:
+        gen.send(np.ascontiguousarray(f))
+    gen.close()
+    check = imageio_ffmpeg.read_frames(str(tmp))
     try:
-        for f in a:
-            w.append_data(f)
+        next(check)  # the header
+        next(check)  # the first frame
+    except (OSError, RuntimeError, StopIteration):
+        raise OSError("the encoder wrote no readable video") from None
     finally:
-        w.close()
+        check.close()
 
 
 def _short(e: BaseException) -> str:

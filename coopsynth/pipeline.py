@@ -102,14 +102,15 @@ def parse_size(text: str | None, what: str = "--size") -> tuple[int, int] | None
 
 
 def input_kind(path: Path) -> str:
-    from .io import VIDEO_SUFFIXES
+    """The kind of input: "video" (a video file, a folder of frames, a GIF of several frames) or "texture"."""
+    from .io import VIDEO_SUFFIXES, frame_count
 
     if path.is_dir():
         return "video"
     suf = path.suffix.lower()
-    if suf in VIDEO_SUFFIXES and suf != ".gif":
-        return "video"
-    return "texture"
+    if suf == ".gif":  # a still image or an animation: its frames tell
+        return "video" if frame_count(path) > 1 else "texture"
+    return "video" if suf in VIDEO_SUFFIXES else "texture"
 
 
 def _jsonable(d: dict) -> dict:

@@ -1,9 +1,21 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from coopsynth.errors import CoopsynthError
-from coopsynth.io import atomic_path, png16, read_image, read_image_rgba, read_video, to_uint16, write_image, write_video
+from coopsynth.io import (
+    VIDEO_SUFFIXES,
+    atomic_path,
+    png16,
+    read_image,
+    read_image_rgba,
+    read_video,
+    to_uint16,
+    write_image,
+    write_video,
+)
 
 
 def test_image_round_trip_rgb_and_grey(tmp_path):
@@ -152,14 +164,14 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 @pytest.mark.parametrize("kind", ["image", "video"])
 def test_a_writer_that_refuses_gives_one_line_naming_the_file_and_leaves_nothing(tmp_path, monkeypatch, kind):
     """A format's writer failing (a plugin missing from a future imageio, an encoder refusing)."""
-    import imageio.v2
     import imageio.v3
+    import imageio_ffmpeg
 
     def refuse(*a, **k):
         raise ValueError("no backend for this format\nsecond line")
 
     monkeypatch.setattr(imageio.v3, "imwrite", refuse)
-    monkeypatch.setattr(imageio.v2, "get_writer", refuse)
+    monkeypatch.setattr(imageio_ffmpeg, "write_frames", refuse)
     if kind == "image":
         with pytest.raises(CoopsynthError, match=r"^.*out\.tif: cannot write this image \(no backend for this format\)$"):
             write_image(tmp_path / "out.tif", torch.rand(3, 8, 8))
@@ -168,6 +180,32 @@ def test_a_writer_that_refuses_gives_one_line_naming_the_file_and_leaves_nothing
             with pytest.raises(CoopsynthError, match=rf"^.*{name.replace('.', '[.]')}: cannot write this video \(no backend"):
                 write_video(tmp_path / name, torch.rand(3, 4, 8, 8), fps=5.0)
     assert not list(tmp_path.iterdir())
+
+
+def test_an_encoder_that_writes_no_video_is_an_error_not_a_file(tmp_path, monkeypatch):
+    """ffmpeg can exit having written a header and no frames (H.264 into WebM did) and say nothing
+    to its caller: the file is read back before it counts."""
+    import imageio_ffmpeg
+
+    def header_only(path, *a, **k):
+        Path(path).write_bytes(b"\x1aE\xdf\xa3" + bytes(60))  # a Matroska/WebM signature, no stream
+        while True:
+            yield
+
+    monkeypatch.setattr(imageio_ffmpeg, "write_frames", header_only)
+    with pytest.raises(CoopsynthError, match=r"out\.webm: cannot write this video \(the encoder wrote no readable video\)"):
+        write_video(tmp_path / "out.webm", torch.rand(3, 4, 8, 8), fps=5.0)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("suffix", sorted(VIDEO_SUFFIXES - {".gif"}))
+def test_every_video_suffix_writes_a_video_that_reads_back(tmp_path, suffix):
+    v = torch.rand(3, 1, 1, 1).expand(3, 5, 10, 14) * 0.6 + 0.2  # one flat colour: any codec keeps it
+    write_video(tmp_path / f"v{suffix}", v, fps=10.0)
+    back, fps = read_video(tmp_path / f"v{suffix}")
+    assert back.shape == (3, 5, 10, 14) and fps == 10.0
+    assert (back - v).abs().max() < 6 / 255
+    assert not [p for p in tmp_path.iterdir() if p.name != f"v{suffix}"]  # no temporary left
 
 
 def test_video_round_trip(tmp_path):

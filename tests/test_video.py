@@ -121,6 +121,26 @@ def test_image_given_to_video_command(tmp_path):
     assert r.exit_code == 1 and "looks like an image" in r.output
 
 
+def test_a_gif_is_a_video_by_its_frames(tmp_path, monkeypatch):
+    """An animated GIF is a dynamic texture for `video` (and not an image for `texture`); a GIF of
+    one frame is an image."""
+    from coopsynth.io import write_image
+    from coopsynth.pipeline import input_kind
+
+    monkeypatch.chdir(tmp_path)
+    write_video(tmp_path / "fire.gif", moving_clip(6, 16, 16), fps=10.0)
+    write_image(tmp_path / "still.gif", torch.rand(3, 16, 16))
+    assert input_kind(tmp_path / "fire.gif") == "video" and input_kind(tmp_path / "still.gif") == "texture"
+    r = runner.invoke(app, ["texture", str(tmp_path / "fire.gif"), "--steps", "1"])
+    assert r.exit_code == 1 and "fire.gif: this looks like a video; use `coopsynth video`" in r.output
+    r = runner.invoke(app, ["video", str(tmp_path / "still.gif"), "--steps", "1"])
+    assert r.exit_code == 1 and "still.gif: this looks like an image" in r.output
+    args = ["-o", "run", "--steps", "1", "--preset", "fast", "--samples", "1"]
+    r = runner.invoke(app, ["video", str(tmp_path / "fire.gif"), *args])
+    assert r.exit_code == 0, r.output
+    assert read_video(tmp_path / "run" / "sample_000.mp4")[0].shape[1:] == (6, 16, 16)
+
+
 def test_video_samples_default_to_the_motion_matched_settings(clip_dir, tmp_path):
     """A video run ends by picking the sampling settings (0..6 refinement steps, or a latent
     smoothing when the generator alone moves too much) whose samples move most like the input, once
