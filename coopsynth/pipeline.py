@@ -44,6 +44,8 @@ from .trainer import WATCHDOG_FLOOR, CollapseError, CoopTrainer, DivergenceError
 RESTART_BEFORE = 0.5  # a watchdog end before this fraction of the run (steps or minutes, the further) starts training afresh
 MAX_RESTARTS = 2  # fresh starts per run; after them a watchdog end stands wherever it comes
 RESTART_SEED = 1000  # attempt k (from 1) trains with seed + RESTART_SEED * k
+NORMAL_TOLERANCE = 0.1  # is_normal_map: |2x - 1| this close to 1 ...
+NORMAL_SHARE = 0.9  # ... at this share of a map's pixels makes it a normal map
 SCORE_SIDE = 256  # attempt scores: samples and the training image's centre, at most this many pixels a side
 STEP_BACK_AFTER = 3  # divergences from one good state before the run goes back to the one before it
 KEEP_GOOD = 3  # good states kept (every 50 iterations), newest last
@@ -184,10 +186,15 @@ def load_input(job: TrainJob) -> tuple[str, Tensor, dict]:
         else:
             img, _, bits = read_image_rgba(job.input)
             depth = {"bits": bits}
-        note = ""
+        notes = [
+            f"{m['name']}: a normal map; the samples' normals are made unit length"
+            for m in depth.get("maps", [])
+            if m.get("normal")
+        ]
         if job.max_size is not None:
             img, note = scale_down(img, job.max_size)
-        return kind, img, {"input": str(job.input), "size": list(img.shape[1:]), **depth, "notes": [note] * bool(note)}
+            notes += [note] * bool(note)
+        return kind, img, {"input": str(job.input), "size": list(img.shape[1:]), **depth, "notes": notes}
     if job.maps:
         raise CoopsynthError(f"{job.input}: only images stack (the maps of one material), not videos")
     from .video import prepare_video
@@ -218,7 +225,36 @@ def load_stack(paths: tuple[Path, ...], first: tuple[Tensor, int] | None = None)
             raise CoopsynthError(f"{path}: two maps of the stack are named {path.stem}; their files would collide")
         imgs.append(img)
         maps.append({"name": path.stem, "channels": img.shape[0], "bits": bits})
+        if is_normal_map(img):  # its samples get unit vectors (`unit_normals`)
+            maps[-1]["normal"] = True
     return torch.cat(imgs), maps
+
+
+def is_normal_map(img: Tensor) -> bool:
+    """Does a map (C, H, W) hold unit vectors stored as (n + 1) / 2, a normal map (tangent or
+    object space)? Three channels with |2x - 1| within NORMAL_TOLERANCE of 1 at NORMAL_SHARE of
+    the pixels (8-bit rounding or JPEG moves a length by a few hundredths; colour photographs
+    have lengths all over 0..1.7)."""
+    if img.shape[0] != 3:
+        return False
+    length = (img * 2 - 1).norm(dim=0)  # (H, W)
+    return bool(((length - 1).abs() < NORMAL_TOLERANCE).float().mean() >= NORMAL_SHARE)
+
+
+def unit_normals(y: Tensor, maps: list[dict] | None) -> Tensor:
+    """A texture (C, H, W) in [0, 1] with the vectors of each normal map (`is_normal_map`) made
+    unit length: a network's output is near the sphere but not on it, and shading reads the
+    length. A vector of length zero becomes (0, 0, 1), flat."""
+    if not maps or not any(m.get("normal") for m in maps):
+        return y
+    parts = list(y.split([m["channels"] for m in maps]))
+    flat = torch.tensor([0.0, 0.0, 1.0], dtype=y.dtype, device=y.device).view(3, *[1] * (y.dim() - 1))
+    for i, m in enumerate(maps):
+        if m.get("normal"):
+            v = parts[i] * 2 - 1  # (3, H, W) in [-1, 1]
+            n = v.norm(dim=0, keepdim=True)
+            parts[i] = (torch.where(n > 1e-6, v / n.clamp_min(1e-6), flat) + 1) / 2
+    return torch.cat(parts)
 
 
 def map_files(path: Path, maps: list[dict] | None) -> list[Path]:
@@ -315,7 +351,8 @@ def prepare_training(job: TrainJob, mask: Tensor | None = None, data: Tensor | N
             raise CoopsynthError(
                 f"{ckpt_path}: the checkpoint's networks differ from this input and preset; use --force to start over"
             )
-        if state.get("meta", {}).get("maps") != meta.get("maps"):
+        same = lambda ms: [(m["name"], m["channels"], m["bits"]) for m in ms or []]  # noqa: E731
+        if same(state.get("meta", {}).get("maps")) != same(meta.get("maps")):
             raise CoopsynthError(f"{ckpt_path}: the checkpoint was trained on other maps; use --force to start over")
         # a resumed run keeps its own schedule unless the user asks for more steps
         cfg = with_overrides(old, steps=job.steps, langevin_steps=job.langevin_steps)
@@ -392,7 +429,7 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
         y = trainer.model.denormalise(y)[0]
         if trainer.model.matches():  # as `sample` writes it by default
             y = match_histogram(y, trainer.model.quantiles)
-        snaps.append(preview_image(y, meta) if kind == "texture" else y[:, 0])
+        snaps.append(preview_image(unit_normals(y, meta.get("maps")), meta) if kind == "texture" else y[:, 0])
         strip = torch.cat(snaps[-job.snapshots :], dim=-1)
         write_image(out / "progress.png", strip)
 
@@ -718,7 +755,7 @@ def sample(model: CoopModel, blob: dict, job: SampleJob, on_progress: ProgressFn
             )[0]
             report(i, "writing", 0, 1)
             if kind == "texture":
-                paths += write_texture(path, y, job.bits, meta)
+                paths += write_texture(path, unit_normals(y, meta.get("maps")), job.bits, meta)
             else:
                 paths.append(write_video(path, y, fps))
                 if i == 0 and preview is not None:  # a folder gets a GIF preview of the first
@@ -1097,7 +1134,8 @@ def complete(
                 i, info["phase"], info["done"], info["of"], info.get("part", 1), info.get("parts", 1), info.get("span")
             ),
         )
-        if kind == "texture":
+        if kind == "texture":  # the visible pixels as they are, normal maps' included
+            done = torch.where(missing, unit_normals(done, meta.get("maps")), done)
             paths += write_texture(names[i], done, job.bits, meta)
         else:
             paths.append(write_video(names[i], done, float(meta.get("fps", 25.0))))

@@ -8,7 +8,7 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from coopsynth import cli
+from coopsynth import cli, pipeline
 from coopsynth.cli import app
 from coopsynth.io import read_image, write_image
 from tests.conftest import texture_image
@@ -458,6 +458,69 @@ def _material(d, h=32, w=40):
     write_image(d / "albedo.png", x)
     write_image(d / "height.png", x.mean(0, keepdim=True), bits=16)
     return d
+
+
+def _normals(height: torch.Tensor, strength: float = 4.0) -> torch.Tensor:
+    """A tangent-space normal map (3, H, W) in [0, 1] of a height map (1, H, W): (-dh/dx, -dh/dy, 1)
+    made unit length, stored as (n + 1) / 2."""
+    dx = torch.roll(height, -1, -1) - torch.roll(height, 1, -1)
+    dy = torch.roll(height, -1, -2) - torch.roll(height, 1, -2)
+    n = torch.cat([-strength * dx, -strength * dy, torch.ones_like(height)])
+    return (n / n.norm(dim=0, keepdim=True) + 1) / 2
+
+
+def test_normal_maps_are_told_apart_from_colour_maps():
+    height = texture_image(32, 40).mean(0, keepdim=True)
+    normals = _normals(height)
+    assert pipeline.is_normal_map(normals)
+    assert pipeline.is_normal_map((normals * 255).round() / 255)  # as an 8-bit file holds it
+    assert not pipeline.is_normal_map(texture_image(32, 40))  # a colour texture
+    assert not pipeline.is_normal_map(torch.rand(3, 32, 40))
+    assert not pipeline.is_normal_map(height)  # one channel
+    assert not pipeline.is_normal_map(normals * 0.8 + 0.1)  # vectors of length 0.8
+
+
+def test_unit_normals_fixes_a_normal_maps_lengths_and_nothing_else():
+    maps = [{"name": "albedo", "channels": 3}, {"name": "normal", "channels": 3, "normal": True}, {"name": "h", "channels": 1}]
+    y = torch.rand(7, 6, 5, generator=torch.Generator().manual_seed(0))
+    y[3:6, 0, 0] = 0.5  # a vector of length zero
+    out = pipeline.unit_normals(y, maps)
+    assert torch.equal(out[:3], y[:3]) and torch.equal(out[6:], y[6:])
+    v = out[3:6] * 2 - 1
+    assert torch.allclose(v.norm(dim=0), torch.ones(6, 5), atol=1e-6)
+    assert torch.equal(out[3:6, 0, 0], torch.tensor([0.5, 0.5, 1.0]))  # flat
+    assert torch.allclose(
+        torch.nn.functional.normalize(v, dim=0)[:, 1:], torch.nn.functional.normalize(y[3:6] * 2 - 1, dim=0)[:, 1:]
+    )
+    assert pipeline.unit_normals(y, [{"name": "a", "channels": 7}]) is y
+    assert pipeline.unit_normals(y, None) is y
+
+
+def test_a_stacks_normal_map_gives_unit_normals_in_samples_and_completions(tmp_path, monkeypatch):
+    """A normal map in a stack is found by its content and said so; every sample's normals have unit
+    length (up to 8-bit rounding), and a completion makes its filled normals unit and leaves the
+    visible ones as they were."""
+    monkeypatch.chdir(tmp_path)
+    mat = _material(tmp_path / "mat")
+    write_image(mat / "normal.png", _normals(read_image(mat / "height.png")))
+    r = runner.invoke(app, ["texture", str(mat), "--stack", "-o", "run", "--steps", "2", "--preset", "fast", "--samples", "2"])
+    assert r.exit_code == 0, r.output
+    assert "normal: a normal map; the samples' normals are made unit length" in r.output
+    blob = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert [m.get("normal", False) for m in blob["meta"]["maps"]] == [False, False, True]
+    rounding = 3**0.5 / 255  # each channel within half a level of 8 bits, times two
+    for i in range(2):
+        n = read_image(tmp_path / "run" / f"sample_00{i}_normal.png") * 2 - 1
+        assert ((n.norm(dim=0) - 1).abs() <= rounding).all()
+    missing = torch.zeros(32, 40, dtype=torch.bool)
+    missing[8:20, 10:26] = True
+    write_image(tmp_path / "mask.png", missing[None].float())
+    args = ["complete", str(mat), "--stack", "--mask", "mask.png", "--model", "run/model.pt", "-o", "done.png"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    src, done = read_image(mat / "normal.png"), read_image(tmp_path / "done_normal.png")
+    assert torch.equal(done[:, ~missing], src[:, ~missing])
+    assert (((done[:, missing] * 2 - 1).norm(dim=0) - 1).abs() <= rounding).all()
 
 
 def test_a_stack_of_maps_trains_one_model_and_writes_every_map_of_every_sample(tmp_path, monkeypatch):
