@@ -9,14 +9,15 @@ The data has no real material sets, so each texture gets a normal map made from 
 fixed rule (benchmarks/stack.py's height, a 5x5 box blur of the luminance, then its normals:
 (-s dh/dx, -s dh/dy, 1) made unit, central differences, s = STRENGTH). One model learns colour and
 normals together, as `--stack` does, on the training half (../shared/EVALUATION.md's protocol);
-its k samples are scored raw and with unit normals:
+its k samples are scored in three forms: raw, with whole vectors scaled to unit length, and with
+unit normals as coopsynth writes them (`unit_normals`: x and y kept, z the rest of the length):
 
 - length: the mean of |1 - |2n - 1|| over a sample's normal-map pixels, and the share of pixels
   off by more than 0.05 (a shading engine reads the length as it is);
 - normal SWD ratio: the normal map's SWD ratio against its held-out half (1 = as close as real);
 - agreement: the mean angle in degrees between a sample's normals and the rule applied to its
-  colour map (0 = the maps agree as in the input). An angle does not depend on length, so it is
-  the same raw and unit; it says how well the two maps line up.
+  colour map (0 = the maps agree as in the input). Scaling leaves every angle as it was; it says
+  how well the two maps line up.
 
 Writes benchmarks/out/normals/<item>.json and appends a table to RESULTS.md.
 """
@@ -54,6 +55,12 @@ def normals_of(colour: torch.Tensor) -> torch.Tensor:
     return (n / n.norm(dim=0, keepdim=True) + 1) / 2
 
 
+def scaled(y: torch.Tensor) -> torch.Tensor:
+    """The alternative to `unit_normals`: a (colour + normal) sample's normal vectors divided by their length."""
+    v = y[3:] * 2 - 1
+    return torch.cat([y[:3], (v / v.norm(dim=0, keepdim=True).clamp_min(1e-6) + 1) / 2])
+
+
 def length_error(normal: torch.Tensor) -> tuple[float, float]:
     """(mean |1 - length|, share of pixels off by more than 0.05) of a normal map in [0, 1]."""
     off = ((normal * 2 - 1).norm(dim=0) - 1).abs()
@@ -80,8 +87,9 @@ def run_item(path: Path, k: int, seed: int, preset: str, out: Path) -> dict:
     else:
         samples, minutes, note = ran
         result.update(minutes=minutes, note=note)
-        for form in ("raw", "unit"):
-            ys = samples if form == "raw" else [pipeline.unit_normals(y, MAPS) for y in samples]
+        forms = {"raw": lambda y: y, "scaled": scaled, "unit": lambda y: pipeline.unit_normals(y, MAPS)}
+        for form, fix in forms.items():
+            ys = [fix(y) for y in samples]
             cs, ns = [y[:3] for y in ys], [y[3:] for y in ys]
             lengths = [length_error(n) for n in ns]
             result[form] = {
@@ -96,39 +104,31 @@ def run_item(path: Path, k: int, seed: int, preset: str, out: Path) -> dict:
     return result
 
 
+FORMS = ("raw", "scaled", "unit")
+
+
+def cell(x: dict) -> str:
+    return f"{fmt(x['length'], 3)} / {x['off']:.0%} / {fmt(x['normal_swd_ratio'])}"
+
+
 def table(results: list[dict]) -> str:
     lines = [
-        "| texture | raw: mean length error / share off > 0.05 / normal SWD ratio | unit: mean length error / share off > 0.05 / normal SWD ratio | colour SWD ratio | agreement (degrees) | input agreement | min |",
-        "|---|---|---|---|---|---|---|",
+        "| texture | raw: mean length error / share off by > 0.05 / normal SWD ratio | scaled: the same | unit, as written: the same "
+        "| colour SWD ratio | agreement (degrees) | input agreement | min |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     done = [r for r in results if "failed" not in r]
     for r in results:
         if "failed" in r:
-            lines.append(f"| {r['item']} | failed: {r['failed']} | | | | | {fmt(r['minutes'], 1)} |")
+            lines.append(f"| {r['item']} | failed: {r['failed']} | | | | | | {fmt(r['minutes'], 1)} |")
             continue
-        cells = [
-            " / ".join([fmt(r[f]["length"], 3), f"{r[f]['off']:.0%}", fmt(r[f]["normal_swd_ratio"])]) for f in ("raw", "unit")
-        ]
-        cells += [
-            fmt(r["raw"]["colour_swd_ratio"]),
-            fmt(r["raw"]["agreement"], 1),
-            fmt(r["input"]["agreement"], 1),
-            fmt(r["minutes"], 1),
-        ]
-        lines.append(f"| {r['item']} | {' | '.join(cells)} |")
+        cells = [cell(r[f]) for f in FORMS] + [fmt(r["raw"]["colour_swd_ratio"]), fmt(r["unit"]["agreement"], 1)]
+        lines.append(f"| {r['item']} | {' | '.join(cells)} | {fmt(r['input']['agreement'], 1)} | {fmt(r['minutes'], 1)} |")
     if done:
-        med = [
-            " / ".join(
-                [
-                    fmt(median([r[f]["length"] for r in done]), 3),
-                    f"{median([r[f]['off'] for r in done]):.0%}",
-                    fmt(median([r[f]["normal_swd_ratio"] for r in done])),
-                ]
-            )
-            for f in ("raw", "unit")
-        ]
-        med += [fmt(median([r["raw"]["colour_swd_ratio"] for r in done])), fmt(median([r["raw"]["agreement"] for r in done]), 1)]
-        lines.append(f"| **median of {len(done)}** | **{med[0]}** | **{med[1]}** | **{med[2]}** | **{med[3]}** | | |")
+        keys = ("length", "off", "normal_swd_ratio")
+        med = [cell({k: median([r[f][k] for r in done]) for k in keys}) for f in FORMS]
+        med += [fmt(median([r["raw"]["colour_swd_ratio"] for r in done])), fmt(median([r["unit"]["agreement"] for r in done]), 1)]
+        lines.append(f"| **median of {len(done)}** | " + " | ".join(f"**{m}**" for m in med) + " | | |")
     notes = [f"- {r['item']}: {r['note']}" for r in done]
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 

@@ -243,17 +243,22 @@ def is_normal_map(img: Tensor) -> bool:
 
 def unit_normals(y: Tensor, maps: list[dict] | None) -> Tensor:
     """A texture (C, H, W) in [0, 1] with the vectors of each normal map (`is_normal_map`) made
-    unit length: a network's output is near the sphere but not on it, and shading reads the
-    length. A vector of length zero becomes (0, 0, 1), flat."""
+    unit length: a network's output is near the sphere but not on it. Each vector keeps its x and
+    y (histogram-matched to the input's, per channel, where sampling matches) and its z becomes
+    the rest of the unit length, its sign kept, as two-channel (BC5) normal maps are rebuilt; x and
+    y are scaled down first where they alone are longer than 1. Scaling whole vectors instead
+    scored worse against held-out normals (benchmarks/RESULTS.md, "A normal map in a stack")."""
     if not maps or not any(m.get("normal") for m in maps):
         return y
     parts = list(y.split([m["channels"] for m in maps]))
-    flat = torch.tensor([0.0, 0.0, 1.0], dtype=y.dtype, device=y.device).view(3, *[1] * (y.dim() - 1))
     for i, m in enumerate(maps):
         if m.get("normal"):
             v = parts[i] * 2 - 1  # (3, H, W) in [-1, 1]
-            n = v.norm(dim=0, keepdim=True)
-            parts[i] = (torch.where(n > 1e-6, v / n.clamp_min(1e-6), flat) + 1) / 2
+            xy, z = v[:2], v[2:]
+            r2 = (xy * xy).sum(0, keepdim=True)  # (1, H, W)
+            xy = xy * torch.where(r2 > 1, r2.clamp_min(1e-12).rsqrt(), torch.ones_like(r2))
+            z = torch.where(z < 0, -1.0, 1.0) * (1 - (xy * xy).sum(0, keepdim=True)).clamp_min(0).sqrt()
+            parts[i] = (torch.cat([xy, z]) + 1) / 2
     return torch.cat(parts)
 
 

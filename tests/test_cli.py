@@ -481,17 +481,24 @@ def test_normal_maps_are_told_apart_from_colour_maps():
 
 
 def test_unit_normals_fixes_a_normal_maps_lengths_and_nothing_else():
+    """x and y stay (scaled down only where they alone pass 1), z is the rest of the unit length,
+    its sign kept; the other maps are untouched."""
     maps = [{"name": "albedo", "channels": 3}, {"name": "normal", "channels": 3, "normal": True}, {"name": "h", "channels": 1}]
-    y = torch.rand(7, 6, 5, generator=torch.Generator().manual_seed(0))
+    y = torch.rand(7, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     y[3:6, 0, 0] = 0.5  # a vector of length zero
+    y[3:6, 0, 1] = torch.tensor([1.0, 1.0, 0.5])  # x and y alone longer than 1
     out = pipeline.unit_normals(y, maps)
     assert torch.equal(out[:3], y[:3]) and torch.equal(out[6:], y[6:])
-    v = out[3:6] * 2 - 1
-    assert torch.allclose(v.norm(dim=0), torch.ones(6, 5), atol=1e-6)
-    assert torch.equal(out[3:6, 0, 0], torch.tensor([0.5, 0.5, 1.0]))  # flat
+    v, before = out[3:6] * 2 - 1, y[3:6] * 2 - 1
+    assert torch.allclose(v.norm(dim=0), torch.ones(6, 5, dtype=torch.float64), atol=1e-12)
+    short = (before[:2] ** 2).sum(0) <= 1
+    assert torch.allclose(v[:2][:, short], before[:2][:, short], atol=1e-12)
+    tilted = v[2].abs() > 1e-6  # z's sign kept (where x and y leave z any length)
+    assert torch.equal((v[2] < 0)[tilted], (before[2] < 0)[tilted]) and tilted.sum() > 20
+    assert torch.allclose(out[3:6, 0, 0], torch.tensor([0.5, 0.5, 1.0], dtype=torch.float64))  # flat
     assert torch.allclose(
-        torch.nn.functional.normalize(v, dim=0)[:, 1:], torch.nn.functional.normalize(y[3:6] * 2 - 1, dim=0)[:, 1:]
-    )
+        v[:, 0, 1], torch.tensor([0.5**0.5, 0.5**0.5, 0.0], dtype=torch.float64), atol=1e-7
+    )  # z: sqrt of rounding
     assert pipeline.unit_normals(y, [{"name": "a", "channels": 7}]) is y
     assert pipeline.unit_normals(y, None) is y
 
