@@ -746,7 +746,7 @@ def complete(
         ),
     ] = None,
     key_color: Annotated[
-        str | None, typer.Option("--key-color", help="R,G,B: pixels of exactly this colour are missing.")
+        str | None, typer.Option("--key-color", help="R,G,B or #RRGGBB: pixels of exactly this colour are missing.")
     ] = None,
     missing_frames: Annotated[
         str | None, typer.Option("--missing-frames", help="Videos: frames A:B (B exclusive) are missing.")

@@ -49,10 +49,17 @@ VIDEO_VOXELS = 2**24  # videos: the most voxels (times --average) completed at o
 
 
 def parse_key_color(text: str) -> tuple[int, int, int]:
+    """--key-color as R,G,B (0-255 each) or as hex, #RRGGBB (the # optional, as colour pickers copy it)."""
+    hexa = text.strip().removeprefix("#")
+    if "," not in text and len(hexa) == 6:
+        try:
+            return int(hexa[:2], 16), int(hexa[2:4], 16), int(hexa[4:], 16)
+        except ValueError:
+            pass
     try:
         r, g, b = (int(v) for v in text.split(","))
     except ValueError:
-        raise CoopsynthError(f"--key-color '{text}': expected R,G,B such as 255,0,255") from None
+        raise CoopsynthError(f"--key-color '{text}': expected R,G,B such as 255,0,255 or hex such as #ff00ff") from None
     if not all(0 <= v <= 255 for v in (r, g, b)):
         raise CoopsynthError(f"--key-color '{text}': each value must be 0-255")
     return r, g, b

@@ -14,6 +14,7 @@ from coopsynth.completion import (
     default_refine,
     default_smooth,
     load_masked_image,
+    parse_key_color,
     seam_fill,
 )
 from coopsynth.errors import CoopsynthError
@@ -379,6 +380,14 @@ def test_default_smoothing_for_a_mean_over_whole_missing_frames(tmp_path, monkey
         r = runner.invoke(app, [*base, "-o", str(tmp_path / f"o{len(seen)}"), *extra])
         assert r.exit_code == 0, r.output
     assert seen == [(1, 0.0), (2, SMOOTH_MISSING_FRAMES), (2, 0.0), (2, 0.0)]
+
+
+def test_key_colors_read_as_r_g_b_or_hex():
+    assert parse_key_color("255,0,255") == parse_key_color("#ff00FF") == parse_key_color("FF00FF") == (255, 0, 255)
+    assert parse_key_color(" 12, 34, 56") == parse_key_color("#0c2238") == (12, 34, 56)
+    for bad, message in (("#ff00f", "expected R,G,B"), ("#gg0000", "or hex such as #ff00ff"), ("256,0,0", "must be 0-255")):
+        with pytest.raises(CoopsynthError, match=message):
+            parse_key_color(bad)
 
 
 @pytest.mark.parametrize(
