@@ -24,7 +24,6 @@ Writes benchmarks/out/normals/<item>.json and appends a table to RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import HERE, attempt, fmt, header, median, publish  # noqa: E402
-from stack import DEFAULT, height_of, train_and_sample  # noqa: E402
+from stack import colour_textures, height_of, parser, train_and_sample  # noqa: E402
 
 from coopsynth import metrics, pipeline  # noqa: E402
 from coopsynth.io import read_image  # noqa: E402
@@ -134,27 +133,8 @@ def table(results: list[dict]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data", help="the shared data folder")
-    ap.add_argument("--only", default=",".join(DEFAULT), help="comma-separated texture stems")
-    ap.add_argument("--k", type=int, default=4, help="samples per model")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--preset", default="default")
-    ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
-    args = ap.parse_args()
-    folder = args.data / "textures"
-    if not folder.is_dir():
-        print(f"skipped: {folder} not found (give --data)")
-        return
-    paths = [folder / f"{s}.png" for s in args.only.split(",")]
-    missing = [p for p in paths if not p.exists()]
-    if missing:
-        raise SystemExit(f"not found: {', '.join(map(str, missing))}")
-    grey = [p for p in paths if read_image(p).shape[0] != 3]
-    for p in grey:
-        print(f"{p.stem}: skipped (grey: the normal rule needs a colour texture)")
-    results = [run_item(p, args.k, args.seed, args.preset, args.out) for p in paths if p not in grey]
+    args = parser(__doc__, OUT).parse_args()
+    results = [run_item(p, args.k, args.seed, args.preset, args.out) for p in colour_textures(args, "normal")]
     if results:
         title = f"A normal map in a stack (colour + normals), preset `{args.preset}`, {len(results)} textures"
         publish(header(title) + table(results), write=not args.no_write)

@@ -144,15 +144,38 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parser(doc: str, out: Path) -> argparse.ArgumentParser:
+    """The options of the material benchmarks (this one and normals.py)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data", help="the shared data folder")
     ap.add_argument("--only", default=",".join(DEFAULT), help="comma-separated texture stems")
     ap.add_argument("--k", type=int, default=4, help="samples per model")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--preset", default="default")
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, default=out)
     ap.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
+    return ap
+
+
+def colour_textures(args: argparse.Namespace, rule: str) -> list[Path]:
+    """The colour textures --only names in --data (none, said so, where the data is absent; grey
+    ones skipped, said so: `rule` needs colour)."""
+    folder = args.data / "textures"
+    if not folder.is_dir():
+        print(f"skipped: {folder} not found (give --data)")
+        return []
+    paths = [folder / f"{s}.png" for s in args.only.split(",")]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        raise SystemExit(f"not found: {', '.join(map(str, missing))}")
+    grey = [p for p in paths if read_image(p).shape[0] != 3]
+    for p in grey:
+        print(f"{p.stem}: skipped (grey: the {rule} rule needs a colour texture)")
+    return [p for p in paths if p not in grey]
+
+
+def main() -> None:
+    ap = parser(__doc__, OUT)
     ap.add_argument("--summarize", action="store_true", help="table the items already in --out (no training)")
     args = ap.parse_args()
     if args.summarize:
@@ -162,18 +185,7 @@ def main() -> None:
         title = f"Maps learnt together (--stack), summary of the item runs in {args.out.name}, {len(results)} textures"
         publish(header(title) + table(results), write=not args.no_write)
         return
-    folder = args.data / "textures"
-    if not folder.is_dir():
-        print(f"skipped: {folder} not found (give --data)")
-        return
-    paths = [folder / f"{s}.png" for s in args.only.split(",")]
-    missing = [p for p in paths if not p.exists()]
-    if missing:
-        raise SystemExit(f"not found: {', '.join(map(str, missing))}")
-    grey = [p for p in paths if read_image(p).shape[0] != 3]
-    for p in grey:
-        print(f"{p.stem}: skipped (grey: the height rule needs a colour texture)")
-    results = [run_item(p, args.k, args.seed, args.preset, args.out) for p in paths if p not in grey]
+    results = [run_item(p, args.k, args.seed, args.preset, args.out) for p in colour_textures(args, "height")]
     if not results:
         return
     text = header(f"Maps learnt together (--stack), preset `{args.preset}`, {len(results)} textures") + table(results)

@@ -121,3 +121,21 @@ def test_stack_benchmark_records_a_failed_run_and_scores_the_rest(tmp_path, monk
     text = stack.table([res])
     assert "| failed / " in text and "**median** | **" in text and "-inf" in text
     assert (tmp_path / "out" / "tiny.json").is_file() and (tmp_path / "out" / "tiny.png").is_file()
+
+
+def test_normals_benchmark_scores_copies_as_exact_and_records_a_failure(tmp_path, monkeypatch):
+    """benchmarks/normals.py: copies of the (colour + normals) input are unit length, agree with
+    the rule to a fraction of a degree in every form; a failed run is a row that says so."""
+    normals = pytest.importorskip("normals")
+    torch.manual_seed(0)
+    src = tmp_path / "tiny.png"
+    write_image(src, torch.rand(3, 32, 64))
+    monkeypatch.setattr(normals, "train_and_sample", lambda data, k, *a: ([data.clone() for _ in range(k)], 0.1, "stand-in"))
+    res = normals.run_item(src, k=2, seed=0, preset="default", out=tmp_path / "out")
+    assert res["input"]["length"] < 1e-6 and res["input"]["agreement"] < 0.01
+    for form in ("raw", "scaled", "unit"):
+        assert res[form]["length"] < 1e-5 and res[form]["off"] == 0 and res[form]["agreement"] < 0.05, form
+    monkeypatch.setattr(normals, "train_and_sample", diverges)
+    failed = normals.run_item(src, k=2, seed=0, preset="default", out=tmp_path / "out2")
+    text = normals.table([res, failed])
+    assert "| tiny | failed: tiny.png: training diverged 21 times |" in text and "**median of 1** |" in text
