@@ -598,9 +598,8 @@ def video(
         )
         return result, _sample(trainer.model, blob, sj)
 
-    from .io import VIDEO_SUFFIXES
-
-    clips_folder = input.is_dir() and any(f.suffix.lower() in VIDEO_SUFFIXES - {".gif"} for f in input.iterdir())
+    # a folder of clips (video files, animated GIFs) trains one model each; of images, one video
+    clips_folder = input.is_dir() and any(f.is_file() and pipeline.input_kind(f) == "video" for f in input.iterdir())
     if clips_folder:
         _batch(pipeline.expand_inputs([input], "video"), output, force, resume, one)
         return

@@ -834,7 +834,8 @@ def expand_inputs(inputs: list[Path], kind: str) -> list[Path]:
     out: list[Path] = []
     for p in inputs:
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in suffixes)
+            # a GIF is an image or a video by its frames (`input_kind`): only the kind asked for
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in suffixes and input_kind(f) == kind)
             if not found:
                 raise CoopsynthError(f"{p}: the folder has no {'images' if kind == 'texture' else 'video files'}")
             out += found

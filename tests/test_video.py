@@ -141,6 +141,26 @@ def test_a_gif_is_a_video_by_its_frames(tmp_path, monkeypatch):
     assert read_video(tmp_path / "run" / "sample_000.mp4")[0].shape[1:] == (6, 16, 16)
 
 
+def test_folders_sort_gifs_by_their_frames(tmp_path):
+    """In a folder, an animated GIF is a clip for `video` and no image for `texture`; a still GIF
+    is an image."""
+    from coopsynth.io import write_image
+    from coopsynth.pipeline import expand_inputs
+
+    d = tmp_path / "mixed"
+    d.mkdir()
+    write_video(d / "fire.gif", moving_clip(6, 16, 16), fps=10.0)
+    write_video(d / "water.mp4", moving_clip(6, 16, 16), fps=10.0)
+    write_image(d / "still.gif", torch.rand(3, 16, 16))
+    write_image(d / "bark.png", torch.rand(3, 16, 16))
+    assert [p.name for p in expand_inputs([d], "video")] == ["fire.gif", "water.mp4"]
+    assert [p.name for p in expand_inputs([d], "texture")] == ["bark.png", "still.gif"]
+    args = ["-o", str(tmp_path / "out"), "--steps", "1", "--preset", "fast", "--samples", "1"]
+    r = runner.invoke(app, ["video", str(d), *args])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fire", "water"]
+
+
 def test_video_samples_default_to_the_motion_matched_settings(clip_dir, tmp_path):
     """A video run ends by picking the sampling settings (0..6 refinement steps, or a latent
     smoothing when the generator alone moves too much) whose samples move most like the input, once
