@@ -530,7 +530,10 @@ def _batch(files: list[Path], output: Path | None, force: bool, resume: bool, on
 @friendly
 def video(
     input: Annotated[
-        Path, typer.Argument(help="A video (mp4, avi, mov, webm, gif) or a folder of numbered frames; grey or colour.")
+        Path,
+        typer.Argument(
+            help="A video (mp4, m4v, mov, mkv, avi, webm, mpg, an animated GIF) or a folder of numbered frames; grey or colour."
+        ),
     ],
     output: Output = None,
     steps: Steps = None,
