@@ -370,6 +370,17 @@ def _summary(result: dict, written: list[Path], t0: float) -> None:
         )
     )
     console.print(f"model: {result['checkpoint']}")
+    check = result.get("self_check")
+    if check is not None and check > pipeline.SELF_CHECK_WARN:
+        console.print(
+            f"[yellow]warning:[/] the samples look unlike the input (self-check {check:.2f}, above "
+            f"{pipeline.SELF_CHECK_WARN:g}; about 1 is as close as the input's halves are to each other): "
+            "look at them, and if they are poor train again with another --seed or --preset quality",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif check is not None:
+        console.print(f"self-check: {check:.2f} (samples against the input; about 1 is as close as its halves are to each other)")
     if len(written) == 1:
         console.print(f"sample: {written[0]}")
     elif written:

@@ -50,6 +50,8 @@ SCORE_SIDE = 256  # attempt scores: samples and the training image's centre, at 
 STEP_BACK_AFTER = 3  # divergences from one good state before the run goes back to the one before it
 KEEP_GOOD = 3  # good states kept (every 50 iterations), newest last
 SCORE_SEED = 4242  # attempt scores: every attempt is judged from the same latents, noise and patches
+SELF_CHECK_WARN = 2.5  # a texture run whose self-check is above this gets a warning (RESULTS.md, "Self-check")
+SELF_CHECK_MIN = 28  # the self-check needs halves of the input at least this many pixels a side (SWD's pyramid)
 
 Tensor = torch.Tensor
 ProgressFn = Callable[[dict], None] | None
@@ -404,6 +406,27 @@ def attempt_score(trainer: CoopTrainer, seed: int) -> float | None:
     return metrics.swd(list(samples.cpu()), [ref], seed=seed, patches=2048)
 
 
+def self_check(model: CoopModel, image: Tensor, refine: int, langevin: dict, seed: int = SCORE_SEED) -> float | None:
+    """A texture model judged against its own training image (C, H, W) in [0, 1], which has no
+    held-out part: the SWD (metrics.swd) of two samples, as `sample` writes them (`refine` steps
+    of `langevin`), against the image's second half, over the SWD of its first half against its
+    second (halves along the longer side; the samples at most SCORE_SIDE pixels a side). About 1:
+    the samples are as close to the image as its halves are to each other. Failed runs mostly
+    score high: above SELF_CHECK_WARN it flagged 14 of 35 poor models and 1 of 71 good ones
+    (benchmarks/self_check.py). None where it does not apply: videos, stacks, and images whose
+    halves are under SELF_CHECK_MIN pixels a side."""
+    if model.net.dims != 2 or image.shape[0] not in (1, 3):
+        return None
+    a, b = metrics.split_halves(image)
+    if min(b.shape[1:]) < SELF_CHECK_MIN:
+        return None
+    size = tuple(min(n, SCORE_SIDE) for n in b.shape[1:])
+    gen = torch.Generator(device=model.device).manual_seed(seed)
+    with model.using(model.accel.for_sampling(model.device, model.net.dims)):
+        samples = model.sample(2, size, refine=refine, langevin=langevin, generator=gen)
+    return metrics.swd(list(samples.cpu()), [b], patches=2048) / max(metrics.swd([a], [b], patches=2048), 1e-12)
+
+
 def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
     """The training loop of a prepared run (see `train`)."""
     job, kind, meta, trainer, state, start_seconds = prep.job, prep.kind, prep.meta, prep.trainer, prep.state, prep.start_seconds
@@ -640,6 +663,14 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
                     log.write(json.dumps(event) + "\n")
     if not snaps or trainer.step_count % max(snap_every or 1, 1) != 0:
         snapshot()
+    check = None
+    if lead and kind == "texture" and trainer.mask is None:  # a completion's input has holes: not judged
+        image = trainer.model.denormalise(trainer.data[None])[0].cpu()  # (C, H, W) in [0, 1]
+        check = self_check(trainer.model, image, cfg.langevin_steps, cfg.langevin(trainer.delta))
+    if check is not None:
+        meta["self_check"] = round(check, 3)
+        with open(log_path, "a") as log:
+            log.write(json.dumps({"event": "self_check", "score": round(check, 3), "warn_above": SELF_CHECK_WARN}) + "\n")
     path = save(stop_reason)
     distributed.barrier()
     return {
@@ -650,6 +681,7 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
         "rollbacks": rollbacks,
         "restarts": restarts,
         "kept_attempt": kept_attempt,
+        "self_check": check,
         "checkpoint": path,
         "trainer": trainer,
         "meta": meta,

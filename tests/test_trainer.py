@@ -748,3 +748,51 @@ def test_a_good_state_that_fails_again_and_again_gives_way_to_the_one_before(tmp
     assert "the state of iteration 50 failed 3 times" in divergences[3]["stepped_back"]
     assert res["stopped"] == "steps" and res["steps"] == 80 and res["rollbacks"] == 4
     assert res["trainer"].descriptor.heads[0].bias.item() != 123.0
+
+
+def test_self_check_compares_samples_with_the_inputs_halves():
+    """SWD(samples, second half) / SWD(first half, second half): samples cut from the second half
+    itself score well below 1, the noise of a barely trained model far above the warning; it is
+    deterministic, and None for videos, stacks and inputs whose halves are too small."""
+    image = texture_image(64, 96)  # halves of 64x48
+    t = CoopTrainer(image, tiny_cfg(), seed=0)
+    t.step()
+    model, lv = t.model, t.cfg.langevin(t.delta)
+    untrained = pipeline.self_check(model, image, 2, lv)
+    assert untrained > pipeline.SELF_CHECK_WARN and pipeline.self_check(model, image, 2, lv) == untrained
+    half = image[:, :, 48:]
+
+    class Copies:  # a model whose samples are the second half itself
+        net = model.net
+        device = model.device
+        accel = model.accel
+        using = model.using
+
+        def sample(self, n, size, **kw):
+            return half[None, :, : size[0], : size[1]].expand(n, -1, -1, -1)
+
+    assert pipeline.self_check(Copies(), image, 2, lv) < 0.5  # patch sampling noise alone (0.36)
+    assert pipeline.self_check(model, texture_image(54, 54), 2, lv) is None  # halves 54x27: under SELF_CHECK_MIN
+    four = CoopTrainer(torch.cat([image, image[:1]]), tiny_cfg(net=tiny_net(channels=4)), seed=0).model
+    assert pipeline.self_check(four, torch.cat([image, image[:1]]), 2, lv) is None
+    video = CoopTrainer(video_clip(6, 32, 32), tiny_cfg(net=tiny_net(dims=3), crop_frames=4), seed=0).model
+    assert pipeline.self_check(video, video_clip(6, 64, 64), 2, lv) is None
+
+
+def test_a_texture_run_reports_its_self_check_and_warns_when_it_is_high(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from coopsynth.cli import app
+
+    write_image(tmp_path / "t.png", texture_image(64, 96))
+    args = ["texture", str(tmp_path / "t.png"), "--steps", "2", "--preset", "fast", "--samples", "1"]
+    r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert "warning: the samples look unlike the input (self-check" in r.output  # two iterations: noise
+    events = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    check = [e for e in events if e.get("event") == "self_check"]
+    assert len(check) == 1 and check[0]["score"] > pipeline.SELF_CHECK_WARN
+    assert load_checkpoint(tmp_path / "a" / "model.pt", "texture")["meta"]["self_check"] == check[0]["score"]
+    monkeypatch.setattr(pipeline, "self_check", lambda *a, **k: 1.234)
+    r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b")])
+    assert r.exit_code == 0 and "self-check: 1.23 (samples against the input" in r.output and "warning" not in r.output
