@@ -346,6 +346,21 @@ def _run_training(job: pipeline.TrainJob, overall: tuple[int, int] | None = None
     return result
 
 
+def _self_check(check: float | None, quiet: bool, name: str = "") -> None:
+    """Say a run's self-check (`pipeline.self_check`): a warning above SELF_CHECK_WARN, else (unless
+    `quiet`) the figure."""
+    if check is not None and check > pipeline.SELF_CHECK_WARN:
+        console.print(
+            f"[yellow]warning:[/] {name}the samples look unlike the input (self-check {check:.2f}, above "
+            f"{pipeline.SELF_CHECK_WARN:g}; about 1 is as close as the input's halves are to each other): "
+            "look at them, and if they are poor train again with another --seed or --preset quality",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif check is not None and not quiet:
+        console.print(f"self-check: {check:.2f} (samples against the input; about 1 is as close as its halves are to each other)")
+
+
 def _summary(result: dict, written: list[Path], t0: float) -> None:
     if distributed.world()[0] != 0:
         return
@@ -370,17 +385,7 @@ def _summary(result: dict, written: list[Path], t0: float) -> None:
         )
     )
     console.print(f"model: {result['checkpoint']}")
-    check = result.get("self_check")
-    if check is not None and check > pipeline.SELF_CHECK_WARN:
-        console.print(
-            f"[yellow]warning:[/] the samples look unlike the input (self-check {check:.2f}, above "
-            f"{pipeline.SELF_CHECK_WARN:g}; about 1 is as close as the input's halves are to each other): "
-            "look at them, and if they are poor train again with another --seed or --preset quality",
-            highlight=False,
-            soft_wrap=True,
-        )
-    elif check is not None:
-        console.print(f"self-check: {check:.2f} (samples against the input; about 1 is as close as its halves are to each other)")
+    _self_check(result.get("self_check"), quiet=False)
     if len(written) == 1:
         console.print(f"sample: {written[0]}")
     elif written:
@@ -513,7 +518,7 @@ def _batch(files: list[Path], output: Path | None, force: bool, resume: bool, on
         raise CoopsynthError(f"{output}: several inputs write a folder each; give a folder for -o")
     base = output or Path("coopsynth-out")
     table = Table(title=f"coopsynth: {len(files)} inputs")
-    for col in ("input", "result", "iterations", "minutes", "output"):
+    for col in ("input", "result", "iterations", "minutes", "self-check", "output"):
         table.add_column(col)
     failed = 0
     for i, path in enumerate(files):
@@ -521,7 +526,7 @@ def _batch(files: list[Path], output: Path | None, force: bool, resume: bool, on
         state = pipeline.run_state(out / "model.pt")
         if state == "finished" and not force:
             console.print(f"[dim]({i + 1}/{len(files)}) {path.name}: finished before, skipped (--force to redo)[/]")
-            table.add_row(path.name, "skipped (finished)", "", "", str(out))
+            table.add_row(path.name, "skipped (finished)", "", "", "", str(out))
             continue
         t0 = time.perf_counter()
         try:
@@ -529,9 +534,13 @@ def _batch(files: list[Path], output: Path | None, force: bool, resume: bool, on
         except CoopsynthError as e:
             failed += 1
             console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            table.add_row(path.name, "[red]failed[/]", "", "", str(e)[:80])
+            table.add_row(path.name, "[red]failed[/]", "", "", "", str(e)[:80])
             continue
-        table.add_row(path.name, "[green]done[/]", str(result["steps"]), f"{(time.perf_counter() - t0) / 60:.1f}", str(out))
+        check = result.get("self_check")
+        _self_check(check, quiet=True, name=f"{path.name}: ")
+        shown = "" if check is None else f"{check:.2f}" if check <= pipeline.SELF_CHECK_WARN else f"[yellow]{check:.2f} (look)[/]"
+        minutes = f"{(time.perf_counter() - t0) / 60:.1f}"
+        table.add_row(path.name, "[green]done[/]", str(result["steps"]), minutes, shown, str(out))
     out_console.print(table)
     if failed:
         raise typer.Exit(1)

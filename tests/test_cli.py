@@ -204,13 +204,16 @@ def test_sample_does_not_overwrite_without_force(trained, tmp_path):
 def test_several_inputs_one_model_each_skip_finished_and_report_failures(tmp_path):
     d = tmp_path / "in"
     write_image(d / "a.png", texture_image(32, 32, seed=1))
-    write_image(d / "b.png", texture_image(32, 40, seed=2))
+    write_image(d / "b.png", texture_image(64, 96, seed=2))  # large enough for a self-check
     (d / "c.png").write_text("broken")
     out = tmp_path / "out"
     r = runner.invoke(app, ["texture", str(d), "-o", str(out), "--steps", "2", "--samples", "1", "--preset", "fast"])
     assert r.exit_code == 1, r.output  # c.png failed, the others went on
     assert (out / "a" / "model.pt").is_file() and (out / "b" / "sample_000.png").is_file()
     assert "c.png" in r.output and "failed" in r.output
+    # two iterations sample noise: b's self-check warns, in a line and in the table; a's halves are too small
+    assert "b.png: the samples look unlike the input" in r.output and "(look)" in r.output
+    assert "a.png: the samples" not in r.output
     (d / "c.png").unlink()
     before = (out / "a" / "model.pt").stat().st_mtime_ns
     r = runner.invoke(app, ["texture", str(d), "-o", str(out), "--steps", "2", "--samples", "1", "--preset", "fast"])
