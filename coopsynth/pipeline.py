@@ -52,6 +52,7 @@ KEEP_GOOD = 3  # good states kept (every 50 iterations), newest last
 SCORE_SEED = 4242  # attempt scores: every attempt is judged from the same latents, noise and patches
 SELF_CHECK_WARN = 2.5  # a texture run whose self-check is above this gets a warning (RESULTS.md, "Self-check")
 SELF_CHECK_MIN = 28  # the self-check needs halves of the input at least this many pixels a side (SWD's pyramid)
+SELF_CHECK_SIDE = 640  # and compares at most this many pixels a side of each half, at their centres
 
 Tensor = torch.Tensor
 ProgressFn = Callable[[dict], None] | None
@@ -388,6 +389,13 @@ def train(job: TrainJob, on_progress: ProgressFn = None, mask: Tensor | None = N
     return run_training(prepare_training(job, mask, data), on_progress)
 
 
+def centre(x: Tensor, side: int) -> Tensor:
+    """The centre of an image (C, H, W), at most `side` pixels a side."""
+    h, w = (min(n, side) for n in x.shape[-2:])
+    top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+    return x[..., top : top + h, left : left + w]
+
+
 def attempt_score(trainer: CoopTrainer, seed: int) -> float | None:
     """How far a texture model's samples are from its training image: the SWD (metrics.swd) of two
     samples, refined as `sample` refines them, against the image's centre, at most SCORE_SIDE
@@ -396,10 +404,8 @@ def attempt_score(trainer: CoopTrainer, seed: int) -> float | None:
     if trainer.cfg.net.dims != 2 or trainer.mask is not None:
         return None
     model, cfg = trainer.model, trainer.cfg
-    H, W = trainer.data.shape[-2:]
-    h, w = min(H, SCORE_SIDE), min(W, SCORE_SIDE)
-    top, left = (H - h) // 2, (W - w) // 2
-    ref = model.denormalise(trainer.data[None, :, top : top + h, left : left + w])[0].cpu()  # (C, h, w) in [0, 1]
+    ref = model.denormalise(centre(trainer.data, SCORE_SIDE)[None])[0].cpu()  # (C, h, w) in [0, 1]
+    h, w = ref.shape[1:]
     gen = torch.Generator(device=model.device).manual_seed(seed)
     # unmatched: the attempts are judged on what the networks learnt, not on the colour map after them
     samples = model.sample(2, (h, w), refine=cfg.langevin_steps, langevin=cfg.langevin(trainer.delta), generator=gen, match=False)
@@ -410,14 +416,15 @@ def self_check(model: CoopModel, image: Tensor, refine: int, langevin: dict, see
     """A texture model judged against its own training image (C, H, W) in [0, 1], which has no
     held-out part: the SWD (metrics.swd) of two samples, as `sample` writes them (`refine` steps
     of `langevin`), against the image's second half, over the SWD of its first half against its
-    second (halves along the longer side; the samples at most SCORE_SIDE pixels a side). About 1:
-    the samples are as close to the image as its halves are to each other. Failed runs mostly
+    second (halves along the longer side, their centres at most SELF_CHECK_SIDE pixels a side; the
+    samples at most SCORE_SIDE). About 1: the samples are as close to the image as its halves are
+    to each other. Failed runs mostly
     score high: above SELF_CHECK_WARN it flagged 14 of 35 poor models and 1 of 71 good ones
     (benchmarks/self_check.py). None where it does not apply: videos, stacks, and images whose
     halves are under SELF_CHECK_MIN pixels a side."""
     if model.net.dims != 2 or image.shape[0] not in (1, 3):
         return None
-    a, b = metrics.split_halves(image)
+    a, b = (centre(x, SELF_CHECK_SIDE) for x in metrics.split_halves(image))  # bounded work for a large input
     if min(b.shape[1:]) < SELF_CHECK_MIN:
         return None
     size = tuple(min(n, SCORE_SIDE) for n in b.shape[1:])
