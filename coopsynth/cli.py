@@ -324,7 +324,7 @@ def _plan(
     dest = file or run
     names = pipeline.sample_names(dest, kind, samples if samples is not None else (1 if file else folder_default))
     if file is not None:
-        stack = [{"name": p.stem} for p in (path, *maps)] if maps else None
+        stack = [{"name": pipeline.map_name(p)} for p in (path, *maps)] if maps else None
         pipeline.refuse_existing([f for n in names for f in pipeline.map_files(n, stack)], force)
     return run, dest, names
 

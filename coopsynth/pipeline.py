@@ -206,6 +206,11 @@ def load_input(job: TrainJob) -> tuple[str, Tensor, dict]:
     return kind, vid, {"input": str(job.input), "size": list(vid.shape[1:]), "fps": fps, "notes": notes}
 
 
+def map_name(path: Path) -> str:
+    """A stack's map is named by its file's stem: sample_000_<name>.png (`map_files`)."""
+    return path.stem
+
+
 def load_stack(paths: tuple[Path, ...], first: tuple[Tensor, int] | None = None) -> tuple[Tensor, list[dict]]:
     """The maps of one material (colour, height, normals, roughness, ...: images of one size) as
     one image (C, H, W), their channels concatenated in the order given, and a list of
@@ -224,10 +229,10 @@ def load_stack(paths: tuple[Path, ...], first: tuple[Tensor, int] | None = None)
         if imgs and img.shape[1:] != imgs[0].shape[1:]:
             (h, w), (h0, w0) = img.shape[1:], imgs[0].shape[1:]
             raise CoopsynthError(f"{path}: {w}x{h}, but {paths[0]} is {w0}x{h0}; the maps of a stack are one size")
-        if any(m["name"] == path.stem for m in maps):
-            raise CoopsynthError(f"{path}: two maps of the stack are named {path.stem}; their files would collide")
+        if any(m["name"] == map_name(path) for m in maps):
+            raise CoopsynthError(f"{path}: two maps of the stack are named {map_name(path)}; their files would collide")
         imgs.append(img)
-        maps.append({"name": path.stem, "channels": img.shape[0], "bits": bits})
+        maps.append({"name": map_name(path), "channels": img.shape[0], "bits": bits})
         if is_normal_map(img):  # its samples get unit vectors (`unit_normals`)
             maps[-1]["normal"] = True
     return torch.cat(imgs), maps
