@@ -232,6 +232,20 @@ OWN_INTERLEAVE_BACKWARD = {"cpu"}
 COPY_SLAB = 1 << 20
 
 
+_FOLDS_MOVED: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}  # the fold matrices on other devices and dtypes
+
+
+def _fold_like(fold: Tensor, w: Tensor) -> Tensor:
+    """fold (a module constant) on w's device and in its dtype, copied there once: on a GPU every
+    forward pass would otherwise copy it from the host."""
+    if fold.device == w.device and fold.dtype == w.dtype:
+        return fold
+    key = (id(fold), w.device, w.dtype)
+    if key not in _FOLDS_MOVED:
+        _FOLDS_MOVED[key] = fold.to(w)
+    return _FOLDS_MOVED[key]
+
+
 def _fold_taps(fold: Tensor, w: Tensor, ups: list[int], phase_major: bool) -> Tensor:
     """w (O, I, [3,] 3, 3) with the 3 taps of each up-sampled axis (indices into the trailing
     axes) combined per output phase by fold (phase, new tap, old tap): one einsum, in w's dtype
@@ -248,7 +262,7 @@ def _fold_taps(fold: Tensor, w: Tensor, ups: list[int], phase_major: bool) -> Te
     out = "".join(phases) + "oi" if phase_major else "o" + "".join(phases) + "i"
     spec = ",".join([*taps, "oi" + "".join(axes)]) + "->" + out + "".join(out_axes)
     with torch.autocast(w.device.type, enabled=False):
-        k = torch.einsum(spec, *([fold.to(w)] * len(ups)), w)
+        k = torch.einsum(spec, *([_fold_like(fold, w)] * len(ups)), w)
     return k.reshape(-1, *k.shape[len(ups) + 1 :])  # the phases and O (or O and the phases) as one axis
 
 

@@ -519,3 +519,11 @@ def test_outputs_smaller_than_the_descriptors_smallest_input_are_crops_of_one_th
     assert torch.equal(draw((5, 3)), whole[..., :5, :3])
     assert draw((1, 1)).shape == (1, 3, 1, 1)
     assert draw((5, 3), refine=0).shape == (1, 3, 5, 3)
+
+
+def test_fold_matrices_are_moved_once_per_device_and_dtype():
+    w64 = torch.zeros(2, 2, 3, 3, dtype=torch.float64)
+    moved = networks._fold_like(networks.LINEAR_FOLD, w64)
+    assert moved.dtype == torch.float64 and torch.equal(moved, networks.LINEAR_FOLD.double())
+    assert networks._fold_like(networks.LINEAR_FOLD, w64) is moved  # cached, not copied again
+    assert networks._fold_like(networks.LINEAR_FOLD, w64.float()) is networks.LINEAR_FOLD  # already there
