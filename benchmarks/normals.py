@@ -78,7 +78,7 @@ def run_item(path: Path, k: int, seed: int, preset: str, out: Path) -> dict:
     train, held = metrics.split_halves(img)
     n_train, n_held = normals_of(train), normals_of(held)
     print(f"  {path.stem}: stack of colour and normals ...", flush=True)
-    ran, failure = attempt(train_and_sample, torch.cat([train, n_train]), k, seed, preset, out / path.stem)
+    ran, failure = attempt(train_and_sample, torch.cat([train, n_train]), k, seed, preset, out / path.stem, MAPS)
     result: dict = {"item": path.stem, "size": list(img.shape[1:]), "k": k, "seed": seed}
     result["input"] = {"length": length_error(n_train)[0], "agreement": agreement(train, n_train)}  # the rule's check
     if failure is not None:

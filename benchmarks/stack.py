@@ -42,6 +42,7 @@ from coopsynth import metrics, pipeline  # noqa: E402
 from coopsynth.io import read_image  # noqa: E402
 
 DEFAULT = ["efl_rock_01", "gimp_bark", "gimpx_pebbles"]
+MAPS = [{"name": "colour", "channels": 3}, {"name": "height", "channels": 1}]  # the stack, as --stack reads it
 OUT = HERE / "out" / "stack"
 
 
@@ -59,11 +60,14 @@ def alignment(colour: torch.Tensor, height: torch.Tensor) -> float:
     return float((a @ b) / (a.norm() * b.norm()).clamp_min(1e-12))
 
 
-def train_and_sample(data: torch.Tensor, k: int, seed: int, preset: str, workdir: Path) -> tuple[list, float, str]:
-    """`coopsynth texture`'s training and sampling on `data` (C, H, W): k samples, minutes, note."""
+def train_and_sample(
+    data: torch.Tensor, k: int, seed: int, preset: str, workdir: Path, maps: list[dict] | None = None
+) -> tuple[list, float, str]:
+    """`coopsynth texture`'s training and sampling on `data` (C, H, W), a stack of `maps` where
+    given ({"name", "channels"} each, as `--stack` reads them): k samples, minutes, note."""
     t0 = time.perf_counter()
     job = pipeline.TrainJob(input=workdir / "train.png", output=workdir, preset=preset, seed=seed, force=True)
-    res = pipeline.train(job, data=data)
+    res = pipeline.train(job, data=data, maps=maps)
     tr = res["trainer"]
     model, cfg = tr.model, tr.cfg
     gen = torch.Generator(device=model.device).manual_seed(seed + 1)
@@ -84,9 +88,9 @@ def run_item(path: Path, k: int, seed: int, preset: str, out: Path) -> dict:
     work = out / path.stem
     result: dict = {"item": path.stem, "size": list(img.shape[1:]), "k": k, "seed": seed}
 
-    def run(name: str, data: torch.Tensor) -> tuple[list | None, float, str]:
+    def run(name: str, data: torch.Tensor, maps: list[dict] | None = None) -> tuple[list | None, float, str]:
         print(f"  {path.stem}: {name} ...", flush=True)
-        ran, failure = attempt(train_and_sample, data, k, seed, preset, work / name)
+        ran, failure = attempt(train_and_sample, data, k, seed, preset, work / name, maps)
         return (
             ran if failure is None else (None, failure["minutes"], f"failed: {failure['failed']}")
         )  # recorded; the others go on
@@ -102,7 +106,7 @@ def run_item(path: Path, k: int, seed: int, preset: str, out: Path) -> dict:
             "note": note,
         }
 
-    s, mins, note = run("stack", torch.cat([train, h_train]))
+    s, mins, note = run("stack", torch.cat([train, h_train]), MAPS)
     stack_c, stack_h = ([x[:3] for x in s], [x[3:] for x in s]) if s is not None else (None, None)
     sep_c, mins_c, note_c = run("colour", train)
     sep_h, mins_h, note_h = run("height", h_train)

@@ -270,6 +270,18 @@ def unit_normals(y: Tensor, maps: list[dict] | None) -> Tensor:
     return torch.cat(parts)
 
 
+def map_weights(maps: list[dict] | None) -> Tensor | None:
+    """Per channel (C,) for `CoopTrainer(weights=...)`: every map of a stack weighs the same in
+    training whatever its channel count, sqrt(C / (maps x its channels)) (colour 3 + height 1:
+    0.82 and 1.41), so that a one-channel height map is not a quarter of what the networks learn.
+    Its height maps came out closer to real ones (RESULTS.md, "Maps weighed equally"). None for
+    one image."""
+    if not maps or len(maps) < 2:
+        return None
+    total = sum(m["channels"] for m in maps)
+    return torch.cat([torch.full((m["channels"],), math.sqrt(total / (len(maps) * m["channels"]))) for m in maps])
+
+
 def map_files(path: Path, maps: list[dict] | None) -> list[Path]:
     """The files one sample named `path` is written to: itself, or for a stack of maps one per map,
     NAME_<map>.png (sample_000_albedo.png, ...)."""
@@ -334,14 +346,18 @@ class PreparedRun:
         return None if self.job.minutes is not None and self.job.steps is None else self.trainer.cfg.steps
 
 
-def prepare_training(job: TrainJob, mask: Tensor | None = None, data: Tensor | None = None) -> PreparedRun:
-    """Read and check the input, the options and the output folder; build (or resume) the trainer."""
+def prepare_training(
+    job: TrainJob, mask: Tensor | None = None, data: Tensor | None = None, maps: list[dict] | None = None
+) -> PreparedRun:
+    """Read and check the input, the options and the output folder; build (or resume) the trainer.
+    `data` (C, [T,] H, W) in [0, 1] instead of job.input's, with `maps` (`load_stack`'s list) where
+    it is a stack."""
     check_seed(job.seed)
     if data is None:
         kind, data, meta = load_input(job)
     else:
         kind = "texture" if data.dim() == 3 else "video"
-        meta = {"input": str(job.input), "size": list(data.shape[1:])}
+        meta = {"input": str(job.input), "size": list(data.shape[1:]), **({"maps": maps} if maps else {})}
     device = resolve_device(job.device)
     accel = Accel.for_device(device, job.precision)
     out = Path(job.output)
@@ -378,20 +394,28 @@ def prepare_training(job: TrainJob, mask: Tensor | None = None, data: Tensor | N
     if size > 1 and job.shards != 1:
         raise CoopsynthError("TrainJob.shards is for one process; under torchrun every process is one shard")
     shards = (rank,) if size > 1 else tuple(range(job.shards))
-    trainer = CoopTrainer(data, cfg, device=device, seed=job.seed, mask=mask, shards=shards, accel=accel)
+    weights = map_weights(meta.get("maps"))
+    trainer = CoopTrainer(data, cfg, device=device, seed=job.seed, mask=mask, shards=shards, accel=accel, weights=weights)
     if state is not None:
         trainer.load_state_dict(state)
     meta.update({"kind": kind, "seed": job.seed, "preset": job.preset, "device": str(device), "precision": job.precision})
     return PreparedRun(job, kind, meta, trainer, state, start_seconds)
 
 
-def train(job: TrainJob, on_progress: ProgressFn = None, mask: Tensor | None = None, data: Tensor | None = None) -> dict:
-    """Train a model on job.input; write model.pt, progress.png and log.jsonl into job.output.
+def train(
+    job: TrainJob,
+    on_progress: ProgressFn = None,
+    mask: Tensor | None = None,
+    data: Tensor | None = None,
+    maps: list[dict] | None = None,
+) -> dict:
+    """Train a model on job.input (or on `data`, a stack where `maps` says so: see
+    `prepare_training`); write model.pt, progress.png and log.jsonl into job.output.
 
     Returns a summary dict (steps, seconds, paths, trainer). Raises CoopsynthError for bad input and
     Interrupted after a signal (checkpoint saved).
     """
-    return run_training(prepare_training(job, mask, data), on_progress)
+    return run_training(prepare_training(job, mask, data, maps), on_progress)
 
 
 def centre(x: Tensor, side: int) -> Tensor:
@@ -1152,7 +1176,7 @@ def complete(
             force=job.force,
         )
         check_memory(preset(job.preset, dims=data.dim() - 1, channels=data.shape[0]).net)
-        prep = prepare_training(tjob, mask=~missing[None], data=data)
+        prep = prepare_training(tjob, mask=~missing[None], data=data, maps=meta.get("maps"))
         prep.meta.update(meta)
         check_writable(names[0].parent)
         if before_training is not None:

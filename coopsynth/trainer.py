@@ -163,10 +163,13 @@ class CoopTrainer:
         mask: Tensor | None = None,
         shards: tuple[int, ...] = (0,),
         accel: Accel | None = None,
+        weights: Tensor | None = None,
     ):
         """`shards`: the random streams this process draws from (crops, latents, Langevin noise),
         cfg.batch split evenly over them. One process with shards (0, 1) draws what two
-        data-parallel processes with shards (0,) and (1,) draw together."""
+        data-parallel processes with shards (0,) and (1,) draw together. `weights` (C,): each
+        channel standardised to that std instead of 1 (a larger one weighs more in both networks'
+        losses against the same Langevin noise; see `pipeline.map_weights`)."""
         dims = data.dim() - 1
         if dims != cfg.net.dims or data.shape[0] != cfg.net.channels:
             raise CoopsynthError(
@@ -178,6 +181,8 @@ class CoopTrainer:
             raise CoopsynthError(f"batch {cfg.batch} does not split evenly over {len(shards)} shards")
         self.shards = tuple(shards)
         mean, std = standardise_stats(data, mask)
+        if weights is not None:
+            std = std / weights.to(std)
         self.quantiles = quantile_function(data, mask)  # (C, n): for histogram-matched samples
         self._begin(seed, mean, std, accel)
         self.data = self.model.normalise(data.to(self.device))  # (C, [T,] H, W) standardised

@@ -108,7 +108,8 @@ def test_stack_benchmark_records_a_failed_run_and_scores_the_rest(tmp_path, monk
     src = tmp_path / "tiny.png"
     write_image(src, torch.rand(3, 32, 64))
 
-    def fake(data, k, seed, preset, workdir):  # the stack and colour runs: copies of the data; height: fails
+    def fake(data, k, seed, preset, workdir, maps=None):  # the stack and colour runs: copies of the data; height: fails
+        assert (maps is not None) == (data.shape[0] == 4)  # the stack trains as --stack does, its maps weighed
         if data.shape[0] == 1:
             raise CoopsynthError("train.png: training diverged 21 times")
         return [data.clone() for _ in range(k)], 0.1, "stand-in"

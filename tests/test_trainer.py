@@ -796,3 +796,23 @@ def test_a_texture_run_reports_its_self_check_and_warns_when_it_is_high(tmp_path
     monkeypatch.setattr(pipeline, "self_check", lambda *a, **k: 1.234)
     r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b")])
     assert r.exit_code == 0 and "self-check: 1.23 (samples against the input" in r.output and "warning" not in r.output
+
+
+def test_the_maps_of_a_stack_weigh_the_same_whatever_their_channels(tmp_path):
+    """pipeline.map_weights: colour 3 + height 1 -> sqrt(4/6) each colour channel, sqrt(2) the
+    height, so each map's channels sum to the same squared weight; the trainer standardises each
+    channel to its weight, and a stack's run (--stack, or data with maps) trains so."""
+    maps = [{"name": "albedo", "channels": 3}, {"name": "height", "channels": 1}]
+    w = pipeline.map_weights(maps)
+    assert torch.allclose(w, torch.tensor([(2 / 3) ** 0.5] * 3 + [2**0.5]))
+    assert torch.isclose((w[:3] ** 2).sum(), w[3:] ** 2)
+    assert pipeline.map_weights(maps[:1]) is None and pipeline.map_weights(None) is None
+    data = torch.cat([texture_image(), texture_image(seed=1)[:1]])  # (4, 48, 40)
+    plain = CoopTrainer(data, tiny_cfg(net=tiny_net(channels=4)), seed=0)
+    weighed = CoopTrainer(data, tiny_cfg(net=tiny_net(channels=4)), seed=0, weights=w)
+    assert torch.allclose(weighed.model.std, plain.model.std / w)
+    assert torch.allclose(weighed.data.flatten(1).std(1), w, rtol=1e-3)  # each channel's spread is its weight
+    assert torch.allclose(weighed.model.denormalise(weighed.data[None])[0], data, atol=1e-6)
+    job = pipeline.TrainJob(input=tmp_path / "t.png", output=tmp_path / "run", preset="fast", steps=1)
+    prep = pipeline.prepare_training(job, data=data, maps=maps)
+    assert torch.allclose(prep.trainer.model.std, plain.model.std / w) and prep.meta["maps"] == maps
