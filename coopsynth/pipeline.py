@@ -447,10 +447,10 @@ def self_check(model: CoopModel, image: Tensor, refine: int, langevin: dict, see
     of `langevin`), against the image's second half, over the SWD of its first half against its
     second (halves along the longer side, their centres at most SELF_CHECK_SIDE pixels a side; the
     samples at most SCORE_SIDE). About 1: the samples are as close to the image as its halves are
-    to each other. Failed runs mostly
-    score high: above SELF_CHECK_WARN it flagged 14 of 35 poor models and 1 of 71 good ones
-    (benchmarks/self_check.py). None where it does not apply: videos, stacks, and images whose
-    halves are under SELF_CHECK_MIN pixels a side."""
+    to each other. Failed runs mostly score high: above SELF_CHECK_WARN it flagged 14 of 35 poor
+    models and 1 of 71 good ones (benchmarks/self_check.py). None where it does not apply: videos,
+    images of other than 1 or 3 channels, and images whose halves are under SELF_CHECK_MIN pixels
+    a side. `run_training` does not call it for stacks or completions."""
     if model.net.dims != 2 or image.shape[0] not in (1, 3):
         return None
     a, b = (centre(x, SELF_CHECK_SIDE) for x in metrics.split_halves(image))  # bounded work for a large input
@@ -700,7 +700,8 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
     if not snaps or trainer.step_count % max(snap_every or 1, 1) != 0:
         snapshot()
     check = None
-    if lead and kind == "texture" and trainer.mask is None:  # a completion's input has holes: not judged
+    # a completion's input has holes, and a stack's maps were not calibrated (RESULTS.md, "Self-check"): not judged
+    if lead and kind == "texture" and trainer.mask is None and not meta.get("maps"):
         image = trainer.model.denormalise(trainer.data[None])[0].cpu()  # (C, H, W) in [0, 1]
         check = self_check(trainer.model, image, cfg.langevin_steps, cfg.langevin(trainer.delta))
     if check is not None:

@@ -796,6 +796,12 @@ def test_a_texture_run_reports_its_self_check_and_warns_when_it_is_high(tmp_path
     monkeypatch.setattr(pipeline, "self_check", lambda *a, **k: 1.234)
     r = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b")])
     assert r.exit_code == 0 and "self-check: 1.23 (samples against the input" in r.output and "warning" not in r.output
+    # a stack of three grey maps has three channels, but its maps were not calibrated: no self-check
+    for name in ("height", "rough", "ao"):
+        write_image(tmp_path / "mat" / f"{name}.png", texture_image(64, 96)[:1])
+    r = CliRunner().invoke(app, ["texture", str(tmp_path / "mat"), "--stack", *args[2:], "-o", str(tmp_path / "c")])
+    assert r.exit_code == 0 and "self-check" not in r.output, r.output
+    assert "self_check" not in (tmp_path / "c" / "log.jsonl").read_text()
 
 
 def test_the_maps_of_a_stack_weigh_the_same_whatever_their_channels(tmp_path):
