@@ -51,11 +51,8 @@ VIDEO_VOXELS = 2**24  # videos: the most voxels (times --average) completed at o
 def parse_key_color(text: str) -> tuple[int, int, int]:
     """--key-color as R,G,B (0-255 each) or as hex, #RRGGBB (the # optional, as colour pickers copy it)."""
     hexa = text.strip().removeprefix("#")
-    if "," not in text and len(hexa) == 6:
-        try:
-            return int(hexa[:2], 16), int(hexa[2:4], 16), int(hexa[4:], 16)
-        except ValueError:
-            pass
+    if len(hexa) == 6 and all(c in "0123456789abcdefABCDEF" for c in hexa):
+        return int(hexa[:2], 16), int(hexa[2:4], 16), int(hexa[4:], 16)
     try:
         r, g, b = (int(v) for v in text.split(","))
     except ValueError:

@@ -385,7 +385,13 @@ def test_default_smoothing_for_a_mean_over_whole_missing_frames(tmp_path, monkey
 def test_key_colors_read_as_r_g_b_or_hex():
     assert parse_key_color("255,0,255") == parse_key_color("#ff00FF") == parse_key_color("FF00FF") == (255, 0, 255)
     assert parse_key_color(" 12, 34, 56") == parse_key_color("#0c2238") == (12, 34, 56)
-    for bad, message in (("#ff00f", "expected R,G,B"), ("#gg0000", "or hex such as #ff00ff"), ("256,0,0", "must be 0-255")):
+    bad_ones = (
+        ("#ff00f", "expected R,G,B"),
+        ("#gg0000", "or hex such as #ff00ff"),
+        ("-10000", "expected"),
+        ("256,0,0", "must be 0-255"),
+    )
+    for bad, message in bad_ones:
         with pytest.raises(CoopsynthError, match=message):
             parse_key_color(bad)
 
