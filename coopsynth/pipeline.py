@@ -838,11 +838,22 @@ def sample(model: CoopModel, blob: dict, job: SampleJob, on_progress: ProgressFn
     return paths
 
 
+FOREIGN_SUFFIXES = {  # image and video formats coopsynth cannot write: such an -o is an error, not a folder
+    *(".exr", ".hdr", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".psd", ".dds", ".ico", ".svg", ".dng", ".raw"),
+    *(".wmv", ".flv", ".ogv", ".3gp", ".mts", ".m2ts"),
+}
+
+
 def output_is_file(output: Path) -> bool:
-    """Is an -o a file name (an image or video suffix, not an existing folder)?"""
+    """Is an -o a file name (an image or video suffix, not an existing folder)? Any other name is a
+    folder, except a suffix of FOREIGN_SUFFIXES, which is refused: -o out.exr meant a file."""
     from .io import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
-    return output.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES and not output.is_dir()
+    suffix = output.suffix.lower()
+    if suffix in FOREIGN_SUFFIXES and not output.is_dir():
+        images, videos = ", ".join(sorted(IMAGE_SUFFIXES)), ", ".join(sorted(VIDEO_SUFFIXES - {".gif"}))
+        raise CoopsynthError(f"{output}: coopsynth does not write {suffix} files (images: {images}; videos: {videos})")
+    return suffix in IMAGE_SUFFIXES | VIDEO_SUFFIXES and not output.is_dir()
 
 
 def sample_names(output: Path, kind: str, samples: int | None) -> list[Path]:

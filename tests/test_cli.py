@@ -256,6 +256,19 @@ def test_sample_into_a_file_name_writes_that_file(trained, tmp_path):
     assert sorted(p.name for p in (tmp_path / "run.v2").iterdir()) == [f"sample_{i:03d}.png" for i in range(4)]
 
 
+@pytest.mark.parametrize("name", ["out.exr", "out.heic", "clip.wmv"])
+def test_an_output_in_a_format_coopsynth_cannot_write_is_refused_not_made_a_folder(trained, tmp_path, monkeypatch, name):
+    """-o out.exr meant a file: one line naming it, nothing written (an unknown suffix such as
+    run.v2 is still a folder)."""
+    monkeypatch.chdir(tmp_path)
+    model = str(trained / "out" / "model.pt")
+    for args in (["sample", model], ["texture", str(trained / "tiny.png"), "--steps", "1"]):
+        r = runner.invoke(app, [*args, "-o", name])
+        assert r.exit_code == 1 and r.output.startswith(f"error: {name}: coopsynth does not write"), r.output
+        assert len(r.output.splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
 def test_sample_into_a_file_name_of_the_wrong_kind_is_refused(trained, tmp_path):
     r = runner.invoke(app, ["sample", str(trained / "out" / "model.pt"), "-o", str(tmp_path / "clip.mp4")])
     assert r.exit_code == 1
