@@ -325,7 +325,7 @@ def _plan(
     names = pipeline.sample_names(dest, kind, samples if samples is not None else (1 if file else folder_default))
     if file is not None:
         stack = [{"name": pipeline.map_name(p)} for p in (path, *maps)] if maps else None
-        pipeline.refuse_existing([f for n in names for f in pipeline.map_files(n, stack)], force)
+        pipeline.refuse_existing(pipeline.all_map_files(names, stack), force)
     return run, dest, names
 
 

@@ -130,18 +130,12 @@ def _png16_colour(path: Path) -> int | None:
 
 def _read_png16(path: Path, colour: int) -> np.ndarray:
     """A 16-bit colour (or grey + alpha) PNG as (H, W, C) uint16, decoded by ffmpeg."""
-    import imageio_ffmpeg
-
     fmt, c = PNG16_FORMATS[colour]
-    frames = imageio_ffmpeg.read_frames(str(path), pix_fmt=fmt, bits_per_pixel=16 * c)
-    try:
-        w, h = next(frames)["size"]
-        a = np.frombuffer(next(frames), dtype="<u2")
-    finally:
-        frames.close()
-    if a.size != h * w * c:
-        raise ValueError(f"decoded {a.size} values for {w}x{h}x{c}")
-    return a.reshape(h, w, c)
+    frames: list[np.ndarray] = []
+    _read_ffmpeg(path, 1, frames, pix_fmt=fmt, channels=c, dtype="<u2")
+    if not frames:
+        raise ValueError("ffmpeg decoded no image")
+    return frames[0]
 
 
 def frame_count(path: Path) -> int:
@@ -325,20 +319,29 @@ def read_video(path: str | Path, max_frames: int | None = None) -> tuple[Tensor,
     return _stack_frames(frames, path), fps if 0 < fps <= MAX_FPS else 25.0  # metadata can say nan, 0 or 90000
 
 
-def _read_ffmpeg(path: Path, max_frames: int | None, frames: list[np.ndarray]) -> float:
-    """Decode a video file's frames as (H, W, 3) uint8 into `frames` (which keeps those read before
-    a failure: a truncated file) with the ffmpeg of imageio-ffmpeg, whatever the suffix (imageio's
-    own reader refuses some, .m4v); return its frame rate (0 where unknown)."""
+def _read_ffmpeg(
+    path: Path,
+    max_frames: int | None,
+    frames: list[np.ndarray],
+    pix_fmt: str = "rgb24",
+    channels: int = 3,
+    dtype: str = "u1",
+) -> float:
+    """Decode a file's frames (H, W, channels) of `dtype` in ffmpeg's `pix_fmt` into `frames` (which
+    keeps those read before a failure: a truncated file) with the ffmpeg of imageio-ffmpeg,
+    whatever the suffix (imageio's own reader refuses some, .m4v); return its frame rate (0 where
+    unknown). Videos, 16-bit colour PNGs, and the read-back of a written video use it."""
     import imageio_ffmpeg
 
-    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    kind = np.dtype(dtype)
+    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt=pix_fmt, bits_per_pixel=8 * channels * kind.itemsize)
     try:
         meta = next(gen)
         w, h = meta["size"]
         for buf in gen:
             if max_frames is not None and len(frames) >= max_frames:
                 break
-            frames.append(np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3))
+            frames.append(np.frombuffer(buf, dtype=kind).reshape(h, w, channels))
             if len(frames) * h * w > MAX_VOXELS:
                 raise CoopsynthError(f"{path}: the video is too large (at most {MAX_VOXELS} voxels)")
     finally:
@@ -418,14 +421,13 @@ def _write_frames(tmp: Path, a: np.ndarray, fps: float, suffix: str) -> None:
     for f in a:
         gen.send(np.ascontiguousarray(f))
     gen.close()
-    check = imageio_ffmpeg.read_frames(str(tmp))
+    first: list[np.ndarray] = []
     try:
-        next(check)  # the header
-        next(check)  # the first frame
+        _read_ffmpeg(tmp, 1, first)
     except (OSError, RuntimeError, StopIteration):
-        raise OSError("the encoder wrote no readable video") from None
-    finally:
-        check.close()
+        pass
+    if not first:
+        raise OSError("the encoder wrote no readable video")
 
 
 def _short(e: BaseException) -> str:

@@ -258,7 +258,7 @@ def unit_normals(y: Tensor, maps: list[dict] | None) -> Tensor:
     scored worse against held-out normals (benchmarks/RESULTS.md, "A normal map in a stack")."""
     if not maps or not any(m.get("normal") for m in maps):
         return y
-    parts = list(y.split([m["channels"] for m in maps]))
+    parts = list(split_maps(y, maps))
     for i, m in enumerate(maps):
         if m.get("normal"):
             v = parts[i] * 2 - 1  # (3, H, W) in [-1, 1]
@@ -290,13 +290,28 @@ def map_files(path: Path, maps: list[dict] | None) -> list[Path]:
     return [path.with_name(f"{path.stem}_{m['name']}{path.suffix}") for m in maps]
 
 
+def all_map_files(names: list[Path], maps: list[dict] | None) -> list[Path]:
+    """Every file that results named `names` are written to (`map_files` of each)."""
+    return [f for n in names for f in map_files(n, maps)]
+
+
+def split_maps(y: Tensor, maps: list[dict]) -> tuple[Tensor, ...]:
+    """A stack's texture (C, ...) as its maps' parts, in order: (c_1, ...), (c_2, ...), ..."""
+    return y.split([m["channels"] for m in maps])
+
+
+def map_layout(maps: list[dict] | None, keys: tuple[str, ...] = ("name", "channels")) -> list[tuple]:
+    """What two stacks must share to be one: each map's `keys`, in order ([] for one image)."""
+    return [tuple(m[k] for k in keys) for m in maps or []]
+
+
 def write_texture(path: Path, y: Tensor, bits: str, meta: dict) -> list[Path]:
     """Write one texture sample (C, H, W) in [0, 1] to `path`, or a stack's maps to their files
     (`map_files`), each at the bits `--bits` gives it (`output_bits`, from its own input's depth)."""
     maps = meta.get("maps")
     if not maps:
         return [write_image(path, y, output_bits(bits, "texture", int(meta.get("bits", 8)), path))]
-    parts = y.split([m["channels"] for m in maps])
+    parts = split_maps(y, maps)
     files = map_files(path, maps)
     return [write_image(f, x, output_bits(bits, "texture", m["bits"], f)) for f, x, m in zip(files, parts, maps, strict=True)]
 
@@ -307,7 +322,7 @@ def preview_image(y: Tensor, meta: dict) -> Tensor:
     maps = meta.get("maps")
     if not maps:
         return y
-    rows = [x if x.shape[0] == 3 else x[:1].expand(3, *x.shape[1:]) for x in y.split([m["channels"] for m in maps])]
+    rows = [x if x.shape[0] == 3 else x[:1].expand(3, *x.shape[1:]) for x in split_maps(y, maps)]
     return torch.cat(rows, dim=-2)
 
 
@@ -380,8 +395,8 @@ def prepare_training(
             raise CoopsynthError(
                 f"{ckpt_path}: the checkpoint's networks differ from this input and preset; use --force to start over"
             )
-        same = lambda ms: [(m["name"], m["channels"], m["bits"]) for m in ms or []]  # noqa: E731
-        if same(state.get("meta", {}).get("maps")) != same(meta.get("maps")):
+        keys = ("name", "channels", "bits")
+        if map_layout(state.get("meta", {}).get("maps"), keys) != map_layout(meta.get("maps"), keys):
             raise CoopsynthError(f"{ckpt_path}: the checkpoint was trained on other maps; use --force to start over")
         # a resumed run keeps its own schedule unless the user asks for more steps
         cfg = with_overrides(old, steps=job.steps, langevin_steps=job.langevin_steps)
@@ -803,7 +818,7 @@ def sample(model: CoopModel, blob: dict, job: SampleJob, on_progress: ProgressFn
         )
     names = sample_names(Path(job.output), kind, job.samples)
     check_output_bits(job.bits, kind, meta, names[0])
-    refuse_existing([f for n in names for f in map_files(n, meta.get("maps"))], job.force)
+    refuse_existing(all_map_files(names, meta.get("maps")), job.force)
     check_writable(names[0].parent)
     wrap = (job.tile, job.tile) if kind == "texture" else (job.loop, job.tile, job.tile)
     gen = torch.Generator(device=model.device).manual_seed(job.seed)
@@ -1155,7 +1170,7 @@ def complete(
         names = [out / (f"completed_{i:03d}.{ext}" if i else f"completed.{ext}") for i in range(job.samples)]
     else:  # the file names are checked before any work: kind, count, files already there (each map's)
         names = sample_names(file, kind, job.samples)
-        refuse_existing([f for n in names for f in map_files(n, meta.get("maps"))], job.force)
+        refuse_existing(all_map_files(names, meta.get("maps")), job.force)
     check_output_bits(job.bits, kind, meta, names[0])
     result: dict = {"kind": kind}
     if job.model is not None:
@@ -1165,8 +1180,7 @@ def complete(
                 f"{job.model}: a {blob['kind']} model cannot complete {'a video' if kind == 'video' else 'an image'}"
             )
         have, want = blob.get("meta", {}).get("maps"), meta.get("maps")
-        layout = lambda ms: [(m["name"], m["channels"]) for m in ms or []]  # noqa: E731
-        if layout(have) != layout(want):  # a stack's model completes the same maps, in the same order
+        if map_layout(have) != map_layout(want):  # a stack's model completes the same maps, in the same order
             name = lambda ms: "maps " + ", ".join(m["name"] for m in ms) if ms else "one image"  # noqa: E731
             raise CoopsynthError(f"{job.model}: a model of {name(have)} cannot complete {name(want)}")
         if model.net.channels != data.shape[0]:
