@@ -24,15 +24,23 @@ RESULTS = HERE / "RESULTS.md"
 REUSE_SUFFIX = ".reuse"  # --reuse rescorings write <item>.reuse.json/.png beside the training run's <item>.json/.png
 
 
+# CPU flags worth naming in a header: the same model name has come with and without bf16 units
+UNITS = (("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX"))
+
+
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    info: dict[str, str] = {}  # the first processor's lines
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    cpu = info.get("model name") or platform.processor() or platform.machine()
+    flags = set(info.get("flags", "").split())
+    units = [name for flag, name in UNITS if flag in flags]
+    if units:
+        cpu += "; " + ", ".join(units)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__} with {torch.get_num_threads()} threads, {gpu}"
 

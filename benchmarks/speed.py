@@ -590,7 +590,8 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
     training, one forward and backward pass at the preset's batch and at its crop and twice that,
     with the output conv channels-last (`networks.OUTPUT_CHANNELS_LAST`: the last block writes
     channels-last) and with every block channels-last (a channels-last Z, as training runs where
-    `model.TRAIN_CHANNELS_LAST` says so)."""
+    `model.TRAIN_CHANNELS_LAST` says so). On a CPU with bf16 units, the samples and the every-block
+    pass again in bf16 (the precision texture sampling picks there)."""
     defaults = model_module.SAMPLE_CHANNELS_LAST, networks.OUTPUT_CHANNELS_LAST, model_module.TRAIN_CHANNELS_LAST
     cl, out_cl, train_cl = (device.type in d for d in defaults)
     training = (
@@ -602,7 +603,7 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
     )
     lines = [
         "\nGenerator memory layout, in interleaved rounds: contiguous (NCHW) against channels-last (NHWC). By default on "
-        f"{device.type.upper()} image sampling runs {'channels-last' if cl else 'contiguous'} (fp32/tf32) and training runs "
+        f"{device.type.upper()} image sampling runs {'channels-last' if cl else 'contiguous'} and training runs "
         f"{training}. The same numbers up to rounding.\n",
         "| what | contiguous | channels-last | channels-last's speed-up |",
         "|---|---|---|---|",
@@ -618,22 +619,28 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
 
         return call
 
-    def train_pass(z: torch.Tensor) -> Callable[[], object]:
+    bf16 = Accel.for_device(device, "bf16") if device.type == "cpu" and "bf16" in precisions(device) else None
+
+    def train_pass(z: torch.Tensor, accel: Accel | None = None) -> Callable[[], object]:
         target = torch.randn(cfg.batch, 3, *(n * u for n, u in zip(z.shape[2:], cfg.net.up, strict=True)), device=device)
 
         def call() -> object:  # the trainer's MCMC-teaching loss: a contiguous target first
             m.generator.zero_grad(set_to_none=True)
-            return (target - m.generator(z)).pow(2).mean().backward()
+            with m.using(accel or m.accel), m.accel.autocast(device):
+                y = m.generator(z).float()
+            return (target - y).pow(2).mean().backward()
 
         return call
 
     cases = []
-    for refine in (0, cfg.langevin_steps):
+    for accel, tag in ((None, ""), (bf16, ", bf16")) if bf16 else ((None, ""),):
+        for refine in (0, cfg.langevin_steps):
 
-        def sample(r: int = refine) -> object:
-            return m.sample(1, (1024, 1024), refine=r, langevin=cfg.langevin())
+            def sample(r: int = refine, a: Accel | None = accel) -> object:
+                with m.using(a or m.accel):
+                    return m.sample(1, (1024, 1024), refine=r, langevin=cfg.langevin())
 
-        cases.append((f"1024x1024 sample, refine {refine}", layout(False, False, sample), layout(True, True, sample)))
+            cases.append((f"1024x1024 sample, refine {refine}{tag}", layout(False, False, sample), layout(True, True, sample)))
     # nearest blocks alone fold into the interleave that OUTPUT_CHANNELS_LAST lays out; elsewhere it changes nothing
     folds = device.type in networks.SUBPIXEL_MIN and cfg.net.g_upsample == "nearest"
     for crop in (cfg.crop, 2 * cfg.crop):
@@ -644,6 +651,15 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
             cases.append((f"{what}: the output conv channels-last", plain, layout(False, True, train_pass(z))))
         every = train_pass(z.contiguous(memory_format=torch.channels_last))
         cases.append((f"{what}: every block channels-last", plain, layout(False, True, every)))
+        if bf16:
+            every = train_pass(z.contiguous(memory_format=torch.channels_last), bf16)
+            cases.append(
+                (
+                    f"{what}, bf16: every block channels-last",
+                    layout(False, False, train_pass(z, bf16)),
+                    layout(False, True, every),
+                )
+            )
         tr = CoopTrainer(torch.rand(3, 2 * crop, 2 * crop), replace(cfg, crop=crop), device=device, seed=0)
         step = tr.step
         if folds:

@@ -214,8 +214,8 @@ def depth_weight(w: Tensor) -> Tensor:
 # strided interleave and that view's gradient cost more than the arithmetic it saves). Types not
 # listed: never.
 SUBPIXEL_MIN = {"cpu": 256}
-# Per device type: does the generator's last folded block write its output channels-last (images,
-# not bf16), so that the output conv (to the data's few channels) runs channels-last, forward and
+# Per device type: does the generator's last folded block write its output channels-last (images),
+# so that the output conv (to the data's few channels) runs channels-last, forward and
 # backward? On a CPU that 32 -> 3 conv is slow in the contiguous layout (forward and backward, batch
 # 4: 4.2 ms against 3.1 channels-last at 64 px, 16.1 against 6.0 at 128, ad-hoc); the generator's
 # whole pass was 1.04-1.08x faster at 64 px crops and 0.95-1.04x at 128 (benchmarks/speed.py --only
@@ -476,8 +476,7 @@ class Generator(nn.Module):
         for i, conv in enumerate(self.blocks):
             scale = self._scale(i)
             if self.cfg.g_upsample == "nearest" and h[0, 0].numel() >= SUBPIXEL_MIN.get(h.device.type, math.inf):
-                # the output conv's layout (bf16 stays contiguous: not measured channels-last)
-                last = i == len(self.blocks) - 1 and h.device.type in OUTPUT_CHANNELS_LAST and h.dtype != torch.bfloat16
+                last = i == len(self.blocks) - 1 and h.device.type in OUTPUT_CHANNELS_LAST  # the output conv's layout
                 h = _upsampled_conv(conv, pad(h, one, wrap), scale, last)  # (B, w, [2t,] 2h, 2w), the same numbers
             elif self.cfg.g_upsample == "linear" and h[0, 0].numel() >= LINEAR_FOLD_MIN.get(h.device.type, math.inf):
                 h = _linear_upsampled_conv(conv, pad(h, one, wrap), scale)  # (B, w, [2t,] 2h, 2w), the same numbers
