@@ -3,6 +3,7 @@
     python benchmarks/video.py                   # tree_foliage_opencv and flame_rendered_castle
     python benchmarks/video.py --only tree_foliage_opencv --methods coopsynth
     python benchmarks/video.py --methods coopsynth --reuse --refines 0,1,2,3,6   # sampling settings, no training
+    python benchmarks/video.py --methods coopsynth --sample-precisions bf16      # the same samples computed in bf16
 
 Per clip: scale and trim it as a default `coopsynth video` run does, split it into left and right
 halves over all frames, train on the left, draw k videos of the left half's size and length, and
@@ -18,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -46,12 +48,15 @@ def run_coopsynth(
     overrides: dict | None = None,
     matched: bool = False,
     refit: bool = False,
+    sample_precisions: tuple[str, ...] = (),
 ) -> tuple[dict, float, str]:
     """Train once (or, with `reuse`, load the model the last run left in `work`); then samples
     with each refinement count from the same latents: "coopsynth" is the preset's own count. With
     `matched`, also the preset's samples histogram-matched to the training clip ("coopsynth
     matched"; videos sample unmatched by default) and, with `refit`, matched samples at the sampling
-    settings whose matched videos move most like the clip ("coopsynth matched, motion refit")."""
+    settings whose matched videos move most like the clip ("coopsynth matched, motion refit").
+    `sample_precisions`: the preset's samples again, from the same model and latents, computed in
+    each of these precisions ("coopsynth, P sampling"; the note gives each row's sampling seconds)."""
     ckpt = work / "model.pt"
     if reuse and ckpt.exists():
         model, blob = pipeline.load_model(ckpt, "cpu")
@@ -73,8 +78,20 @@ def run_coopsynth(
         name = "coopsynth" if refine == cfg.refine else f"coopsynth --refine {refine}"
         gen = torch.Generator(device=model.device).manual_seed(seed + 1)  # the same latents for every count
         smooth = cfg.sample_smooth if refine == cfg.refine else 0.0  # --refine L rows: the plain latents, as before
+        t0 = time.perf_counter()
         s = model.sample(k, tuple(train.shape[1:]), refine=refine, langevin=cfg.langevin(delta), generator=gen, smooth=smooth)
         out[name] = list(s)
+        if refine == cfg.refine and sample_precisions:
+            note += f"; sampling {time.perf_counter() - t0:.2f} s in {model.accel.precision}"
+            for sp in sample_precisions:
+                gen = torch.Generator(device=model.device).manual_seed(seed + 1)
+                t0 = time.perf_counter()
+                with model.using(replace(model.accel, precision=sp)):
+                    s = model.sample(
+                        k, tuple(train.shape[1:]), refine=refine, langevin=cfg.langevin(delta), generator=gen, smooth=smooth
+                    )
+                out[f"coopsynth, {sp} sampling"] = list(s)
+                note += f", {time.perf_counter() - t0:.2f} s in {sp}"
     if matched:
         refine, smooth = cfg.sampling(matched=True)  # a model from before the matched fit: the raw one's
         gen = torch.Generator(device=model.device).manual_seed(seed + 1)
@@ -153,6 +170,9 @@ def main() -> None:
         action="store_true",
         help="also the matched samples at the motion fit measured on matched videos (implies --matched)",
     )
+    ap.add_argument(
+        "--sample-precisions", default="", help="also sample each model in these precisions (comma-separated; a row each)"
+    )
     ap.add_argument("--set", default="{}", help="JSON of TrainConfig overrides, for experiments")
     ap.add_argument(
         "--no-write", action="store_true", help="do not append to RESULTS.md (frame strips and item JSON still go to --out)"
@@ -191,6 +211,7 @@ def main() -> None:
                     json.loads(args.set),
                     args.matched or args.refit,
                     args.refit,
+                    tuple(p for p in args.sample_precisions.split(",") if p),
                 )
                 if failure is not None:  # a failed run is a result, shown as such; the peer and the other clips still run
                     r["methods"][m] = failure
