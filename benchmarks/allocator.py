@@ -54,7 +54,7 @@ def worker(work: str, keep_mib: int) -> None:
     side = int(side)
     t0 = time.perf_counter()
     if kind == "sample":
-        m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), cpu, Accel.for_device(cpu).for_sampling(cpu, 2))
+        m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), cpu, Accel.for_device(cpu).for_sampling(cpu))
         t0 = time.perf_counter()
         m.sample(1, (side, side), refine=cfg.langevin_steps, langevin=cfg.langevin())
     elif kind == "train":

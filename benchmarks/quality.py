@@ -97,7 +97,7 @@ def run_coopsynth(
         variants.append((" unmatched", "", False))
     for key, sp, match in variants:
         # "": what `coopsynth texture` samples with (Accel.for_sampling), else the precision named
-        accel = trained.for_sampling(model.device, model.net.dims) if not sp else replace(trained, precision=sp)
+        accel = trained.for_sampling(model.device) if not sp else replace(trained, precision=sp)
         gen = torch.Generator(device=model.device).manual_seed(seed + 1)  # the same latents for each
         with model.using(accel):
             s = model.sample(k, size, refine=cfg.langevin_steps, langevin=cfg.langevin(delta), generator=gen, match=match).cpu()

@@ -167,7 +167,7 @@ device, side, keep, repeat = torch.device(sys.argv[1]), int(sys.argv[2]), sys.ar
 if keep:
     keep_freed_memory()
 cfg = preset("default")
-accel = Accel.for_device(device).for_sampling(device, 2)  # what `coopsynth sample` uses
+accel = Accel.for_device(device).for_sampling(device)  # what `coopsynth sample` uses
 m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device, accel)
 m.quantiles = quantile_function(torch.rand(3, 256, 256, generator=torch.Generator().manual_seed(0)) ** 2)  # histogram-matched
 times = []

@@ -71,7 +71,7 @@ def train_and_sample(
     tr = res["trainer"]
     model, cfg = tr.model, tr.cfg
     gen = torch.Generator(device=model.device).manual_seed(seed + 1)
-    with model.using(model.accel.for_sampling(model.device, model.net.dims)):
+    with model.using(model.accel.for_sampling(model.device)):
         s = model.sample(k, tuple(data.shape[1:]), refine=cfg.langevin_steps, langevin=cfg.langevin(tr.delta), generator=gen)
     note = f"{res['steps']} it" + (", ended by the watchdog" if res["stopped"] == "collapse" else "")
     if res["restarts"]:

@@ -55,8 +55,10 @@ def run_coopsynth(
     `matched`, also the preset's samples histogram-matched to the training clip ("coopsynth
     matched"; videos sample unmatched by default) and, with `refit`, matched samples at the sampling
     settings whose matched videos move most like the clip ("coopsynth matched, motion refit").
-    `sample_precisions`: the preset's samples again, from the same model and latents, computed in
-    each of these precisions ("coopsynth, P sampling"; the note gives each row's sampling seconds)."""
+    Every row samples in the precision `coopsynth video` samples with (`Accel.for_sampling`: bf16
+    on a CPU with bf16 units). `sample_precisions`: the preset's samples again, from the same model
+    and latents, computed in each of these precisions ("coopsynth, P sampling"; the note gives
+    each row's sampling seconds)."""
     ckpt = work / "model.pt"
     if reuse and ckpt.exists():
         model, blob = pipeline.load_model(ckpt, "cpu")
@@ -73,6 +75,8 @@ def run_coopsynth(
         tr = res["trainer"]
         model, cfg, delta = tr.model, tr.cfg, tr.delta
         secs, note = time.perf_counter() - t0, f"{res['steps']} it, {res.get('rollbacks', 0)} roll-backs"
+    trained = model.accel
+    model.accel = trained.for_sampling(model.device)  # as `coopsynth video` samples
     out = {}
     for refine in dict.fromkeys([cfg.refine, *(refines if refines is not None else [cfg.langevin_steps])]):
         name = "coopsynth" if refine == cfg.refine else f"coopsynth --refine {refine}"
@@ -86,7 +90,7 @@ def run_coopsynth(
             for sp in sample_precisions:
                 gen = torch.Generator(device=model.device).manual_seed(seed + 1)
                 t0 = time.perf_counter()
-                with model.using(replace(model.accel, precision=sp)):
+                with model.using(replace(trained, precision=sp)):
                     s = model.sample(
                         k, tuple(train.shape[1:]), refine=refine, langevin=cfg.langevin(delta), generator=gen, smooth=smooth
                     )
@@ -101,14 +105,15 @@ def run_coopsynth(
         out["coopsynth matched"] = list(s)
         note += f"; matched: refine {refine}, smooth {smooth:g}"
         if refit:  # the motion fit measured on matched videos, as if training had fitted it so
-            steps, smooth, _ = motion_matched_sampling(
-                model,
-                train.to(model.device),
-                max_steps=cfg.match_motion or 6,
-                langevin=cfg.langevin(delta),
-                seed=seed,
-                match=True,
-            )
+            with model.using(trained):  # in the training precision, as training fits it
+                steps, smooth, _ = motion_matched_sampling(
+                    model,
+                    train.to(model.device),
+                    max_steps=cfg.match_motion or 6,
+                    langevin=cfg.langevin(delta),
+                    seed=seed,
+                    match=True,
+                )
             gen = torch.Generator(device=model.device).manual_seed(seed + 1)
             s = model.sample(
                 k, tuple(train.shape[1:]), refine=steps, langevin=cfg.langevin(delta), generator=gen, smooth=smooth, match=True

@@ -5,9 +5,10 @@
     precision     fp32 | tf32 | bf16, or auto (the default). tf32 lets CUDA matrix units round
                   inputs to 10-bit mantissas; on a CPU it is plain fp32. bf16 runs the networks
                   under autocast (the Langevin state, the losses and the optimiser stay fp32).
-                  auto: tf32, and for sampling textures on a CPU with bf16 units (AVX512-BF16,
-                  AMX) bf16, which measured the same SWD as fp32 sampling from the same model and
-                  latents, 1.6x faster (benchmarks/RESULTS.md); see `Accel.for_sampling`.
+                  auto: tf32, and for sampling on a CPU with bf16 units (AVX512-BF16, AMX) bf16,
+                  which measured the same SWD ratios as fp32 sampling from the same model and
+                  latents, 1.6x faster (textures) and 1.6-2.2x (videos; benchmarks/RESULTS.md);
+                  see `Accel.for_sampling`.
     channels_last NHWC / NDHWC tensors for both networks. Off by default: slower with these small
                   networks on an H200 (graph tf32 Langevin 0.80-0.93x of contiguous at 64-512 px)
                   and no consistent gain on a CPU (benchmarks/RESULTS.md, Speed).
@@ -133,11 +134,12 @@ class Accel:
             torch.backends.cudnn.allow_tf32 = precision != "fp32"
         return cls(precision=precision, channels_last=False, graphs=cuda if graphs is None else graphs, auto=auto)
 
-    def for_sampling(self, device: torch.device, dims: int) -> Accel:
-        """The settings to sample with: the same, except that an automatic precision samples
-        textures in bf16 on a CPU with bf16 units (measured: the same SWD ratios as fp32 from the
-        same model and latents, 1.6x faster). Videos keep fp32: bf16 is not measured there."""
-        if self.auto and device.type == "cpu" and dims == 2 and cpu_has_bf16():
+    def for_sampling(self, device: torch.device) -> Accel:
+        """The settings to sample with: the same, except that an automatic precision samples in
+        bf16 on a CPU with bf16 units. Measured against fp32 from the same models and latents:
+        textures scored the same SWD ratios, 1.6x faster; videos (2 clips, 2026-11-28) the same
+        spatial, spatio-temporal and motion ratios to 0.01, 1.6-2.2x faster."""
+        if self.auto and device.type == "cpu" and cpu_has_bf16():
             return replace(self, precision="bf16", fallbacks=self.fallbacks)
         return self
 

@@ -105,7 +105,7 @@ Precision = Annotated[
     str,
     typer.Option(
         "--precision",
-        help="auto | fp32 | tf32 | bf16. auto (default): tf32 on a GPU; fp32 on a CPU, except bf16 for sampling textures on a CPU with bf16 units (AVX512-BF16, AMX). A CPU computes tf32 as fp32.",
+        help="auto | fp32 | tf32 | bf16. auto (default): tf32 on a GPU; fp32 on a CPU, except bf16 for sampling on a CPU with bf16 units (AVX512-BF16, AMX). A CPU computes tf32 as fp32.",
     ),
 ]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from model.pt in the output folder.")]

@@ -473,7 +473,7 @@ def self_check(model: CoopModel, image: Tensor, refine: int, langevin: dict, see
         return None
     size = tuple(min(n, SCORE_SIDE) for n in b.shape[1:])
     gen = torch.Generator(device=model.device).manual_seed(seed)
-    with model.using(model.accel.for_sampling(model.device, model.net.dims)):
+    with model.using(model.accel.for_sampling(model.device)):
         samples = model.sample(2, size, refine=refine, langevin=langevin, generator=gen)
     return metrics.swd(list(samples.cpu()), [b], patches=2048) / max(metrics.swd([a], [b], patches=2048), 1e-12)
 
@@ -829,7 +829,7 @@ def sample(model: CoopModel, blob: dict, job: SampleJob, on_progress: ProgressFn
     report = phase_reporter(on_progress, work, len(names), dict.fromkeys(work, "window"))
 
     paths = []
-    with model.using(model.accel.for_sampling(model.device, model.net.dims)):
+    with model.using(model.accel.for_sampling(model.device)):
         for i, path in enumerate(names):
             y = model.sample(
                 1,

@@ -113,16 +113,17 @@ def test_bf16_on_a_cpu_without_bf16_units_gets_a_warning():
     assert precision_warning(torch.device("cuda"), "bf16", without) is None  # a GPU's bf16 is its own
 
 
-def test_auto_precision_samples_textures_in_bf16_where_the_cpu_has_it(monkeypatch):
+def test_auto_precision_samples_in_bf16_where_the_cpu_has_it(monkeypatch):
+    """Images and videos alike (both measured: benchmarks/RESULTS.md)."""
     cpu = torch.device("cpu")
     monkeypatch.setattr(accel_module, "cpu_has_bf16", lambda cpuinfo=None: True)
     auto = Accel.for_device(cpu)
     assert auto.auto and auto.precision == "tf32"  # training: fp32 arithmetic on a CPU
-    assert auto.for_sampling(cpu, 2).precision == "bf16"
-    assert auto.for_sampling(cpu, 3) is auto  # videos: bf16 sampling not measured, so not used
-    assert Accel.for_device(cpu, "fp32").for_sampling(cpu, 2).precision == "fp32"  # a chosen precision stands
+    assert auto.for_sampling(cpu).precision == "bf16"
+    assert Accel.for_device(cpu, "fp32").for_sampling(cpu).precision == "fp32"  # a chosen precision stands
+    assert Accel(precision="tf32", auto=True).for_sampling(torch.device("cuda")).precision == "tf32"  # GPUs keep tf32
     monkeypatch.setattr(accel_module, "cpu_has_bf16", lambda cpuinfo=None: False)
-    assert auto.for_sampling(cpu, 2) is auto
+    assert auto.for_sampling(cpu) is auto
 
 
 def test_sampling_runs_in_the_sampling_precision_and_restores_the_model(tmp_path, monkeypatch):
