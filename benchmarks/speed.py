@@ -892,6 +892,8 @@ def phase_row(device: torch.device, cfg, size: int, accels: list[Accel]) -> str:
         tr.opt_g.zero_grad()
         loss.backward()
 
+    twin = CoopTrainer(data, c, device=device, seed=0)
+    accels.append(twin.model.accel)
     product, product_flops = matmul(device, m.accel.precision)
     t = timeit_all(
         {
@@ -900,12 +902,15 @@ def phase_row(device: torch.device, cfg, size: int, accels: list[Accel]) -> str:
             "d": d_update,
             "g": g_update,
             "matmul": product,
+            # a whole iteration in the same rounds, on a twin trainer so that the phases' weights stay
+            # put: timed alone after them, the first size once read 1.9x the phases' sum
+            "iter": twin.step,
         },
         device,
     )
     del product
     peak = product_flops / t["matmul"] / 1e9
-    t_iter = timeit(tr.step, device, repeat=3)
+    t_iter = t["iter"]
     flops_step = 2 * conv_flops(m.descriptor, y0)  # forward + input-gradient backward
     steps_per_s = c.langevin_steps / t["lang"]
     achieved = flops_step * steps_per_s / 1e9
@@ -929,7 +934,7 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: 
     default = Accel.for_device(device).precision  # the precision of the default path
     lines = [
         f"### {device.type.upper()}: preset `{preset_name}`, batch {cfg.batch}, L = {cfg.langevin_steps}, default precision {default}; "
-        f"matrix-product peak at the start of the run {peak_text(device, peaks)}. Per size, the four phases and the "
+        f"matrix-product peak at the start of the run {peak_text(device, peaks)}. Per size, a whole iteration, its four phases and the "
         f"{default if device.type == 'cuda' else 'fp32'} matrix product take turns round by round; the roofline is against that product's "
         'peak (the "peak GFLOP/s" column)\n',
         "| size | iteration ms | generator pass | Langevin revision | descriptor update | generator update | Langevin steps/s | GFLOP per step | achieved GFLOP/s | peak GFLOP/s | roofline | sampling MP/s (no refine) | sampling MP/s (refine L) | peak GPU MiB |",
