@@ -591,7 +591,7 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
     with the output conv channels-last (`networks.OUTPUT_CHANNELS_LAST`: the last block writes
     channels-last) and with every block channels-last (a channels-last Z, as training runs where
     `model.TRAIN_CHANNELS_LAST` says so). On a CPU with bf16 units, the samples and the every-block
-    pass again in bf16 (the precision texture sampling picks there)."""
+    pass again in bf16 (the precision sampling picks there)."""
     defaults = model_module.SAMPLE_CHANNELS_LAST, networks.OUTPUT_CHANNELS_LAST, model_module.TRAIN_CHANNELS_LAST
     cl, out_cl, train_cl = (device.type in d for d in defaults)
     training = (
