@@ -417,10 +417,12 @@ def _write_frames(tmp: Path, a: np.ndarray, fps: float, suffix: str) -> None:
         output_params=list(params),
         ffmpeg_log_level="error",
     )
-    gen.send(None)
-    for f in a:
-        gen.send(np.ascontiguousarray(f))
-    gen.close()
+    try:  # closed even when the encoder refuses a frame: no ffmpeg process is left behind
+        gen.send(None)
+        for f in a:
+            gen.send(np.ascontiguousarray(f))
+    finally:
+        gen.close()
     first: list[np.ndarray] = []
     try:
         _read_ffmpeg(tmp, 1, first)
