@@ -563,7 +563,7 @@ def generator_forms(device: torch.device, sizes: list[int], cfg) -> list[str]:
                 )
             )
         for name, fn in cases:
-            big = name.startswith("1024")
+            big = name.startswith(("1024", "video"))
             lines.append(pair_row(name, form(math.inf, fn), form(cpu_min, fn), device, 3 if big else 6, 0.0 if big else 0.1))
             print(lines[-1], flush=True)
     finally:
@@ -584,9 +584,13 @@ def generator_forms(device: torch.device, sizes: list[int], cfg) -> list[str]:
     return lines
 
 
+VIDEO_SAMPLE = (64, 256, 256)  # frames, height, width of the video sample timed in generator_layouts
+
+
 def generator_layouts(device: torch.device, cfg) -> list[str]:
     """The generator in the contiguous layout against channels-last, in interleaved rounds: image
-    sampling (`model.SAMPLE_CHANNELS_LAST`, the device types that sample channels-last) and, for
+    and video sampling (`model.SAMPLE_CHANNELS_LAST`, the device types that sample channels-last,
+    channels-last-3d for videos: VIDEO_SAMPLE frames, height, width) and, for
     training, one forward and backward pass at the preset's batch and at its crop and twice that,
     with the output conv channels-last (`networks.OUTPUT_CHANNELS_LAST`: the last block writes
     channels-last) and with every block channels-last (a channels-last Z, as training runs where
@@ -603,8 +607,8 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
     )
     lines = [
         "\nGenerator memory layout, in interleaved rounds: contiguous (NCHW) against channels-last (NHWC). By default on "
-        f"{device.type.upper()} image sampling runs {'channels-last' if cl else 'contiguous'} and training runs "
-        f"{training}. The same numbers up to rounding.\n",
+        f"{device.type.upper()} image and video sampling run {'channels-last (videos: channels-last-3d)' if cl else 'contiguous'} "
+        f"and training runs {training}. The same numbers up to rounding.\n",
         "| what | contiguous | channels-last | channels-last's speed-up |",
         "|---|---|---|---|",
     ]
@@ -641,6 +645,17 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
                     return m.sample(1, (1024, 1024), refine=r, langevin=cfg.langevin())
 
             cases.append((f"1024x1024 sample, refine {refine}{tag}", layout(False, False, sample), layout(True, True, sample)))
+    # videos: the video preset's generator (the presets differ in steps and batch only), no
+    # refinement (the video preset's sample_refine); SAMPLE_CHANNELS_LAST lays Z out channels-last-3d
+    mv = CoopModel(preset("default", dims=3).net, torch.full((3,), 0.5), torch.full((3,), 0.2), device, m.accel)
+    for accel, tag in ((None, ""), (bf16, ", bf16")) if bf16 else ((None, ""),):
+
+        def video(a: Accel | None = accel) -> object:
+            with mv.using(a or mv.accel):
+                return mv.sample(1, VIDEO_SAMPLE, refine=0, langevin=cfg.langevin())
+
+        name = f"video sample, {VIDEO_SAMPLE[0]} frames of {VIDEO_SAMPLE[1]}x{VIDEO_SAMPLE[2]}, refine 0{tag}"
+        cases.append((name, layout(False, False, video), layout(True, True, video)))
     # nearest blocks alone fold into the interleave that OUTPUT_CHANNELS_LAST lays out; elsewhere it changes nothing
     folds = device.type in networks.SUBPIXEL_MIN and cfg.net.g_upsample == "nearest"
     for crop in (cfg.crop, 2 * cfg.crop):
@@ -671,7 +686,7 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
 
     try:
         for name, plain, last in cases:
-            big = name.startswith("1024")
+            big = name.startswith(("1024", "video"))
             lines.append(pair_row(name, plain, last, device, 4 if big else 10, 0.0 if big else 0.1))
             print(lines[-1], flush=True)
     finally:

@@ -25,10 +25,11 @@ WINDOW = 96  # latent cells per side of one generator window (768 px at 8x up-sa
 REFINE_WINDOW = 1024  # pixels per side of one Langevin refinement window (plus its halo)
 VIDEO_WINDOW_VOXELS = 2**23  # videos: output voxels per generator / Langevin time window (plus halo)
 CPU_CHUNK = 2**18  # CPU Langevin: pixels per gradient pass (beyond this the caches thrash; speed.py)
-# Device types whose image sampling runs the generator channels-last, in every precision:
-# benchmarks/speed.py, "Generator memory layout". bf16 stayed contiguous until a CPU with bf16
-# units could measure it: on one with AMX a 1024x1024 sample without refinement took 2.5x less time
-# channels-last, 1.3x less with it (2026-11-28)
+# Device types whose sampling runs the generator channels-last (images) or channels-last-3d
+# (videos), in every precision: benchmarks/speed.py, "Generator memory layout". bf16 stayed
+# contiguous until a CPU with bf16 units could measure it: on one with AMX a 1024x1024 sample
+# without refinement took 2.5x less time channels-last, 1.3x less with it (2026-11-28). Videos
+# joined once their folded blocks wrote the interleave channels-last-3d (networks._interleave_last)
 SAMPLE_CHANNELS_LAST = {"cpu"}
 # Device types whose image training runs the generator channels-last too (a channels-last Z, so
 # every block; in bf16 too: the generator's pass 1.3-1.45x faster at 64-128 px crops on AMX).
@@ -104,16 +105,10 @@ class CoopModel:
 
     def propose(self, z: Tensor, wrap: tuple[bool, ...] | None = None) -> Tensor:
         """g(Z) in float32 with the graph kept (training); `generate` is the no-graph, any-size one."""
-        if self._channels_last(TRAIN_CHANNELS_LAST):
+        if self.device.type in TRAIN_CHANNELS_LAST and self.net.dims == 2:  # videos train contiguous
             z = z.contiguous(memory_format=torch.channels_last)  # (B, zc, h, w), stored (B, h, w, zc)
         with self.accel.autocast(self.device):
             return self.generator(z, wrap).float()
-
-    def _channels_last(self, devices: set[str]) -> bool:
-        """Does the generator run channels-last here? Images on these device types, in every
-        precision (bf16 included, see SAMPLE_CHANNELS_LAST); videos keep the contiguous layout
-        (see TRAIN_CHANNELS_LAST)."""
-        return self.net.dims == 2 and self.device.type in devices
 
     # ---- pixels --------------------------------------------------------------------------------
 
@@ -166,12 +161,14 @@ class CoopModel:
         if self.net.dims == 3:  # long videos: windows over time too, in latent frames
             up_t, up_h, up_w = self.net.up
             time_window = max(1, video_window_frames(z.shape[-2] * up_h, z.shape[-1] * up_w) // up_t)
-        if self._channels_last(SAMPLE_CHANNELS_LAST):
-            z = z.contiguous(memory_format=torch.channels_last)  # (B, zc, h, w), stored (B, h, w, zc)
+        if self.device.type in SAMPLE_CHANNELS_LAST:
+            z = z.contiguous(memory_format=torch.channels_last if self.net.dims == 2 else torch.channels_last_3d)
         with torch.no_grad(), self.accel.autocast(self.device):
-            y = self.generator.windowed(z, WINDOW, wrap, time_window, callback).float()
+            y = self.generator.windowed(z, WINDOW, wrap, time_window, callback)
         y = y[(slice(None), slice(None)) + tuple(slice(0, s) for s in size)]
-        return y.contiguous()  # the Langevin refinement reads the contiguous layout (a no-op where y is)
+        if y.dtype != torch.float32 or not y.is_contiguous():  # float32, contiguous (what the refinement reads): one copy
+            y = torch.empty(y.shape, dtype=torch.float32, device=y.device).copy_(y)
+        return y
 
     def revise(
         self,

@@ -66,6 +66,9 @@ def _conv(dims: int, cin: int, cout: int, k: tuple[int, ...], stride: tuple[int,
     return (nn.Conv2d if dims == 2 else nn.Conv3d)(cin, cout, k, stride=stride, padding=0)
 
 
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
 def pad(x: Tensor, amount: tuple[int, ...], wrap: tuple[bool, ...]) -> Tensor:
     """Pad the trailing len(amount) axes of x by amount[i] on each side (pairs (before, after)
     when amount[i] is a tuple); circular where wrap[i], border-replicating elsewhere."""
@@ -76,10 +79,23 @@ def pad(x: Tensor, amount: tuple[int, ...], wrap: tuple[bool, ...]) -> Tensor:
         j = 2 * (n - 1 - i)  # F.pad lists the last axis first
         (circ if w else rep)[j : j + 2] = [lo, hi]
     if any(circ):
-        x = F.pad(x, circ, mode="circular")
+        last = x.dim() in (4, 5) and channels_innermost(x)
+        x = F.pad(x, circ, mode="circular")  # written contiguous whatever x's layout
+        if last and not channels_innermost(x):  # keep a channels-last x so (the convolutions after it are faster so)
+            x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
     if any(rep):
+        if x.dtype in HALF_DTYPES and not (x.requires_grad and torch.is_grad_enabled()):
+            # autocast would pad in float32: copies there and back, the same numbers. Not under
+            # autograd: the gradient of a padded border sums there in float32, here in bf16
+            with torch.autocast(x.device.type, enabled=False):
+                return F.pad(x, rep, mode="replicate")
         x = F.pad(x, rep, mode="replicate")
     return x
+
+
+def channels_innermost(x: Tensor) -> bool:
+    """Is x (B, C, ...) laid out with its channels innermost, channels-last (a slice of such a tensor too)?"""
+    return x.shape[1] > 1 and x.stride(1) == 1 and math.prod(x.shape[2:]) > 1
 
 
 def circular_extend(x: Tensor, amount: tuple[int, ...]) -> Tensor:
@@ -323,7 +339,7 @@ LINEAR_FOLD = torch.tensor(
 LINEAR_FOLD_MIN = {"cpu": 256}
 
 
-def _linear_upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...]) -> Tensor:
+def _linear_upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...], channels_last: bool = False) -> Tensor:
     """conv(pad(linear_up(h, scale))) from hp = pad(h) (padded by one on every axis): one 3-tap
     convolution at h's resolution whose output channels are (O, the 2^k output phases of the k
     up-sampled axes), each phase's kernel the conv's taps blended by LINEAR_FOLD, then interleaved
@@ -332,6 +348,8 @@ def _linear_upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...]) 
     d = len(scale)
     ups = [a for a, s in enumerate(scale) if s == 2]
     o = conv.out_channels
+    if channels_last and d == 3:
+        return _interleave_last(_conv_phase_major(conv, hp, ups), o, scale)
     k = _fold_taps(LINEAR_FOLD, conv.weight, ups, phase_major=False)  # (O * P, I, 3...)
     bias = None if conv.bias is None else conv.bias.repeat_interleave(2 ** len(ups))
     y = (F.conv2d if d == 2 else F.conv3d)(hp, k, bias)  # (B, O * P, n...) h's own size
@@ -346,6 +364,33 @@ def _linear_upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...]) 
             order.append(2 + ups.index(a))
         shape.append(n[a] * scale[a])
     return y.permute(order).reshape(shape)  # (B, O, [2] t, 2 h, 2 w)
+
+
+def _conv_phase_major(conv: nn.Module, hp: Tensor, ups: list[int]) -> Tensor:
+    """The folded convolution of _linear_upsampled_conv for a channels-last-3d hp, its output
+    channels phase-major (P * O), so that each phase's O channels lie together: (B, P * O, n...),
+    channels-last-3d (the weight laid out so too: oneDNN then keeps the layout)."""
+    k = _fold_taps(LINEAR_FOLD, conv.weight, ups, phase_major=True)  # (P * O, I, 3, 3, 3)
+    bias = None if conv.bias is None else conv.bias.repeat(2 ** len(ups))
+    return F.conv3d(hp, k.contiguous(memory_format=torch.channels_last_3d), bias)
+
+
+def _interleave_last(y: Tensor, o: int, scale: tuple[int, ...]) -> Tensor:
+    """y (B, P * O, n...) channels-last, phase-major, interleaved as (B, O, n * scale...),
+    channels-last too. y is stored (B, n..., phase bits..., O); the output (B, per axis (n, its
+    phase bit), O): one copy that moves runs of O channels (a contiguous interleave reads and
+    writes single elements with strides of a whole channel: 5x slower in bf16 on a CPU)."""
+    b, n, d = y.shape[0], y.shape[2:], len(scale)
+    ups = [a for a, s in enumerate(scale) if s == 2]
+    x = y.permute(0, *range(2, 2 + d), 1)  # (B, n..., P * O), a view of the storage
+    x = x.reshape(b, *n, *([2] * len(ups)), o)  # (B, n..., phase bits..., O)
+    order = [0]
+    for a in range(d):
+        order.append(1 + a)
+        if a in ups:
+            order.append(1 + d + ups.index(a))
+    x = x.permute(*order, 1 + d + len(ups)).reshape(b, *(m * s for m, s in zip(n, scale, strict=True)), o)
+    return x.permute(0, d + 1, *range(1, d + 1))  # (B, O, n * scale...), stored channels-last
 
 
 def _phase_view(y: Tensor, o: int, ups: list[int], size: list[int]) -> Tensor:
@@ -470,7 +515,12 @@ class Generator(nn.Module):
         d = self.cfg.dims
         wrap = wrap or (False,) * d
         one = (1,) * d
+        # a video Z laid out channels-last-3d (CPU sampling, model.SAMPLE_CHANNELS_LAST) keeps that
+        # layout through every block; the input conv may drop it (16 channels in: not oneDNN's)
+        last3 = d == 3 and channels_innermost(z)
         h = F.leaky_relu(self.inp(pad(z, one, wrap)), self.cfg.slope)  # (B, w0, [t,] h, w)
+        if last3:
+            h = h.contiguous(memory_format=torch.channels_last_3d)
         for conv in self.latent_convs:
             h = h + F.leaky_relu(conv(pad(h, one, wrap)), self.cfg.slope)  # residual, same shape
         for i, conv in enumerate(self.blocks):
@@ -479,10 +529,12 @@ class Generator(nn.Module):
                 last = i == len(self.blocks) - 1 and h.device.type in OUTPUT_CHANNELS_LAST  # the output conv's layout
                 h = _upsampled_conv(conv, pad(h, one, wrap), scale, last)  # (B, w, [2t,] 2h, 2w), the same numbers
             elif self.cfg.g_upsample == "linear" and h[0, 0].numel() >= LINEAR_FOLD_MIN.get(h.device.type, math.inf):
-                h = _linear_upsampled_conv(conv, pad(h, one, wrap), scale)  # (B, w, [2t,] 2h, 2w), the same numbers
+                h = _linear_upsampled_conv(conv, pad(h, one, wrap), scale, last3)  # (B, w, [2t,] 2h, 2w), the same numbers
             else:
                 h = conv(pad(self._up(h, scale, wrap), one, wrap))  # (B, w, [2t,] 2h, 2w)
             h = F.leaky_relu(h, self.cfg.slope)
+            if last3:
+                h = h.contiguous(memory_format=torch.channels_last_3d)  # a no-op after a folded block
         return self.out(pad(h, one, wrap))  # (B, C, [T,] H, W), standardised pixel scale
 
     def _up(self, h: Tensor, scale: tuple[int, ...], wrap: tuple[bool, ...]) -> Tensor:
@@ -532,13 +584,17 @@ class Generator(nn.Module):
         # window sees its true neighbours; wrapped axes that are whole: the network pads them
         off = tuple(h if w else 0 for h, w in zip(halos, wrap, strict=True))
         zp = circular_extend(z, off)
+        if channels_innermost(z):  # windows of a channels-last Z run channels-last (index_select may not keep it)
+            zp = zp.contiguous(memory_format=torch.channels_last if d == 2 else torch.channels_last_3d)
         inner = tuple(w and not s for w, s in zip(wrap, split, strict=True))
         out = None
         windows = window_slices(sp, wins, halos, up, off)
         for k, (src, keep, dst) in enumerate(windows):
             yw = self(zp[(..., *src)], inner)
-            if out is None:
-                out = yw.new_empty(*yw.shape[:2], *(n * u for n, u in zip(sp, up, strict=True)))
+            if out is None:  # videos: in the windows' layout (a copy between layouts is a strided gather)
+                fmt = torch.channels_last_3d if d == 3 and channels_innermost(yw) else torch.contiguous_format
+                shape = (*yw.shape[:2], *(n * u for n, u in zip(sp, up, strict=True)))
+                out = torch.empty(shape, dtype=yw.dtype, device=yw.device, memory_format=fmt)
             out[(..., *dst)] = yw[(..., *keep)]
             if callback is not None:
                 callback(k + 1, len(windows))

@@ -255,26 +255,38 @@ def test_folded_weight_sums_the_taps_each_phase_reads(ups):
 
 
 @pytest.mark.parametrize(
-    "scale, wrap",
-    [((2, 2), (False, False)), ((2, 2), (True, False)), ((2, 2, 2), (False, True, True)), ((1, 2, 2), (True, False, False))],
+    "scale, wrap, last",
+    [
+        ((2, 2), (False, False), False),
+        ((2, 2), (True, False), False),
+        ((2, 2, 2), (False, True, True), False),
+        ((1, 2, 2), (True, False, False), False),
+        ((2, 2, 2), (False, True, True), True),
+        ((1, 2, 2), (True, False, False), True),
+    ],
 )
-def test_linear_upsampled_conv_equals_interpolating_then_the_conv(scale, wrap):
+def test_linear_upsampled_conv_equals_interpolating_then_the_conv(scale, wrap, last):
     """A linear block's conv(pad(linear_up(h))) computed at h's resolution (3 taps blended per
     output phase, then a pixel shuffle): the same output and the same input, weight and bias
     gradients as the generator's plain form (_up pads before interpolating), replicate and
-    circular padding alike, odd sizes, and an axis not up-sampled (videos' time)."""
+    circular padding alike, odd sizes, and an axis not up-sampled (videos' time). `last`: a
+    channels-last-3d video input, interleaved channels-last-3d (video sampling on a CPU)."""
     torch.manual_seed(0)
     d = len(scale)
     g = Generator(NetConfig(dims=d, g_upsample="linear"))
     conv = (torch.nn.Conv2d if d == 2 else torch.nn.Conv3d)(3, 5, 3).double()
-    h = torch.randn(2, 3, *((4, 5, 7) if d == 3 else (5, 7)), dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 3, *((4, 5, 7) if d == 3 else (5, 7)), dtype=torch.float64)
+    if last:
+        h = h.contiguous(memory_format=torch.channels_last_3d)
+    h.requires_grad_(True)
 
     def folded_fn(h):
-        return networks._linear_upsampled_conv(conv, pad(h, (1,) * d, wrap), scale)
+        return networks._linear_upsampled_conv(conv, pad(h, (1,) * d, wrap), scale, last)
 
     folded = folded_fn(h)
     plain = conv(pad(g._up(h, scale, wrap), (1,) * d, wrap))
     assert folded.shape == plain.shape == (2, 5, *(n * s for n, s in zip(h.shape[2:], scale, strict=True)))
+    assert folded.is_contiguous(memory_format=torch.channels_last_3d) == last and folded.is_contiguous() != last
     torch.testing.assert_close(folded, plain, rtol=1e-12, atol=1e-12)
     for got, want in zip(
         torch.autograd.grad(folded.pow(2).sum(), (h, conv.weight, conv.bias)),
@@ -323,7 +335,7 @@ def test_linear_generator_gives_the_same_samples_folded_or_not(monkeypatch, dims
 def test_cpu_sampling_runs_the_generator_channels_last_with_the_same_result(monkeypatch):
     """Image sampling on a CPU runs the generator channels-last (faster there, benchmarks/speed.py),
     window by window too, in fp32 and bf16: the same samples as the contiguous layout up to
-    rounding, handed on contiguous; videos keep the contiguous layout."""
+    rounding, handed on contiguous (videos: test_cpu_video_sampling_runs_channels_last_3d_and_training_contiguous)."""
     from coopsynth import model as model_module
     from coopsynth.accel import Accel
     from coopsynth.model import CoopModel
@@ -451,10 +463,14 @@ def test_cpu_training_proposes_with_every_block_channels_last_and_the_same_numbe
             torch.testing.assert_close(a, b, rtol=BF16_RTOL, atol=BF16_ATOL * a.abs().max().item())
 
 
-def test_cpu_video_training_and_sampling_keep_the_contiguous_layout(monkeypatch):
-    """Videos stay contiguous in training and sampling (channels-last-3d training was faster but
-    scored worse on the flame clip, model.TRAIN_CHANNELS_LAST): the generator's output conv reads
-    a contiguous input."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cpu_video_sampling_runs_channels_last_3d_and_training_contiguous(monkeypatch, precision):
+    """Video sampling on a CPU runs the generator channels-last-3d (model.SAMPLE_CHANNELS_LAST),
+    whole, window by window over space and time, and looping: every block and the output conv
+    read that layout, and the samples equal the contiguous layout's up to rounding, handed on
+    contiguous in float32. Training stays contiguous (channels-last-3d training was faster but
+    scored worse on the flame clip, model.TRAIN_CHANNELS_LAST)."""
+    from coopsynth import model as model_module
     from coopsynth.accel import Accel
     from coopsynth.model import CoopModel
 
@@ -464,14 +480,29 @@ def test_cpu_video_training_and_sampling_keep_the_contiguous_layout(monkeypatch)
         torch.full((3,), 0.5),
         torch.full((3,), 0.2),
         torch.device("cpu"),
-        Accel(precision="fp32"),
+        Accel(precision=precision),
     )
+    monkeypatch.setattr(networks, "LINEAR_FOLD_MIN", {"cpu": 0})  # every block folded, the tiny windows' too
     seen = []
     real = m.generator.out.forward
     monkeypatch.setattr(m.generator.out, "forward", lambda h: seen.append(h.is_contiguous()) or real(h))
     m.propose(m.latent(2, (4, 12, 16))).sum().backward()
-    m.generate(m.latent(1, (4, 12, 16)), (4, 12, 16))
-    assert seen == [True, True]
+    assert seen == [True]
+    tol = {"rtol": 1e-5, "atol": 1e-6} if precision == "fp32" else {"rtol": BF16_RTOL, "atol": BF16_ATOL}
+    z = m.latent(1, (9, 20, 28))
+    for window, time_window, wrap in [(96, None, None), (3, None, (True, True, False)), (96, 2, (True, False, False))]:
+        monkeypatch.setattr(model_module, "WINDOW", window)
+        monkeypatch.setattr(model_module, "video_window_frames", lambda h, w, t=time_window: t * m.net.up[0] if t else 10**9)
+        seen.clear()
+        monkeypatch.setattr(model_module, "SAMPLE_CHANNELS_LAST", {"cpu"})
+        got = m.generate(z, (9, 19, 27), wrap)
+        assert seen and not any(seen)  # channels-last-3d, window by window too
+        assert got.is_contiguous() and got.dtype == torch.float32 and got.shape == (1, 3, 9, 19, 27)
+        seen.clear()
+        monkeypatch.setattr(model_module, "SAMPLE_CHANNELS_LAST", set())
+        want = m.generate(z, (9, 19, 27), wrap)
+        assert seen and all(seen)
+        torch.testing.assert_close(got, want, **tol)
 
 
 def test_generator_folds_its_up_sampling_on_a_cpu_only(monkeypatch):
@@ -545,3 +576,37 @@ def test_fold_matrices_are_moved_once_per_device_and_dtype():
     assert moved.dtype == torch.float64 and torch.equal(moved, networks.LINEAR_FOLD.double())
     assert networks._fold_like(networks.LINEAR_FOLD, w64) is moved  # cached, not copied again
     assert networks._fold_like(networks.LINEAR_FOLD, w64.float()) is networks.LINEAR_FOLD  # already there
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_pad_keeps_a_half_precision_input_in_its_dtype_under_autocast_without_autograd(dims):
+    """CPU autocast pads border-replicating in float32 (a copy there and one back for the conv
+    after it); without autograd (sampling) `pad` pads a bf16 input as it is, the same numbers.
+    Under autograd it still pads in float32, where the gradient of a border cell sums."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *(5, 6, 7)[-dims:]).to(torch.bfloat16)
+    amount, wrap = (1,) * dims, (True,) + (False,) * (dims - 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert F.pad(x, (1,) * 2 * dims, mode="replicate").dtype == torch.float32  # what autocast alone does
+        with torch.no_grad():
+            got = pad(x.clone().requires_grad_(True), amount, wrap)
+        assert got.dtype == torch.bfloat16
+        assert torch.equal(got.float(), pad(x.float(), amount, wrap))
+        xb = x.clone().requires_grad_(True)
+        trained = pad(xb, amount, wrap)
+    assert trained.dtype == torch.float32 and torch.equal(trained, got.float())  # autocast's float32 pad
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_circular_pad_keeps_a_channels_last_input_channels_last(dims):
+    """F.pad's circular mode writes a contiguous tensor; `pad` keeps a channels-last input so
+    (the convolutions after it run faster), with the same numbers and gradient."""
+    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
+    x = torch.randn(2, 4, *(5, 6, 7)[-dims:], dtype=torch.float64)
+    for wrap in [(True,) * dims, (False,) * (dims - 1) + (True,)]:
+        got = pad(x.contiguous(memory_format=fmt).requires_grad_(True), (1,) * dims, wrap)
+        assert got.is_contiguous(memory_format=fmt)
+        assert pad(x, (1,) * dims, wrap).is_contiguous()  # a contiguous input stays contiguous
+        torch.testing.assert_close(got, pad(x, (1,) * dims, wrap), rtol=0, atol=0)
+    small = x[:1, :2].contiguous(memory_format=fmt).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: pad(t, (1,) * dims, (True,) * dims), (small,))
