@@ -81,10 +81,11 @@ def pad(x: Tensor, amount: tuple[int, ...], wrap: tuple[bool, ...]) -> Tensor:
     if any(circ):
         last = x.dim() in (4, 5) and channels_innermost(x)
         x = F.pad(x, circ, mode="circular")  # written contiguous whatever x's layout
-        if last and not channels_innermost(x):  # keep a channels-last x so (the convolutions after it are faster so)
+        if last and not channels_innermost(x):  # keep a channels-last x so: the convolutions after it are faster
             x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
     if any(rep):
-        if x.dtype in HALF_DTYPES and not (x.requires_grad and torch.is_grad_enabled()):
+        graph = x.requires_grad and torch.is_grad_enabled()
+        if x.dtype in HALF_DTYPES and not graph and torch.is_autocast_enabled(x.device.type):
             # autocast would pad in float32: copies there and back, the same numbers. Not under
             # autograd: the gradient of a padded border sums there in float32, here in bf16
             with torch.autocast(x.device.type, enabled=False):
