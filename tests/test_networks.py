@@ -597,16 +597,43 @@ def test_pad_keeps_a_half_precision_input_in_its_dtype_under_autocast_without_au
     assert trained.dtype == torch.float32 and torch.equal(trained, got.float())  # autocast's float32 pad
 
 
+def _pad_by_modes(x: torch.Tensor, amount: tuple, wrap: tuple[bool, ...]) -> torch.Tensor:
+    """The definition `pad` follows: F.pad's circular mode on the wrapped axes, then replicate."""
+    n = len(amount)
+    rep, circ = [0] * (2 * n), [0] * (2 * n)
+    for i, (a, w) in enumerate(zip(amount, wrap, strict=True)):
+        j = 2 * (n - 1 - i)
+        (circ if w else rep)[j : j + 2] = a if isinstance(a, tuple) else (a, a)
+    if any(circ):
+        x = F.pad(x, circ, mode="circular")
+    return F.pad(x, rep, mode="replicate") if any(rep) else x
+
+
 @pytest.mark.parametrize("dims", [2, 3])
-def test_circular_pad_keeps_a_channels_last_input_channels_last(dims):
-    """F.pad's circular mode writes a contiguous tensor; `pad` keeps a channels-last input so
-    (the convolutions after it run faster), with the same numbers and gradient."""
-    fmt = torch.channels_last if dims == 2 else torch.channels_last_3d
-    x = torch.randn(2, 4, *(5, 6, 7)[-dims:], dtype=torch.float64)
-    for wrap in [(True,) * dims, (False,) * (dims - 1) + (True,)]:
-        got = pad(x.contiguous(memory_format=fmt).requires_grad_(True), (1,) * dims, wrap)
-        assert got.is_contiguous(memory_format=fmt)
-        assert pad(x, (1,) * dims, wrap).is_contiguous()  # a contiguous input stays contiguous
-        torch.testing.assert_close(got, pad(x, (1,) * dims, wrap), rtol=0, atol=0)
-    small = x[:1, :2].contiguous(memory_format=fmt).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda t: pad(t, (1,) * dims, (True,) * dims), (small,))
+@pytest.mark.parametrize("layout", ["contiguous", "channels-last"])
+def test_pad_equals_circular_then_replicate_padding_and_keeps_the_layout(dims, layout):
+    """`pad` replicates every border, then overwrites the wrapped axes' borders with the far side:
+    the same values and gradient as F.pad's circular mode then its replicate mode, for every
+    mix of wrapped axes, uneven and one-sided amounts, corners included, in the input's memory
+    layout (F.pad's circular mode writes a contiguous tensor; the convolutions after a
+    channels-last pad run faster)."""
+    fmt = {"contiguous": torch.contiguous_format, "channels-last": (torch.channels_last, torch.channels_last_3d)[dims - 2]}[
+        layout
+    ]
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, *(5, 6, 7)[-dims:], dtype=torch.float64).contiguous(memory_format=fmt)
+    amounts = [(1,) * dims, ((1, 2),) * dims, ((0, 2),) + ((2, 0),) * (dims - 1), (0,) * (dims - 1) + (3,)]
+    for wrap in itertools.product((False, True), repeat=dims):
+        for amount in amounts:
+            xg = x.clone().requires_grad_(True)
+            got, want = pad(xg, amount, wrap), _pad_by_modes(xg, amount, wrap)
+            assert torch.equal(got, want), (wrap, amount)
+            assert got.is_contiguous(memory_format=fmt)
+            g = torch.randn_like(want)
+            torch.testing.assert_close(
+                torch.autograd.grad(got, xg, g)[0], torch.autograd.grad(want, xg, g)[0], rtol=0, atol=1e-14
+            )
+    small = x[:1, :2].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: pad(t, ((1, 2),) * dims, (True,) * dims), (small,))
+    with pytest.raises(ValueError, match="circular padding of 8 on an axis of 7"):
+        pad(x, (0,) * (dims - 1) + (8,), (True,) * dims)
