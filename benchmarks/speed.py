@@ -709,55 +709,94 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
             print(lines[-1], flush=True)
     finally:
         model_module.SAMPLE_CHANNELS_LAST, networks.OUTPUT_CHANNELS_LAST, model_module.TRAIN_CHANNELS_LAST = defaults
-    if bf16:
-        lines += half_padding(device, cfg, m, mv, bf16)
+    lines += padding_forms(device, cfg, m, mv, bf16)
     return lines
 
 
-def half_padding(device: torch.device, cfg, image: CoopModel, video: CoopModel, bf16: Accel) -> list[str]:
-    """bf16 sampling's border padding, in interleaved rounds: as CPU autocast does it (float32: a
-    copy there, one back for the conv after it) against `networks.pad` without autograd (in bf16,
-    the default). The same numbers (tested)."""
+def padding_forms(device: torch.device, cfg, image: CoopModel, video: CoopModel, bf16: Accel | None) -> list[str]:
+    """How `networks.pad` pads, in interleaved rounds; the same numbers either way (tested).
+    bf16 sampling (CPUs with bf16 units): CPU autocast's border replication (in float32, a copy
+    there and one back for the conv after it) against `pad`'s in bf16 without autograd (the
+    default). Circular padding (tileable textures, looping videos; the closed-form Langevin
+    gradient's too): F.pad's circular mode (a contiguous tensor, its centre through a strided
+    copy) then the replicated axes, against `pad`'s (every border replicated, then the wrapped ones
+    overwritten, in the input's layout; the default)."""
+    from coopsynth import cpugrad
+
     own = networks.pad
 
     def autocast_pad(x: torch.Tensor, amount: tuple, wrap: tuple[bool, ...]) -> torch.Tensor:
-        with contextlib.ExitStack() as stack:  # the short cut off: pad() sees a tensor that needs its graph
-            stack.enter_context(torch.enable_grad())
+        with torch.enable_grad():  # the short cut off: pad() sees a tensor that needs its graph
             return own(x.detach().requires_grad_(True), amount, wrap).detach()
+
+    def modes_pad(x: torch.Tensor, amount: tuple, wrap: tuple[bool, ...]) -> torch.Tensor:
+        n = len(amount)
+        circ = [0] * (2 * n)
+        for i, (a, w) in enumerate(zip(amount, wrap, strict=True)):
+            if w:
+                circ[2 * (n - 1 - i) : 2 * (n - i)] = a if isinstance(a, tuple) else (a, a)
+        if any(circ):
+            x = F.pad(x, circ, mode="circular")
+        return own(x, tuple(0 if w else a for a, w in zip(amount, wrap, strict=True)), (False,) * n)
 
     def with_pad(fn: Callable[[], object], pad_fn: Callable) -> Callable[[], object]:
         def call() -> object:
-            networks.pad = pad_fn
+            networks.pad = cpugrad.pad = pad_fn
             try:
                 return fn()
             finally:
-                networks.pad = own
+                networks.pad = cpugrad.pad = own
 
         return call
 
-    lines = [
-        "\nbf16 sampling's border padding, in interleaved rounds: CPU autocast's (in float32, a copy there and one back) "
-        "against `networks.pad`'s (in bf16 without autograd; the default). The same numbers.\n",
-        "| what | autocast's float32 padding | bf16 padding | bf16 padding's speed-up |",
-        "|---|---|---|---|",
-    ]
-    for refine in (0, cfg.langevin_steps):
+    def image_sample(refine: int, accel: Accel, wrap: tuple[bool, ...] | None = None) -> Callable[[], object]:
+        def call() -> object:
+            with image.using(accel):
+                return image.sample(1, (1024, 1024), refine=refine, langevin=cfg.langevin(), wrap=wrap)
 
-        def sample(r: int = refine) -> object:
-            with image.using(bf16):
-                return image.sample(1, (1024, 1024), refine=r, langevin=cfg.langevin())
+        return call
 
-        name = f"1024x1024 sample, refine {refine}, bf16"
-        lines.append(pair_row(name, with_pad(sample, autocast_pad), with_pad(sample, own), device, 4, 0.0))
-        print(lines[-1], flush=True)
+    def video_sample(accel: Accel, wrap: tuple[bool, ...] | None = None) -> Callable[[], object]:
+        def call() -> object:
+            with video.using(accel):
+                return video.sample(1, VIDEO_SAMPLE, refine=0, langevin=cfg.langevin(), wrap=wrap)
 
-    def clip() -> object:
-        with video.using(bf16):
-            return video.sample(1, VIDEO_SAMPLE, refine=0, langevin=cfg.langevin())
+        return call
 
-    name = f"video sample, {VIDEO_SAMPLE[0]} frames of {VIDEO_SAMPLE[1]}x{VIDEO_SAMPLE[2]}, refine 0, bf16"
-    lines.append(pair_row(name, with_pad(clip, autocast_pad), with_pad(clip, own), device, 4, 0.0))
-    print(lines[-1], flush=True)
+    clip = f"{VIDEO_SAMPLE[0]} frames of {VIDEO_SAMPLE[1]}x{VIDEO_SAMPLE[2]}"
+    lines = []
+
+    def table(title: str, head: tuple[str, str], rows: list[tuple[str, Callable, Callable]]) -> None:
+        lines.extend([title, f"| what | {head[0]} | {head[1]} | {head[1]}'s speed-up |", "|---|---|---|---|"])
+        for name, first, second in rows:
+            lines.append(pair_row(name, first, second, device, 4, 0.0))
+            print(lines[-1], flush=True)
+
+    if bf16:
+        rows = []
+        for r in (0, cfg.langevin_steps):
+            f = image_sample(r, bf16)
+            rows.append((f"1024x1024 sample, refine {r}, bf16", with_pad(f, autocast_pad), with_pad(f, own)))
+        f = video_sample(bf16)
+        rows.append((f"video sample, {clip}, refine 0, bf16", with_pad(f, autocast_pad), with_pad(f, own)))
+        title = (
+            "\nbf16 sampling's border padding, in interleaved rounds: CPU autocast's (in float32, a copy there and one "
+            "back) against `networks.pad`'s (in bf16 without autograd; the default). The same numbers.\n"
+        )
+        table(title, ("autocast's float32 padding", "bf16 padding"), rows)
+    rows = []
+    for accel, tag in ((image.accel, ""), (bf16, ", bf16")) if bf16 else ((image.accel, ""),):
+        for r in (0, cfg.langevin_steps):
+            f = image_sample(r, accel, (True, True))
+            rows.append((f"tileable 1024x1024 sample (`--tile`), refine {r}{tag}", with_pad(f, modes_pad), with_pad(f, own)))
+        f = video_sample(accel, (True, False, False))
+        rows.append((f"looping video sample (`--loop`), {clip}, refine 0{tag}", with_pad(f, modes_pad), with_pad(f, own)))
+    title = (
+        "\nCircular padding, in interleaved rounds: F.pad's circular mode (a contiguous tensor) then the replicated "
+        "axes, against `networks.pad`'s (every border replicated, then the wrapped ones overwritten, in the input's "
+        "layout; the default). The same numbers.\n"
+    )
+    table(title, ("F.pad's circular mode", "pad's"), rows)
     return lines
 
 
