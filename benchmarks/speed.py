@@ -766,8 +766,8 @@ def padding_forms(device: torch.device, cfg, image: CoopModel, video: CoopModel,
     clip = f"{VIDEO_SAMPLE[0]} frames of {VIDEO_SAMPLE[1]}x{VIDEO_SAMPLE[2]}"
     lines = []
 
-    def table(title: str, head: tuple[str, str], rows: list[tuple[str, Callable, Callable]]) -> None:
-        lines.extend([title, f"| what | {head[0]} | {head[1]} | {head[1]}'s speed-up |", "|---|---|---|---|"])
+    def table(title: str, head: tuple[str, str, str], rows: list[tuple[str, Callable, Callable]]) -> None:
+        lines.extend([title, f"| what | {head[0]} | {head[1]} | {head[2]} |", "|---|---|---|---|"])
         for name, first, second in rows:
             lines.append(pair_row(name, first, second, device, 4, 0.0))
             print(lines[-1], flush=True)
@@ -783,7 +783,7 @@ def padding_forms(device: torch.device, cfg, image: CoopModel, video: CoopModel,
             "\nbf16 sampling's border padding, in interleaved rounds: CPU autocast's (in float32, a copy there and one "
             "back) against `networks.pad`'s (in bf16 without autograd; the default). The same numbers.\n"
         )
-        table(title, ("autocast's float32 padding", "bf16 padding"), rows)
+        table(title, ("autocast's float32 padding", "bf16 padding", "bf16 padding's speed-up"), rows)
     rows = []
     for accel, tag in ((image.accel, ""), (bf16, ", bf16")) if bf16 else ((image.accel, ""),):
         for r in (0, cfg.langevin_steps):
@@ -796,7 +796,7 @@ def padding_forms(device: torch.device, cfg, image: CoopModel, video: CoopModel,
         "axes, against `networks.pad`'s (every border replicated, then the wrapped ones overwritten, in the input's "
         "layout; the default). The same numbers.\n"
     )
-    table(title, ("F.pad's circular mode", "pad's"), rows)
+    table(title, ("F.pad's circular mode", "replicated, then wrapped (default)", "the default's speed-up"), rows)
     return lines
 
 
