@@ -346,13 +346,14 @@ def _run_training(job: pipeline.TrainJob, overall: tuple[int, int] | None = None
     return result
 
 
-def _self_check(check: float | None, quiet: bool, name: str = "") -> None:
-    """Say a run's self-check (`pipeline.self_check`): a warning above SELF_CHECK_WARN, else (unless
-    `quiet`) the figure."""
-    if check is not None and check > pipeline.SELF_CHECK_WARN:
+def _self_check(check: float | None, quiet: bool, kind: str, name: str = "") -> None:
+    """Say a run's self-check (`pipeline.self_check`): a warning above the kind's threshold
+    (`pipeline.self_check_warn`), else (unless `quiet`) the figure."""
+    warn = pipeline.self_check_warn(kind)
+    if check is not None and check > warn:
         console.print(
             f"[yellow]warning:[/] {name}the samples look unlike the input (self-check {check:.2f}, above "
-            f"{pipeline.SELF_CHECK_WARN:g}; about 1 is as close as the input's halves are to each other): "
+            f"{warn:g}; about 1 is as close as the input's halves are to each other): "
             "look at them, and if they are poor train again with another --seed or --preset quality",
             highlight=False,
             soft_wrap=True,
@@ -385,7 +386,7 @@ def _summary(result: dict, written: list[Path], t0: float) -> None:
         )
     )
     console.print(f"model: {result['checkpoint']}")
-    _self_check(result.get("self_check"), quiet=False)
+    _self_check(result.get("self_check"), quiet=False, kind=result.get("kind", "texture"))
     if len(written) == 1:
         console.print(f"sample: {written[0]}")
     elif written:
@@ -537,8 +538,9 @@ def _batch(files: list[Path], output: Path | None, force: bool, resume: bool, on
             table.add_row(path.name, "[red]failed[/]", "", "", "", str(e)[:80])
             continue
         check = result.get("self_check")
-        _self_check(check, quiet=True, name=f"{path.name}: ")
-        shown = "" if check is None else f"{check:.2f}" if check <= pipeline.SELF_CHECK_WARN else f"[yellow]{check:.2f} (look)[/]"
+        _self_check(check, quiet=True, kind=result["kind"], name=f"{path.name}: ")
+        warn = pipeline.self_check_warn(result["kind"])
+        shown = "" if check is None else f"{check:.2f}" if check <= warn else f"[yellow]{check:.2f} (look)[/]"
         minutes = f"{(time.perf_counter() - t0) / 60:.1f}"
         table.add_row(path.name, "[green]done[/]", str(result["steps"]), minutes, shown, str(out))
     out_console.print(table)

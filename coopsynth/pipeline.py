@@ -51,6 +51,8 @@ STEP_BACK_AFTER = 3  # divergences from one good state before the run goes back 
 KEEP_GOOD = 3  # good states kept (every 50 iterations), newest last
 SCORE_SEED = 4242  # attempt scores: every attempt is judged from the same latents, noise and patches
 SELF_CHECK_WARN = 2.5  # a texture run whose self-check is above this gets a warning (RESULTS.md, "Self-check")
+SELF_CHECK_WARN_VIDEO = 1.0  # a video run's (RESULTS.md, "Self-check ... videos")
+SELF_CHECK_FRAMES = 48  # videos: the self-check compares the first this many frames of each half
 SELF_CHECK_MIN = 28  # the self-check needs halves of the input at least this many pixels a side (SWD's pyramid)
 SELF_CHECK_SIDE = 640  # and compares at most this many pixels a side of each half, at their centres
 
@@ -456,26 +458,46 @@ def attempt_score(trainer: CoopTrainer, seed: int) -> float | None:
     return metrics.swd(list(samples.cpu()), [ref], seed=seed, patches=2048)
 
 
-def self_check(model: CoopModel, image: Tensor, refine: int, langevin: dict, seed: int = SCORE_SEED) -> float | None:
-    """A texture model judged against its own training image (C, H, W) in [0, 1], which has no
-    held-out part: the SWD (metrics.swd) of two samples, as `sample` writes them (`refine` steps
-    of `langevin`), against the image's second half, over the SWD of its first half against its
-    second (halves along the longer side, their centres at most SELF_CHECK_SIDE pixels a side; the
-    samples at most SCORE_SIDE). About 1: the samples are as close to the image as its halves are
-    to each other. Failed runs mostly score high: above SELF_CHECK_WARN it flagged 14 of 35 poor
-    models and 1 of 71 good ones (benchmarks/self_check.py). None where it does not apply: videos,
-    images of other than 1 or 3 channels, and images whose halves are under SELF_CHECK_MIN pixels
-    a side. `run_training` does not call it for stacks or completions."""
-    if model.net.dims != 2 or image.shape[0] not in (1, 3):
+def self_check(
+    model: CoopModel, image: Tensor, refine: int, langevin: dict, seed: int = SCORE_SEED, smooth: float = 0.0
+) -> float | None:
+    """A model judged against its own training image (C, H, W) or clip (C, T, H, W) in [0, 1],
+    which has no held-out part: the SWD (metrics.swd) of two samples, as `sample` writes them
+    (`refine` steps of `langevin`; videos: latents smoothed over time by `smooth`), against the
+    input's second half, over the SWD of its first half against its second (halves along the
+    longer side, their centres at most SELF_CHECK_SIDE pixels a side; the samples at most
+    SCORE_SIDE; videos: the first SELF_CHECK_FRAMES frames, compared frame by frame). About 1: the
+    samples are as close to the input as its halves are to each other. Failed runs mostly score
+    high: above SELF_CHECK_WARN (self_check_warn) it flagged 14 of 35 poor texture models and 1 of
+    71 good ones (benchmarks/self_check.py). None where it does not apply: inputs of other than 1
+    or 3 channels, and inputs whose halves are under SELF_CHECK_MIN pixels a side. `run_training`
+    does not call it for stacks or completions."""
+    if image.shape[0] not in (1, 3):
         return None
-    a, b = (centre(x, SELF_CHECK_SIDE) for x in metrics.split_halves(image))  # bounded work for a large input
-    if min(b.shape[1:]) < SELF_CHECK_MIN:
+    if model.net.dims == 3:
+        image = image[:, :SELF_CHECK_FRAMES]
+    a, b = (centre(x, SELF_CHECK_SIDE) for x in _halves(image))  # bounded work for a large input
+    if min(b.shape[-2:]) < SELF_CHECK_MIN:
         return None
-    size = tuple(min(n, SCORE_SIDE) for n in b.shape[1:])
+    size = (*b.shape[1:-2], *(min(n, SCORE_SIDE) for n in b.shape[-2:]))
     gen = torch.Generator(device=model.device).manual_seed(seed)
     with model.using(model.accel.for_sampling(model.device)):
-        samples = model.sample(2, size, refine=refine, langevin=langevin, generator=gen)
+        samples = model.sample(2, size, refine=refine, langevin=langevin, generator=gen, smooth=smooth)
     return metrics.swd(list(samples.cpu()), [b], patches=2048) / max(metrics.swd([a], [b], patches=2048), 1e-12)
+
+
+def self_check_warn(kind: str) -> float:
+    """The self-check above which a run of this kind ("texture" or "video") gets a warning."""
+    return SELF_CHECK_WARN_VIDEO if kind == "video" else SELF_CHECK_WARN
+
+
+def _halves(x: Tensor) -> tuple[Tensor, Tensor]:
+    """An image's or a clip's two halves along its longer side (metrics.split_halves cuts every clip
+    left and right: the benchmarks' protocol)."""
+    if x.dim() == 4 and x.shape[-2] > x.shape[-1]:
+        h = x.shape[-2] // 2
+        return x[..., :h, :], x[..., h : 2 * h, :]
+    return metrics.split_halves(x)
 
 
 def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
@@ -716,13 +738,15 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
         snapshot()
     check = None
     # a completion's input has holes, and a stack's maps were not calibrated (RESULTS.md, "Self-check"): not judged
-    if lead and kind == "texture" and trainer.mask is None and not meta.get("maps"):
-        image = trainer.model.denormalise(trainer.data[None])[0].cpu()  # (C, H, W) in [0, 1]
-        check = self_check(trainer.model, image, cfg.langevin_steps, cfg.langevin(trainer.delta))
+    if lead and trainer.mask is None and not meta.get("maps"):
+        image = trainer.model.denormalise(trainer.data[None])[0].cpu()  # (C, [T,] H, W) in [0, 1]
+        refine, smooth = cfg.sampling() if kind == "video" else (cfg.langevin_steps, 0.0)  # as `sample` draws them
+        check = self_check(trainer.model, image, refine, cfg.langevin(trainer.delta), smooth=smooth)
     if check is not None:
         meta["self_check"] = round(check, 3)
         with open(log_path, "a") as log:
-            log.write(json.dumps({"event": "self_check", "score": round(check, 3), "warn_above": SELF_CHECK_WARN}) + "\n")
+            event = {"event": "self_check", "score": round(check, 3), "warn_above": self_check_warn(kind)}
+            log.write(json.dumps(event) + "\n")
     path = save(stop_reason)
     distributed.barrier()
     return {

@@ -776,7 +776,38 @@ def test_self_check_compares_samples_with_the_inputs_halves():
     four = CoopTrainer(torch.cat([image, image[:1]]), tiny_cfg(net=tiny_net(channels=4)), seed=0).model
     assert pipeline.self_check(four, torch.cat([image, image[:1]]), 2, lv) is None
     video = CoopTrainer(video_clip(6, 32, 32), tiny_cfg(net=tiny_net(dims=3), crop_frames=4), seed=0).model
-    assert pipeline.self_check(video, video_clip(6, 64, 64), 2, lv) is None
+    assert pipeline.self_check(video, video_clip(6, 48, 40), 2, lv) is None  # halves 48x20: under SELF_CHECK_MIN
+
+
+def test_the_self_check_of_a_video_compares_its_frames_with_the_clips_halves(monkeypatch):
+    """Videos: halves along the longer side (top and bottom of a tall clip) over the first
+    SELF_CHECK_FRAMES frames, samples as long as that and as large as a half, drawn with the
+    given refinement and smoothing: the second half's own frames score well below 1, an untrained
+    model far above the video warning."""
+    clip = video_clip(4, 56, 30)  # tall: halves of 28x30
+    t = CoopTrainer(clip, tiny_cfg(net=tiny_net(dims=3), crop_frames=4), seed=0)
+    model, lv = t.model, t.cfg.langevin(t.delta)
+    assert pipeline.self_check(model, clip, 0, lv, smooth=1.0) > pipeline.SELF_CHECK_WARN_VIDEO
+    assert pipeline.self_check_warn("video") == pipeline.SELF_CHECK_WARN_VIDEO
+    assert pipeline.self_check_warn("texture") == pipeline.SELF_CHECK_WARN
+    asked = []
+
+    class Copies:  # a model whose samples are the clip's bottom half itself
+        net = model.net
+        device = model.device
+        accel = model.accel
+        using = model.using
+
+        def sample(self, n, size, **kw):
+            asked.append((size, kw["refine"], kw["smooth"]))
+            return clip[None, :, : size[0], 28 : 28 + size[1], : size[2]].expand(n, -1, -1, -1, -1)
+
+    assert pipeline.self_check(Copies(), clip, 3, lv, smooth=2.0) < 0.5
+    assert asked == [((4, 28, 30), 3, 2.0)]
+    monkeypatch.setattr(pipeline, "SELF_CHECK_FRAMES", 3)  # a longer clip: its first frames compared
+    asked.clear()
+    pipeline.self_check(Copies(), clip, 0, lv)
+    assert asked[0][0] == (3, 28, 30)
 
 
 def test_a_texture_run_reports_its_self_check_and_warns_when_it_is_high(tmp_path, monkeypatch):

@@ -356,3 +356,21 @@ def test_video_samples_are_histogram_matched_only_when_asked(clip_dir, tmp_path)
     want = src.flatten(1).median(1).values  # (C,)
     assert ((on.flatten(1).median(1).values - want).abs() < 0.05).all()
     assert ((off.flatten(1).median(1).values - want).abs() > 0.2).all()
+
+
+def test_a_video_run_reports_its_self_check_against_the_video_threshold(tmp_path):
+    """A clip whose halves are at least SELF_CHECK_MIN pixels a side gets the self-check, its
+    samples drawn as `sample` draws them; two iterations give noise, warned of against the video
+    threshold, logged and kept in the checkpoint."""
+    from coopsynth import pipeline
+
+    write_video(tmp_path / "clip.mp4", moving_clip(t=12, h=64, w=64), fps=10.0)
+    r = runner.invoke(app, ["video", str(tmp_path / "clip.mp4"), "-o", str(tmp_path / "o"), "--steps", "2", "--samples", "1"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())  # rich folds long lines
+    assert "warning: the samples look unlike the input (self-check" in text
+    assert f"above {pipeline.SELF_CHECK_WARN_VIDEO:g};" in text
+    events = [json.loads(x) for x in (tmp_path / "o" / "log.jsonl").read_text().splitlines()]
+    (check,) = [e for e in events if e.get("event") == "self_check"]
+    assert check["warn_above"] == pipeline.SELF_CHECK_WARN_VIDEO and check["score"] > pipeline.SELF_CHECK_WARN_VIDEO
+    assert load_checkpoint(tmp_path / "o" / "model.pt", "video")["meta"]["self_check"] == check["score"]
