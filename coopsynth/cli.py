@@ -354,7 +354,7 @@ def _self_check(check: float | None, quiet: bool, kind: str, name: str = "") -> 
         console.print(
             f"[yellow]warning:[/] {name}the samples look unlike the input (self-check {check:.2f}, above "
             f"{warn:g}; about 1 is as close as the input's halves are to each other): "
-            "look at them, and if they are poor train again with another --seed or --preset quality",
+            "look at them, and if they are poor train again with another --seed or a longer --preset (default, quality)",
             highlight=False,
             soft_wrap=True,
         )
