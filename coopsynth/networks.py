@@ -85,8 +85,7 @@ def pad(x: Tensor, amount: tuple[int, ...], wrap: tuple[bool, ...]) -> Tensor:
         spans.append((lo, hi))
     if not any(sides):
         return x
-    graph = x.requires_grad and torch.is_grad_enabled()
-    if x.dtype in HALF_DTYPES and not graph and torch.is_autocast_enabled(x.device.type):
+    if x.dtype in HALF_DTYPES and not (x.requires_grad and torch.is_grad_enabled()) and torch.is_autocast_enabled(x.device.type):
         # autocast would pad in float32: copies there and back, the same numbers. Not under
         # autograd: the gradient of a padded border sums there in float32, here in bf16
         with torch.autocast(x.device.type, enabled=False):
@@ -94,9 +93,10 @@ def pad(x: Tensor, amount: tuple[int, ...], wrap: tuple[bool, ...]) -> Tensor:
     else:
         out = F.pad(x, sides, mode="replicate")
     for i, ((lo, hi), w) in enumerate(zip(spans, wrap, strict=True)):
-        ax, size = x.dim() - n + i, x.shape[x.dim() - n + i]
-        if not w or not (lo or hi):
+        if not w or not (lo or hi):  # a replicated border stands as padded
             continue
+        ax = x.dim() - n + i
+        size = x.shape[ax]
         if lo > size or hi > size:
             raise ValueError(f"circular padding of {max(lo, hi)} on an axis of {size}")
         if lo:
@@ -357,7 +357,8 @@ def _linear_upsampled_conv(conv: nn.Module, hp: Tensor, scale: tuple[int, ...], 
     convolution at h's resolution whose output channels are (O, the 2^k output phases of the k
     up-sampled axes), each phase's kernel the conv's taps blended by LINEAR_FOLD, then interleaved
     (a pixel shuffle). Equal up to float rounding, for replicate and circular padding alike.
-    `scale`: 1 or 2 per trailing axis."""
+    `scale`: 1 or 2 per trailing axis. `channels_last` (videos; a 2-D pixel shuffle keeps its
+    input's layout by itself): hp is channels-last-3d, and so is the output (_interleave_last)."""
     d = len(scale)
     ups = [a for a, s in enumerate(scale) if s == 2]
     o = conv.out_channels
