@@ -115,22 +115,20 @@ def main() -> None:
     ap.add_argument("--videos", action="store_true", help="video.py runs instead (default: benchmarks/out/video*)")
     ap.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args()
-    kind = "video" if args.videos else "texture"
-    folder = args.data / ("videos" if args.videos else "textures")
+    kind, script, suffix = ("video", "video", ".mp4") if args.videos else ("texture", "quality", ".png")
+    folder = args.data / f"{kind}s"
     if not folder.is_dir():
         print(f"skipped: {folder} not found (give --data)")
         return
-    runs = args.runs or sorted(p for p in (HERE / "out").glob("video*" if args.videos else "quality*") if p.is_dir())
+    runs = args.runs or sorted(p for p in (HERE / "out").glob(f"{script}*") if p.is_dir())
     found = models(runs, kind)
     if not found:
-        print(
-            f"skipped: no stored {'video' if args.videos else 'quality'}.py models (run benchmarks/{'video' if args.videos else 'quality'}.py first)"
-        )
+        print(f"skipped: no stored {script}.py models (run benchmarks/{script}.py first)")
         return
     rows, skipped = [], 0
     for run, item, held, path in found:
         try:
-            check = score(path, folder / f"{item}{'.mp4' if args.videos else '.png'}")
+            check = score(path, folder / f"{item}{suffix}")
         except (CoopsynthError, KeyError, TypeError, RuntimeError) as e:  # a checkpoint of a network form since removed
             print(f"  {run.name}/{item}: skipped ({type(e).__name__}: {str(e).splitlines()[0][:100]})", flush=True)
             skipped += 1
