@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import header, publish  # noqa: E402
 
+from coopsynth import langevin as langevin_module  # noqa: E402
 from coopsynth import model as model_module  # noqa: E402
 from coopsynth import networks  # noqa: E402
 from coopsynth.accel import Accel, cpu_has_bf16, keep_freed_memory  # noqa: E402
@@ -800,6 +801,72 @@ def padding_forms(device: torch.device, cfg, image: CoopModel, video: CoopModel,
     return lines
 
 
+def plain_update(y, grad, draw, *, half, sigma, scale, bounds=None):
+    """The Langevin step's move as the plain expression (coopsynth's before 2026-11-28): eight
+    passes over memory where `langevin.langevin_update` makes four, and the clamp by broadcast
+    bound tensors. The same numbers up to rounding."""
+    y = y - half * (y / (sigma * sigma) - grad)
+    if draw is not None:
+        y = y + scale * draw
+    if bounds is not None:
+        y = torch.maximum(torch.minimum(y, bounds[1]), bounds[0])
+    return y
+
+
+def refinement_forms(device: torch.device, cfg) -> list[str]:
+    """The refinement's element-wise work, in interleaved rounds, on models of the presets' shapes
+    (random weights) sampled as `sample --refine L` runs them, at the precision sampling picks on
+    the device: a 1024x1024 texture and a LONG_VIDEO video (in time windows). The update
+    (`plain_update` against `langevin.langevin_update`) and, on a CPU, the block noise drawn on one
+    thread against on all of torch's (`langevin.PARALLEL_NOISE_MIN`)."""
+    own_update, own_min = langevin_module.langevin_update, langevin_module.PARALLEL_NOISE_MIN
+    accel = Accel.for_device(device).for_sampling(device)
+    image = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device, accel)
+    video = CoopModel(preset("default", dims=3).net, torch.full((3,), 0.5), torch.full((3,), 0.2), device, accel)
+    steps = cfg.langevin_steps
+
+    def sample(m: CoopModel, size: tuple[int, ...], update: Callable, parallel_min: int) -> Callable[[], object]:
+        def call() -> object:
+            langevin_module.langevin_update, langevin_module.PARALLEL_NOISE_MIN = update, parallel_min
+            try:
+                return m.sample(1, size, refine=steps, langevin=cfg.langevin(), generator=torch.Generator(device).manual_seed(0))
+            finally:
+                langevin_module.langevin_update, langevin_module.PARALLEL_NOISE_MIN = own_update, own_min
+
+        return call
+
+    frames, h, w = LONG_VIDEO
+    cases = [
+        (f"1024x1024 sample, refine {steps}, {accel.precision}", image, (1024, 1024)),
+        (f"video sample, {frames} frames of {h}x{w}, refine {steps}, {accel.precision}", video, LONG_VIDEO),
+    ]
+    lines = [
+        f"\nThe refinement's Langevin update, in interleaved rounds: the plain expression (eight passes over memory) "
+        f"against `langevin.langevin_update` (four, in place on one fresh tensor, clamped channel by channel; the default). "
+        f"Samples with {steps} "
+        "refinements from models of the presets' shapes (random weights). The same numbers up to rounding.\n",
+        "| what | plain expression | in place (default) | in place's speed-up |",
+        "|---|---|---|---|",
+    ]
+    for name, m, size in cases:
+        plain, fused = (sample(m, size, u, own_min) for u in (plain_update, own_update))
+        lines.append(pair_row(name, plain, fused, device, 6, 0.0))
+        print(lines[-1], flush=True)
+    if device.type != "cpu":
+        return lines
+    lines += [
+        f"\nThe refinement's block noise, in interleaved rounds: drawn on one thread against on all {torch.get_num_threads()} "
+        f"of torch's (regions of {own_min} numbers or more; the default). The same numbers.\n",
+        "| what | one thread | all threads (default) | all threads' speed-up |",
+        "|---|---|---|---|",
+    ]
+    for name, m, size in cases:
+        one, every = (sample(m, size, own_update, n) for n in (2**62, own_min))
+        lines.append(pair_row(name, one, every, device, 6, 0.0))
+        print(lines[-1], flush=True)
+    return lines
+
+
 def interleave_backward(device: torch.device, sizes: list[int], cfg) -> list[str]:
     """The gradient of the generator's channels-last interleave (every folded block in training
     where `model.TRAIN_CHANNELS_LAST` says so, else the last), in interleaved rounds: autograd's
@@ -1076,6 +1143,7 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: 
     lines += generator_layouts(device, cfg)
     lines += interleave_backward(device, sizes, cfg)
     lines += adam_forms(device, cfg)
+    lines += refinement_forms(device, cfg)
     lines += langevin_paths(device, sizes, cfg)
     if device.type == "cpu":
         lines += thread_scaling(sizes, cfg)
@@ -1090,9 +1158,10 @@ def main() -> None:
     ap.add_argument("--big", type=int, default=8192, help="side of the large-sample check (0: skip)")
     ap.add_argument(
         "--only",
-        choices=["threads", "forms", "layouts", "interleave", "sampling"],
+        choices=["threads", "forms", "layouts", "interleave", "sampling", "refinement"],
         help="one table alone: threads (CPU thread scaling), forms (the generator's blocks and up-sampling modes), "
-        "layouts (the generator's), interleave (its gradient) or sampling (the 1024x1024 and --big samples)",
+        "layouts (the generator's), interleave (its gradient), sampling (the 1024x1024 and --big samples) or "
+        "refinement (the Langevin update and noise of refined samples)",
     )
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -1121,6 +1190,9 @@ def main() -> None:
             continue
         if args.only == "interleave":
             text += f"{d.upper()}:\n" + "\n".join(interleave_backward(torch.device(d), sizes, preset(args.preset))) + "\n"
+            continue
+        if args.only == "refinement":
+            text += f"{d.upper()}:\n" + "\n".join(refinement_forms(torch.device(d), preset(args.preset))) + "\n"
             continue
         if args.only == "sampling":
             text += f"{d.upper()}:\n" + "\n".join(sampling(torch.device(d), preset(args.preset), args.big)) + "\n"

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 Tensor = torch.Tensor
 Callback = Callable[[dict], None] | None
 EnergyGrad = Callable[[Tensor, bool], tuple[Tensor | None, Tensor]]  # (y, want f) -> (f (B,) or None, df/dy)
+
+SCALAR_CLAMP_MIN = 1 << 16  # langevin_update clamps a CPU tensor of at least this many values channel by channel
+PARALLEL_NOISE_MIN = 1 << 18  # block_noise draws a region of at least this many numbers on all of torch's threads
 
 
 def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -60,16 +64,49 @@ def descriptor_langevin(
     for i in range(steps):
         f, grad = _energy_grad(energy, y, max_batch, energy_grad, want_f)  # (B,) or None, like y
         with torch.no_grad():
-            y = y - half * (y / (sigma * sigma) - grad)
-            if noise:
-                y = y + (noise * delta) * (_noise(y, generator) if noise_fn is None else noise_fn(i))
-            if bounds is not None:
-                y = torch.maximum(torch.minimum(y, bounds[1]), bounds[0])
+            draw = None if not noise else _noise(y, generator) if noise_fn is None else noise_fn(i)
+            y = langevin_update(y, grad, draw, half=half, sigma=sigma, scale=noise * delta, bounds=bounds)
             if known_mask is not None:
                 y = torch.where(known_mask, known, y)
         if callback is not None:
             callback({"step": i, "x": y, "energy": f})
     return y
+
+
+def langevin_update(
+    y: Tensor,
+    grad: Tensor,
+    draw: Tensor | None,
+    *,
+    half: float,
+    sigma: float,
+    scale: float,
+    bounds: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """One step's move, a new tensor like y (y itself is not written):
+
+        y - half (y / sigma^2 - grad) + scale * draw, then clamped to bounds (lo, hi).
+
+    Written as y (1 - half / sigma^2) + half grad + scale draw, in place on one fresh tensor: four
+    passes over memory instead of the eight of the plain expression; bounds of one value a channel
+    clamp channel by channel (SCALAR_CLAMP_MIN). A large field's update is memory-bound: see
+    benchmarks/speed.py `--only refinement`.
+    """
+    out = torch.mul(y, 1.0 - half / (sigma * sigma))
+    out.add_(grad, alpha=half)
+    if draw is not None:
+        out.add_(draw, alpha=scale)
+    if bounds is not None:
+        lo, hi = bounds
+        per_channel = out.dim() > 1 and lo.shape == hi.shape == (1, out.shape[1], *(1,) * (out.dim() - 2))
+        if per_channel and out.device.type == "cpu" and out.numel() >= SCALAR_CLAMP_MIN:
+            # one bound a channel (the model's pixel range): a clamp by numbers, channel by
+            # channel, is 6x faster on a CPU than one that broadcasts bound tensors
+            for k, (a, b) in enumerate(zip(lo.flatten().tolist(), hi.flatten().tolist(), strict=True)):
+                out[:, k].clamp_(a, b)
+        else:
+            torch.clamp(out, lo, hi, out=out)
+    return out
 
 
 def _energy_grad(
@@ -101,24 +138,53 @@ def block_noise(
     seed: int,
     block: int = 64,
     device: torch.device | str | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
     """N(0, I) over `region` (one slice per trailing axis: rows, cols, or frames, rows, cols) of a
     (B, C, ...) field, drawn block by block: block (i, j, ...) of step s always gets the same
     numbers, whatever region asks for it. This makes a windowed Langevin chain draw exactly the
-    noise a whole-field chain draws."""
+    noise a whole-field chain draws. `out`, if given, is the region's buffer to fill (any layout).
+
+    The blocks have a generator each, so on a CPU large ones are drawn on several threads at
+    once (a region of `PARALLEL_NOISE_MIN` numbers or more): PyTorch's CPU `normal_` runs on one thread, and was about an
+    eighth of a long video's refinement. The numbers are the same either way."""
     b, c = shape[0], shape[1]
-    out = torch.empty(b, c, *(r.stop - r.start for r in region), device=device)
+    if out is None:
+        out = torch.empty(b, c, *(r.stop - r.start for r in region), device=device)
     ranges = [range(r.start // block, (r.stop - 1) // block + 1) for r in region]
-    for idx in itertools.product(*ranges):
+
+    def fill(idx: tuple[int, ...]) -> None:
         g = torch.Generator().manual_seed(hash((seed, step, *idx)) & 0x7FFFFFFFFFFFFFFF)
-        blk = torch.randn(b, c, *(block,) * len(region), generator=g)
+        blk = torch.randn(b, c, *(block,) * len(region), generator=g)  # (B, C, block, ...)
         take, put = [], []
         for r, i in zip(region, idx, strict=True):
             lo, hi = max(r.start, i * block), min(r.stop, (i + 1) * block)
             take.append(slice(lo - i * block, hi - i * block))
             put.append(slice(lo - r.start, hi - r.start))
         out[(..., *put)] = blk[(..., *take)].to(out.device)
+
+    def fill_all(blocks: list[tuple[int, ...]]) -> None:
+        for idx in blocks:
+            fill(idx)
+
+    blocks = list(itertools.product(*ranges))
+    threads = min(torch.get_num_threads(), len(blocks))
+    if out.device.type == "cpu" and threads > 1 and len(blocks) * b * c * block ** len(region) >= PARALLEL_NOISE_MIN:
+        # a share of the blocks per thread (they write disjoint parts of out)
+        list(_pool(threads).map(fill_all, [blocks[k::threads] for k in range(threads)]))
+    else:
+        fill_all(blocks)
     return out
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """A pool of `threads` workers, made once per size (torch's thread count can change)."""
+    if threads not in _POOLS:
+        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="coopsynth-noise")
+    return _POOLS[threads]
 
 
 def generator_posterior_langevin(

@@ -276,7 +276,7 @@ class CoopModel:
                 for combo in itertools.product(*pieces):
                     region = tuple(slice(s0, s1) for s0, s1, _ in combo)
                     dst = tuple(slice(t, t + s1 - s0) for s0, s1, t in combo)
-                    out[(..., *dst)] = block_noise(y.shape, region, step, seed, device=y.device)
+                    block_noise(y.shape, region, step, seed, out=out[(..., *dst)])
                 return out
 
             return fn

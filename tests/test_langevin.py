@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from coopsynth.langevin import descriptor_langevin, generator_posterior_langevin
@@ -95,3 +96,50 @@ def test_chunked_gradients_give_the_same_chain():
     for max_batch in (1, 2):
         part = descriptor_langevin(d, y0, generator=torch.Generator().manual_seed(1), max_batch=max_batch, **kw)
         torch.testing.assert_close(part, whole)
+
+
+@pytest.mark.parametrize("scalar_clamp_min", [0, 2**62])  # the clamp channel by channel, and by bound tensors
+def test_update_matches_the_plain_expression_and_leaves_its_input_alone(monkeypatch, scalar_clamp_min):
+    """langevin_update is y - half (y / sigma^2 - grad) + scale * draw, clamped, rearranged."""
+    import coopsynth.langevin as L
+    from coopsynth.langevin import langevin_update
+
+    monkeypatch.setattr(L, "SCALAR_CLAMP_MIN", scalar_clamp_min)
+
+    g = torch.Generator().manual_seed(0)
+    y, grad, draw = (torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64) for _ in range(3))
+    lo = torch.tensor([-1.0, -0.5, -2.0], dtype=torch.float64).view(1, 3, 1, 1)
+    hi = torch.tensor([0.8, 0.3, 1.5], dtype=torch.float64).view(1, 3, 1, 1)
+    y_before = y.clone()
+    half, sigma, scale = 0.5 * 0.7**2, 1.3, 0.35
+    plain = y - half * (y / sigma**2 - grad)
+    torch.testing.assert_close(langevin_update(y, grad, None, half=half, sigma=sigma, scale=scale), plain)
+    noisy = langevin_update(y, grad, draw, half=half, sigma=sigma, scale=scale, bounds=(lo, hi))
+    torch.testing.assert_close(noisy, torch.maximum(torch.minimum(plain + scale * draw, hi), lo))
+    for k in range(3):  # each channel reached its own bounds, and was held there
+        assert noisy[:, k].max() == hi.flatten()[k] and noisy[:, k].min() == lo.flatten()[k]
+    assert torch.equal(y, y_before)
+
+
+def test_block_noise_is_the_same_on_one_thread_or_many_and_for_any_region(monkeypatch):
+    """Blocks drawn on several threads give the numbers one thread gives; a sub-region gets the
+    slice of the whole field's draw; `out` is filled in place, whatever its layout."""
+    import coopsynth.langevin as L
+
+    shape, whole = (1, 2, 150, 130), (slice(0, 150), slice(0, 130))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        monkeypatch.setattr(L, "PARALLEL_NOISE_MIN", 2**62)
+        serial = L.block_noise(shape, whole, 3, 11, block=32)
+        monkeypatch.setattr(L, "PARALLEL_NOISE_MIN", 0)
+        parallel = L.block_noise(shape, whole, 3, 11, block=32)
+        part = L.block_noise(shape, (slice(40, 111), slice(7, 100)), 3, 11, block=32)
+        out = torch.zeros(1, 2, 150, 130).contiguous(memory_format=torch.channels_last)
+        filled = L.block_noise(shape, whole, 3, 11, block=32, out=out)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(parallel, serial)
+    assert torch.equal(part, serial[..., 40:111, 7:100])
+    assert filled is out and torch.equal(out, serial)
+    assert not torch.equal(L.block_noise(shape, whole, 4, 11, block=32), serial)  # another step, other numbers

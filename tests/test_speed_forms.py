@@ -159,3 +159,51 @@ def test_generator_form_rows_time_the_presets_mode_plain_then_folded_and_restore
     assert [s[2] for s in seen[6:]] == ["nearest", "linear"]  # the mode's price
     rows = [line for line in lines if line.startswith("| training iteration") or line.startswith("| 1024")]
     assert len(rows) == 4 and all(r.endswith("| 20 ms | 10 ms | 2.00x |") for r in rows)
+
+
+def test_plain_update_equals_langevin_update():
+    """The refinement table's peer computes the default's numbers (float64, per-channel bounds)."""
+    from coopsynth.langevin import langevin_update
+
+    g = torch.Generator().manual_seed(0)
+    y, grad, draw = (torch.randn(1, 3, 4, 6, 5, generator=g, dtype=torch.float64) for _ in range(3))
+    bounds = (torch.full((1, 3, 1, 1, 1), -1.2, dtype=torch.float64), torch.full((1, 3, 1, 1, 1), 0.9, dtype=torch.float64))
+    kw = dict(half=0.6, sigma=1.7, scale=0.4)
+    for d, b in ((draw, bounds), (None, None)):
+        torch.testing.assert_close(speed.plain_update(y, grad, d, **kw, bounds=b), langevin_update(y, grad, d, **kw, bounds=b))
+
+
+def test_refinement_rows_time_each_form_with_its_setting_and_restore_it(monkeypatch):
+    """The refinement tables time the plain update then the default, and the noise on one thread
+    then on all, each for an image and a video sample (made-up timings); the module's update and
+    threshold are back to their defaults afterwards, even around a sample that fails."""
+    import coopsynth.langevin as L
+    from coopsynth.trainer import preset
+
+    own = L.langevin_update, L.PARALLEL_NOISE_MIN
+    seen = []
+
+    def fake_sample(self, n, size, **kw):
+        seen.append((len(size), L.langevin_update, L.PARALLEL_NOISE_MIN))
+        if len(seen) == 1:
+            raise RuntimeError("out of memory")
+
+    def fake_timeit_all(fns, device, repeat=10, min_time=0.1):
+        for fn in fns.values():
+            try:
+                fn()
+            except RuntimeError:
+                assert (L.langevin_update, L.PARALLEL_NOISE_MIN) == own
+        return {"first": 0.02, "second": 0.01}
+
+    monkeypatch.setattr(speed, "timeit_all", fake_timeit_all)
+    monkeypatch.setattr(speed.CoopModel, "sample", fake_sample)
+    lines = speed.refinement_forms(torch.device("cpu"), preset("fast"))
+    assert (L.langevin_update, L.PARALLEL_NOISE_MIN) == own
+    plain, fused, one = speed.plain_update, own[0], 2**62
+    assert seen == [
+        (2, plain, own[1]), (2, fused, own[1]), (3, plain, own[1]), (3, fused, own[1]),
+        (2, fused, one), (2, fused, own[1]), (3, fused, one), (3, fused, own[1]),
+    ]  # fmt: skip
+    rows = [line for line in lines if line.startswith("| 1024") or line.startswith("| video")]
+    assert len(rows) == 4 and all(r.endswith("| 20 ms | 10 ms | 2.00x |") for r in rows)
