@@ -33,9 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import header, publish  # noqa: E402
 
+from coopsynth import (
+    cpugrad,  # noqa: E402
+    networks,  # noqa: E402
+)
 from coopsynth import langevin as langevin_module  # noqa: E402
 from coopsynth import model as model_module  # noqa: E402
-from coopsynth import networks  # noqa: E402
 from coopsynth.accel import Accel, cpu_has_bf16, keep_freed_memory  # noqa: E402
 from coopsynth.cpugrad import unpad  # noqa: E402
 from coopsynth.histogram import quantile_function  # noqa: E402
@@ -864,6 +867,42 @@ def refinement_forms(device: torch.device, cfg) -> list[str]:
         one, every = (sample(m, size, own_update, n) for n in (2**62, own_min))
         lines.append(pair_row(name, one, every, device, 6, 0.0))
         print(lines[-1], flush=True)
+    if accel.precision == "bf16" and torch.bfloat16 in cpugrad.DECONV_TUNE_DTYPES:
+        lines += deconv_paddings(image, cfg, accel.precision)
+    return lines
+
+
+def deconv_paddings(image: CoopModel, cfg, precision: str) -> list[str]:
+    """Refined texture samples with each layer's conv^T at its natural output padding against
+    `cpugrad._pick_padding`'s choice (the default), in interleaved rounds; the packed weights are
+    made afresh for each sample, the choices once per shape as in a run."""
+    own_min = cpugrad.DECONV_TUNE_MIN
+    steps = cfg.langevin_steps
+
+    def sample(side: int, tune_min: int) -> Callable[[], object]:
+        def call() -> object:
+            cpugrad.DECONV_TUNE_MIN = tune_min
+            image._packed.cache.clear()
+            try:
+                return image.sample(1, (side, side), refine=steps, langevin=cfg.langevin())
+            finally:
+                cpugrad.DECONV_TUNE_MIN = own_min
+
+        return call
+
+    lines = [
+        f"\nThe refinement's transposed convolutions in {precision}, in interleaved rounds: each layer's natural output "
+        "padding against `cpugrad._pick_padding`'s (one row and column more where that is under "
+        f"{cpugrad.DECONV_SWITCH:g} of the time; the default). The same numbers up to {precision} rounding.\n",
+        "| what | natural padding | picked (default) | picked's speed-up |",
+        "|---|---|---|---|",
+    ]
+    for side in (512, 768, 1024, 2048):
+        name = f"{side}x{side} sample, refine {steps}, {precision}"
+        lines.append(pair_row(name, sample(side, 2**62), sample(side, own_min), image.device, 6 if side < 2048 else 4, 0.0))
+        print(lines[-1], flush=True)
+    picked = sorted(f"{list(k[0])} -> {v}" for k, v in cpugrad._PADDINGS.items())
+    lines.append(f"\nThe choices (a layer's output shape -> its output padding): {'; '.join(picked) or 'none'}.")
     return lines
 
 

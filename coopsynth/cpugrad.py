@@ -26,6 +26,7 @@ goes back to autograd (`CoopModel.revise`, through `PackedGrads`).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 import torch
@@ -42,6 +43,10 @@ KERNELS = (  # torch.ops.mkldnn operators used here
     "_convolution_transpose_pointwise",
 )
 MAX_SHAPES = 8  # packed shapes kept per model (training uses one or two; windows and previews more)
+DECONV_TUNE_DTYPES = (torch.bfloat16,)  # where _pick_padding runs (float32: at most 1.35x, below DECONV_SWITCH)
+DECONV_TUNE_MIN = 1 << 21  # ... for a layer input of this many values or more (a 1024x1024 window's is 9.2 million)
+DECONV_SWITCH = 0.5  # _pick_padding leaves the natural output padding only for one this much faster
+_PADDINGS: dict[tuple, list[int]] = {}  # _pick_padding's choices, per shape, for this process
 
 
 def unpad(g: Tensor, amount: tuple[tuple[int, int], ...], wrap: tuple[bool, ...]) -> Tensor:
@@ -95,6 +100,37 @@ def unsupported(d: Descriptor, y: Tensor, dtype: torch.dtype = torch.float32) ->
     return None
 
 
+def _pick_padding(w: Tensor, da_shape: list[int], natural: list[int], stride: list[int]) -> list[int]:
+    """The output padding for conv^T of one layer and shape, in bf16: the natural one, or 1 on
+    every strided axis whose natural padding is 0 (one more row and column, which get no gradient
+    and are cropped) where that runs in under DECONV_SWITCH of the time. oneDNN's bf16 transposed
+    convolution (brgemm on AMX) runs some output sizes 3-5x slower than one row and column more:
+    a 1024x1024 refinement window's second layer took 40 ms a step, 8.7 ms with the extra row and
+    column (benchmarks/RESULTS.md). The two are timed once per shape and process (on zeros, the
+    better of two runs each); the wide margin keeps the choice the same from run to run, and the
+    results of both agree up to bf16 rounding. Images only: a video window's layers ran fastest
+    with their natural padding (1.4-2.3x faster than with a frame, row or column more)."""
+    free = [i for i, (p, s) in enumerate(zip(natural, stride, strict=True)) if p == 0 and s > 1]
+    key = (tuple(da_shape), tuple(w.shape), tuple(stride), tuple(natural), torch.get_num_threads())
+    if not free:
+        return natural
+    if key not in _PADDINGS:
+        wide = [1 if i in free else p for i, p in enumerate(natural)]
+        da = torch.zeros(da_shape, dtype=w.dtype)  # (B, O, ...) the layer's output shape
+        ops, zeros, ones = torch.ops.mkldnn, [0] * len(stride), [1] * len(stride)
+        took = []
+        for op in (natural, wide):
+            packed = ops._reorder_convolution_transpose_weight(w, zeros, op, stride, ones, 1, da_shape)
+            runs = []
+            for _ in range(2):  # the first includes oneDNN's set-up for the shape
+                t = time.perf_counter()
+                ops._convolution_transpose_pointwise(da, packed, None, zeros, op, stride, ones, 1, "none", [], "")
+                runs.append(time.perf_counter() - t)
+            took.append(min(runs))
+        _PADDINGS[key] = wide if took[1] < DECONV_SWITCH * took[0] else natural
+    return _PADDINGS[key]
+
+
 class _Layer:
     """One descriptor layer planned for one input shape, computing in `dtype`."""
 
@@ -108,16 +144,23 @@ class _Layer:
         x_size = (*padded[:-2], padded[-2] // 2, padded[-1] // 2) if self.depth else padded
         x_shape = [shape[0], w.shape[1], *x_size]
         out = tuple((n - k) // s + 1 for n, k, s in zip(x_size, w.shape[2:], stride, strict=True))
-        self.out_padding = [n - ((o - 1) * s + k) for n, o, k, s in zip(x_size, out, w.shape[2:], stride, strict=True)]
+        natural = [n - ((o - 1) * s + k) for n, o, k, s in zip(x_size, out, w.shape[2:], stride, strict=True)]
         self.stride = list(stride)
         self.zeros = [0] * len(stride)
         self.ones = [1] * len(stride)
+        self.x_size = list(x_size)
         ops = torch.ops.mkldnn
         with torch.no_grad():
             self.w_fwd = ops._reorder_convolution_weight(w.contiguous(), self.zeros, self.stride, self.ones, 1, x_shape)
+            da_shape = [shape[0], w.shape[0], *out]
+            self.out_padding = natural
+            if dtype in DECONV_TUNE_DTYPES and len(stride) == 2 and math.prod(x_shape) >= DECONV_TUNE_MIN:
+                self.out_padding = _pick_padding(w.contiguous(), da_shape, natural, self.stride)
             self.w_bwd = ops._reorder_convolution_transpose_weight(
-                w.contiguous(), self.zeros, self.out_padding, self.stride, self.ones, 1, [shape[0], w.shape[0], *out]
+                w.contiguous(), self.zeros, self.out_padding, self.stride, self.ones, 1, da_shape
             )
+        self.natural_padding = natural
+        self.cropped = self.out_padding != natural  # conv^T then writes an extra row or column, cut off
         self.bias = layer.bias.detach().to(dtype)
         self.read_out = d.heads[i].weight.detach().reshape(1, -1, *(1,) * len(stride))  # u_i (1, O, 1, ...), float32
         self.read_out_c = self.read_out.to(dtype)  # the same in the computing dtype, for the gradient
@@ -167,6 +210,8 @@ class PackedDescriptor:
             gx = ops._convolution_transpose_pointwise(
                 da, L.w_bwd, None, L.zeros, L.out_padding, L.stride, L.ones, 1, "none", [], ""
             )  # df/d(the padded input), (B, I, ...) doubled
+            if L.cropped:
+                gx = gx[(..., *(slice(0, n) for n in L.x_size))]
             if L.depth:
                 gx = depth_to_space(gx)
             g = unpad(gx, L.pads, self.wrap)  # df/d(the layer's input)

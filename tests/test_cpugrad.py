@@ -320,3 +320,50 @@ def test_cli_run_says_when_the_closed_form_fell_back_and_logs_it(tmp_path, monke
     reason = "closed-form CPU gradient failed: RuntimeError: kernel missing"
     assert f"the Langevin revision fell back to slower code: {reason}" in " ".join(r.output.split())
     assert json.loads((tmp_path / "slow" / "log.jsonl").read_text().splitlines()[-1])["eager_fallbacks"] == [reason]
+
+
+def _force_paddings(monkeypatch, switch: float, dtypes=(torch.float32, torch.bfloat16)) -> None:
+    """Make _pick_padding time every layer (any size, these dtypes) and take the wider output
+    padding whenever it is under `switch` times the natural one's time (inf: always; 0: never)."""
+    monkeypatch.setattr(cpugrad, "DECONV_TUNE_DTYPES", dtypes)
+    monkeypatch.setattr(cpugrad, "DECONV_TUNE_MIN", 0)
+    monkeypatch.setattr(cpugrad, "DECONV_SWITCH", switch)
+    monkeypatch.setattr(cpugrad, "_PADDINGS", {})
+
+
+@needs_onednn
+@pytest.mark.parametrize(("cfg", "shape", "wrap"), CASES)
+def test_a_wider_output_padding_gives_the_same_gradient(monkeypatch, cfg, shape, wrap):
+    """conv^T with one more row and column, cropped (what _pick_padding may choose), matches
+    float64 autograd; refusing it leaves the natural padding and the same bits as before."""
+    d = _descriptor(cfg)
+    y = torch.randn(shape)
+    f0, g0 = PackedDescriptor(d, shape, wrap)(y)
+    _force_paddings(monkeypatch, float("inf"))
+    packed = PackedDescriptor(d, shape, wrap)
+    f, g = packed(y)
+    free = len(shape) == 4 and any(  # images only: video layers keep their natural padding
+        s > 1 and p == 0 for L in packed.layers for s, p in zip(L.stride, L.natural_padding, strict=True)
+    )
+    assert any(L.cropped for L in packed.layers) == free and (free or not cpugrad._PADDINGS)
+    f_ref, g_ref = _reference(d, y, wrap)
+    torch.testing.assert_close(g.double(), g_ref, rtol=1e-4, atol=1e-5 * g_ref.abs().max().item())
+    torch.testing.assert_close(f, f0)
+    _force_paddings(monkeypatch, 0.0)
+    packed = PackedDescriptor(d, shape, wrap)
+    f1, g1 = packed(y)
+    assert not any(L.cropped for L in packed.layers)
+    assert torch.equal(g1, g0) and torch.equal(f1, f0)
+
+
+@needs_onednn_bf16
+def test_a_wider_output_padding_in_bf16_matches_autocast(monkeypatch):
+    cfg, shape, wrap = CASES[0]
+    d = _descriptor(cfg)
+    y = torch.randn(shape)
+    _force_paddings(monkeypatch, float("inf"), (torch.bfloat16,))
+    packed = PackedDescriptor(d, shape, wrap, torch.bfloat16)
+    _, g = packed(y)
+    assert any(L.cropped for L in packed.layers)
+    _, g_ac = _autocast_reference(d, y, wrap)
+    assert _rel(g, g_ac) < 0.01

@@ -198,6 +198,7 @@ def test_refinement_rows_time_each_form_with_its_setting_and_restore_it(monkeypa
 
     monkeypatch.setattr(speed, "timeit_all", fake_timeit_all)
     monkeypatch.setattr(speed.CoopModel, "sample", fake_sample)
+    monkeypatch.setattr(speed, "deconv_paddings", lambda *a: [])  # bf16 CPUs only: its own test
     lines = speed.refinement_forms(torch.device("cpu"), preset("fast"))
     assert (L.langevin_update, L.PARALLEL_NOISE_MIN) == own
     plain, fused, one = speed.plain_update, own[0], 2**62
@@ -207,3 +208,33 @@ def test_refinement_rows_time_each_form_with_its_setting_and_restore_it(monkeypa
     ]  # fmt: skip
     rows = [line for line in lines if line.startswith("| 1024") or line.startswith("| video")]
     assert len(rows) == 4 and all(r.endswith("| 20 ms | 10 ms | 2.00x |") for r in rows)
+
+
+def test_deconv_padding_rows_time_natural_then_picked_and_restore_it(monkeypatch):
+    """Each row times the natural output padding (no layer timed) then the default threshold,
+    packing afresh for every sample (made-up timings); the threshold is back afterwards."""
+    from coopsynth import cpugrad
+    from coopsynth.trainer import preset
+
+    own = cpugrad.DECONV_TUNE_MIN
+    seen = []
+
+    def fake_sample(self, n, size, **kw):
+        seen.append((size[0], cpugrad.DECONV_TUNE_MIN, len(self._packed.cache)))
+
+    def fake_timeit_all(fns, device, repeat=10, min_time=0.1):
+        for fn in fns.values():
+            fn()
+        return {"first": 0.03, "second": 0.01}
+
+    monkeypatch.setattr(speed, "timeit_all", fake_timeit_all)
+    monkeypatch.setattr(speed.CoopModel, "sample", fake_sample)
+    cfg = preset("fast")
+    image = speed.CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2))
+    image._packed.cache["stale"] = None
+    lines = speed.deconv_paddings(image, cfg, "bf16")
+    assert cpugrad.DECONV_TUNE_MIN == own
+    assert seen == [(side, t, 0) for side in (512, 768, 1024, 2048) for t in (2**62, own)]
+    rows = [line for line in lines if line.startswith("| ") and " sample, " in line]
+    assert len(rows) == 4 and all(r.endswith("| 30 ms | 10 ms | 3.00x |") for r in rows)
+    assert lines[-1].startswith("\nThe choices")
