@@ -10,6 +10,7 @@ bars here. Gradients come from `torch.autograd.grad`, so the weights' .grad is n
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -178,6 +179,8 @@ def block_noise(
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's workers: it makes its own
+    os.register_at_fork(after_in_child=_POOLS.clear)
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:

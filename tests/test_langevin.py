@@ -143,3 +143,38 @@ def test_block_noise_is_the_same_on_one_thread_or_many_and_for_any_region(monkey
     assert torch.equal(part, serial[..., 40:111, 7:100])
     assert filled is out and torch.equal(out, serial)
     assert not torch.equal(L.block_noise(shape, whole, 4, 11, block=32), serial)  # another step, other numbers
+
+
+def _noise_in_child(queue) -> None:
+    import coopsynth.langevin as L
+
+    L.PARALLEL_NOISE_MIN = 0
+    torch.set_num_threads(2)
+    queue.put(L.block_noise((1, 1, 40, 40), (slice(0, 40), slice(0, 40)), 0, 1, block=16).sum().item())
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork here")
+def test_block_noise_threads_survive_a_fork(monkeypatch):
+    """A child forked after the parent drew noise on its threads draws on its own (the parent's
+    workers do not exist there: without the at-fork reset it would wait for them forever)."""
+    import multiprocessing
+
+    import coopsynth.langevin as L
+
+    monkeypatch.setattr(L, "PARALLEL_NOISE_MIN", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        want = L.block_noise((1, 1, 40, 40), (slice(0, 40), slice(0, 40)), 0, 1, block=16).sum().item()
+    finally:
+        torch.set_num_threads(threads)
+    assert L._POOLS  # the parent's pool exists when the child is forked
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_noise_in_child, args=(queue,))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == want
