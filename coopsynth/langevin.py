@@ -99,7 +99,8 @@ def langevin_update(
         out.add_(draw, alpha=scale)
     if bounds is not None:
         lo, hi = bounds
-        per_channel = out.dim() > 1 and lo.shape == hi.shape == (1, out.shape[1], *(1,) * (out.dim() - 2))
+        one_a_channel = (1, out.shape[1], *(1,) * (out.dim() - 2)) if out.dim() > 1 else None
+        per_channel = lo.shape == hi.shape and (1,) * (out.dim() - lo.dim()) + tuple(lo.shape) == one_a_channel
         if per_channel and out.device.type == "cpu" and out.numel() >= SCALAR_CLAMP_MIN:
             # one bound a channel (the model's pixel range): a clamp by numbers, channel by
             # channel, is 6x faster on a CPU than one that broadcasts bound tensors
