@@ -821,7 +821,8 @@ def refinement_forms(device: torch.device, cfg) -> list[str]:
     (random weights) sampled as `sample --refine L` runs them, at the precision sampling picks on
     the device: a 1024x1024 texture and a LONG_VIDEO video (in time windows). The update
     (`plain_update` against `langevin.langevin_update`) and, on a CPU, the block noise drawn on one
-    thread against on all of torch's (`langevin.PARALLEL_NOISE_MIN`)."""
+    thread against on all of torch's (`langevin.PARALLEL_NOISE_MIN`), the read-outs as conv^T's
+    bias (`bias_forms`) and, in bf16, conv^T's output padding (`deconv_paddings`)."""
     own_update, own_min = langevin_module.langevin_update, langevin_module.PARALLEL_NOISE_MIN
     accel = Accel.for_device(device).for_sampling(device)
     image = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device, accel)
@@ -867,8 +868,43 @@ def refinement_forms(device: torch.device, cfg) -> list[str]:
         one, every = (sample(m, size, own_update, n) for n in (2**62, own_min))
         lines.append(pair_row(name, one, every, device, 6, 0.0))
         print(lines[-1], flush=True)
+    lines += bias_forms(cases, cfg)
     if accel.precision == "bf16" and torch.bfloat16 in cpugrad.DECONV_TUNE_DTYPES:
         lines += deconv_paddings(image, cfg, accel.precision)
+    return lines
+
+
+def bias_forms(cases: list[tuple[str, CoopModel, tuple[int, ...]]], cfg) -> list[str]:
+    """The closed-form gradient's read-outs, in interleaved rounds, for refinement_forms' samples:
+    added to the gradient by a separate broadcast add at every layer (the form before 2026-11-28)
+    against conv^T's fused bias with the padded border corrected (`cpugrad.BIAS_FOLD_MIN`; the
+    default). The packed weights are made afresh for each sample (the choice is made there)."""
+    own_min = cpugrad.BIAS_FOLD_MIN
+    steps = cfg.langevin_steps
+
+    def sample(m: CoopModel, size: tuple[int, ...], fold_min: int) -> Callable[[], object]:
+        def call() -> object:
+            cpugrad.BIAS_FOLD_MIN = fold_min
+            m._packed.cache.clear()
+            try:
+                return m.sample(
+                    1, size, refine=steps, langevin=cfg.langevin(), generator=torch.Generator(m.device).manual_seed(0)
+                )
+            finally:
+                cpugrad.BIAS_FOLD_MIN = own_min
+
+        return call
+
+    lines = [
+        "\nThe closed-form gradient's read-outs, in interleaved rounds: a broadcast add at each layer against conv^T's "
+        f"fused bias, its padded border corrected (layers of {own_min} values or more; the default). The same numbers "
+        "up to rounding.\n",
+        "| what | separate add | conv^T's bias (default) | the bias's speed-up |",
+        "|---|---|---|---|",
+    ]
+    for name, m, size in cases:
+        lines.append(pair_row(name, sample(m, size, 2**62), sample(m, size, own_min), m.device, 6, 0.0))
+        print(lines[-1], flush=True)
     return lines
 
 

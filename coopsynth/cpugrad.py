@@ -43,6 +43,7 @@ KERNELS = (  # torch.ops.mkldnn operators used here
     "_convolution_transpose_pointwise",
 )
 MAX_SHAPES = 8  # packed shapes kept per model (training uses one or two; windows and previews more)
+BIAS_FOLD_MIN = 1 << 21  # conv^T adds the read-out below as its bias from outputs of this many values (PackedDescriptor)
 DECONV_TUNE_DTYPES = (torch.bfloat16,)  # where _pick_padding runs (float32: at most 1.35x, below DECONV_SWITCH)
 DECONV_TUNE_MIN = 1 << 21  # ... for a layer input of this many values or more (a 1024x1024 window's is 9.2 million)
 DECONV_SWITCH = 0.5  # _pick_padding leaves the natural output padding only for one this much faster
@@ -71,6 +72,21 @@ def unpad(g: Tensor, amount: tuple[tuple[int, int], ...], wrap: tuple[bool, ...]
                 g.narrow(ax, lo + size - 1, 1).add_(_fold(g.narrow(ax, lo + size, hi), ax))
         g = g.narrow(ax, lo, size)
     return g
+
+
+def _unbias(g: Tensor, amount: tuple[tuple[int, int], ...], u: Tensor) -> None:
+    """Take u (1, C, 1, ...) off every entry of a padded g's border (`networks.pad`'s amount, (lo,
+    hi) per axis), each entry once, in place: the border is made of copies, whose gradient `unpad`
+    folds onto what they copy, and u belongs to each position of the layer's input once."""
+    n = len(amount)
+    for i, (lo, hi) in enumerate(amount):
+        ax = g.dim() - n + i
+        size = g.shape[ax]
+        if lo:
+            g.narrow(ax, 0, lo).sub_(u)
+        if hi:
+            g.narrow(ax, size - hi, hi).sub_(u)
+        g = g.narrow(ax, lo, size - lo - hi)  # the corners were done with this axis
 
 
 def _fold(border: Tensor, ax: int) -> Tensor:
@@ -149,6 +165,7 @@ class _Layer:
         self.zeros = [0] * len(stride)
         self.ones = [1] * len(stride)
         self.x_size = list(x_size)
+        self.x_numel = math.prod(x_shape)  # values of the (padded) input, and of conv^T's output
         ops = torch.ops.mkldnn
         with torch.no_grad():
             self.w_fwd = ops._reorder_convolution_weight(w.contiguous(), self.zeros, self.stride, self.ones, 1, x_shape)
@@ -186,6 +203,16 @@ class PackedDescriptor:
             shape = layer.out_shape
         # the read-outs' biases, summed over every layer's positions: f's constant term, (1,)
         self.f_bias = sum(math.prod(L.out_shape[2:]) * L.read_bias for L in self.layers)
+        # conv^T of layer i adds u_{i-1}, the read-out of its input, as its bias (df/dh_{i-1} =
+        # u_{i-1} + pad^T conv_i^T g_i) where its output has BIAS_FOLD_MIN values or more:
+        # oneDNN fuses it, where a separate broadcast add of a large bf16 tensor took as long as
+        # the layer's forward convolution; below that, the border correction costs more calls
+        # than it saves. (I,), or (4I,) where the layer runs on space_to_depth of its input
+        # (channel 4c + 2p + q belongs to c); None: added to g by the loop
+        self.biases: list[Tensor | None] = [None] + [
+            below.read_out_c.flatten().repeat_interleave(4 if L.depth else 1) if L.x_numel >= BIAS_FOLD_MIN else None
+            for below, L in zip(self.layers[:-1], self.layers[1:], strict=True)
+        ]
 
     @torch.no_grad()
     def __call__(self, y: Tensor, want_f: bool = True) -> tuple[Tensor | None, Tensor]:
@@ -202,18 +229,24 @@ class PackedDescriptor:
             hs.append(h)  # (B, O, ...) halved
         f = self.f_bias.expand(y.shape[0]) if want_f else None  # (B,)
         g = None
-        for L, h in zip(reversed(self.layers), reversed(hs), strict=True):
+        for i in reversed(range(len(self.layers))):
+            L, h = self.layers[i], hs[i]
             if want_f:
                 f = f + h.flatten(2).sum(2, dtype=torch.float32) @ L.read_out.flatten()
-            dh = L.read_out_c.expand_as(h) if g is None else g.add_(L.read_out_c)  # df/dh
+            if g is None:  # the top layer: df/dh = u_i
+                dh = L.read_out_c.expand_as(h)
+            else:  # df/dh = u_i + what came down: u_i is in g already where the layer above took it as its bias
+                dh = g if self.biases[i + 1] is not None else g.add_(L.read_out_c)
             da = torch.ops.aten.leaky_relu_backward(dh, h, self.slope, False)  # df/da
             gx = ops._convolution_transpose_pointwise(
-                da, L.w_bwd, None, L.zeros, L.out_padding, L.stride, L.ones, 1, "none", [], ""
-            )  # df/d(the padded input), (B, I, ...) doubled
+                da, L.w_bwd, self.biases[i], L.zeros, L.out_padding, L.stride, L.ones, 1, "none", [], ""
+            )  # df/d(the padded input) + u_{i-1} (the read-out of the layer below, as a fused bias), (B, I, ...) doubled
             if L.cropped:
                 gx = gx[(..., *(slice(0, n) for n in L.x_size))]
             if L.depth:
                 gx = depth_to_space(gx)
+            if self.biases[i] is not None:  # the border entries are copies of others: u_{i-1} off them, before they fold
+                _unbias(gx, L.pads, self.layers[i - 1].read_out_c)
             g = unpad(gx, L.pads, self.wrap)  # df/d(the layer's input)
         return f, g.float()
 

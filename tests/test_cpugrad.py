@@ -367,3 +367,37 @@ def test_a_wider_output_padding_in_bf16_matches_autocast(monkeypatch):
     assert any(L.cropped for L in packed.layers)
     _, g_ac = _autocast_reference(d, y, wrap)
     assert _rel(g, g_ac) < 0.01
+
+
+# a second layer on space_to_depth of its input (4 channels): its bias repeats per phase
+FOLD_CASES = [*CASES, (tiny_net(2, d_widths=(4, 8)), (2, 3, 16, 16), (True, False))]
+
+
+@needs_onednn
+@pytest.mark.parametrize("wide", [False, True])
+@pytest.mark.parametrize(("cfg", "shape", "wrap"), FOLD_CASES)
+def test_the_read_out_as_conv_transpose_bias_gives_the_same_gradient(monkeypatch, cfg, shape, wrap, wide):
+    """Large layers add the read-out of their input as conv^T's bias and take it off the padded
+    border (replicated and circular, odd sizes, space-to-depth, videos), alone and with a wider
+    output padding: float64 autograd's gradient either way."""
+    monkeypatch.setattr(cpugrad, "BIAS_FOLD_MIN", 0)
+    if wide:
+        _force_paddings(monkeypatch, float("inf"))
+    d = _descriptor(cfg)
+    y = torch.randn(shape)
+    packed = PackedDescriptor(d, shape, wrap)
+    assert packed.biases[0] is None and all(b is not None for b in packed.biases[1:])
+    if cfg.d_widths[0] == 4:
+        assert packed.layers[1].depth and packed.biases[1].shape == (16,)
+    f, g = packed(y)
+    f_ref, g_ref = _reference(d, y, wrap)
+    torch.testing.assert_close(g.double(), g_ref, rtol=1e-4, atol=1e-5 * g_ref.abs().max().item())
+    torch.testing.assert_close(f.double(), f_ref, rtol=1e-4, atol=1e-5 * f_ref.abs().max().item())
+
+
+@needs_onednn
+def test_small_layers_add_the_read_out_themselves():
+    """Below BIAS_FOLD_MIN the loop adds u (fewer calls than the border correction)."""
+    cfg, shape, wrap = CASES[0]
+    packed = PackedDescriptor(_descriptor(cfg), shape, wrap)
+    assert all(b is None for b in packed.biases)

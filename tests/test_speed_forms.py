@@ -199,6 +199,7 @@ def test_refinement_rows_time_each_form_with_its_setting_and_restore_it(monkeypa
     monkeypatch.setattr(speed, "timeit_all", fake_timeit_all)
     monkeypatch.setattr(speed.CoopModel, "sample", fake_sample)
     monkeypatch.setattr(speed, "deconv_paddings", lambda *a: [])  # bf16 CPUs only: its own test
+    monkeypatch.setattr(speed, "bias_forms", lambda *a: [])  # its own test
     lines = speed.refinement_forms(torch.device("cpu"), preset("fast"))
     assert (L.langevin_update, L.PARALLEL_NOISE_MIN) == own
     plain, fused, one = speed.plain_update, own[0], 2**62
@@ -238,3 +239,33 @@ def test_deconv_padding_rows_time_natural_then_picked_and_restore_it(monkeypatch
     rows = [line for line in lines if line.startswith("| ") and " sample, " in line]
     assert len(rows) == 4 and all(r.endswith("| 30 ms | 10 ms | 3.00x |") for r in rows)
     assert lines[-1].startswith("\nThe choices")
+
+
+def test_bias_rows_time_the_separate_add_then_the_fused_bias_and_restore_it(monkeypatch):
+    """Each row times every layer adding its read-out itself (no layer folds) then the default
+    threshold, packing afresh for every sample (made-up timings); the threshold is back after."""
+    from coopsynth import cpugrad
+    from coopsynth.trainer import preset
+
+    own = cpugrad.BIAS_FOLD_MIN
+    seen = []
+
+    def fake_sample(self, n, size, **kw):
+        seen.append((len(size), cpugrad.BIAS_FOLD_MIN, len(self._packed.cache)))
+
+    def fake_timeit_all(fns, device, repeat=10, min_time=0.1):
+        for fn in fns.values():
+            fn()
+        return {"first": 0.02, "second": 0.01}
+
+    monkeypatch.setattr(speed, "timeit_all", fake_timeit_all)
+    monkeypatch.setattr(speed.CoopModel, "sample", fake_sample)
+    cfg = preset("fast")
+    image = speed.CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2))
+    video = speed.CoopModel(preset("fast", dims=3).net, torch.full((3,), 0.5), torch.full((3,), 0.2))
+    image._packed.cache["stale"] = video._packed.cache["stale"] = None
+    lines = speed.bias_forms([("an image", image, (64, 64)), ("a video", video, (8, 64, 64))], cfg)
+    assert cpugrad.BIAS_FOLD_MIN == own
+    assert seen == [(2, 2**62, 0), (2, own, 0), (3, 2**62, 0), (3, own, 0)]
+    rows = [line for line in lines if line.startswith("| an image") or line.startswith("| a video")]
+    assert len(rows) == 2 and all(r.endswith("| 20 ms | 10 ms | 2.00x |") for r in rows)
