@@ -171,7 +171,7 @@ class _Layer:
             self.w_fwd = ops._reorder_convolution_weight(w.contiguous(), self.zeros, self.stride, self.ones, 1, x_shape)
             da_shape = [shape[0], w.shape[0], *out]
             self.out_padding = natural
-            if dtype in DECONV_TUNE_DTYPES and len(stride) == 2 and math.prod(x_shape) >= DECONV_TUNE_MIN:
+            if dtype in DECONV_TUNE_DTYPES and len(stride) == 2 and self.x_numel >= DECONV_TUNE_MIN:
                 self.out_padding = _pick_padding(w.contiguous(), da_shape, natural, self.stride)
             self.w_bwd = ops._reorder_convolution_transpose_weight(
                 w.contiguous(), self.zeros, self.out_padding, self.stride, self.ones, 1, da_shape

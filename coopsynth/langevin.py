@@ -147,9 +147,9 @@ def block_noise(
     numbers, whatever region asks for it. This makes a windowed Langevin chain draw exactly the
     noise a whole-field chain draws. `out`, if given, is the region's buffer to fill (any layout).
 
-    The blocks have a generator each, so on a CPU large ones are drawn on several threads at
-    once (a region of `PARALLEL_NOISE_MIN` numbers or more): PyTorch's CPU `normal_` runs on one thread, and was about an
-    eighth of a long video's refinement. The numbers are the same either way."""
+    The blocks have a generator each, so on a CPU a region of PARALLEL_NOISE_MIN numbers or more
+    is drawn on all of torch's threads at once: PyTorch's CPU `normal_` runs on one thread, and was
+    about an eighth of a long video's refinement. The numbers are the same either way."""
     b, c = shape[0], shape[1]
     if out is None:
         out = torch.empty(b, c, *(r.stop - r.start for r in region), device=device)
