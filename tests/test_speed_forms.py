@@ -211,6 +211,26 @@ def test_refinement_rows_time_each_form_with_its_setting_and_restore_it(monkeypa
     assert len(rows) == 4 and all(r.endswith("| 20 ms | 10 ms | 2.00x |") for r in rows)
 
 
+def _sampling_spy(monkeypatch, knob: str, seconds: tuple[float, float]) -> list[tuple]:
+    """Fake timings (`seconds`: first and second) that run each form once, and a CoopModel.sample
+    that records (the size's length, its first side, cpugrad's `knob` then, the packed shapes)."""
+    from coopsynth import cpugrad
+
+    seen = []
+
+    def fake_sample(self, n, size, **kw):
+        seen.append((len(size), size[0], getattr(cpugrad, knob), len(self._packed.cache)))
+
+    def fake_timeit_all(fns, device, repeat=10, min_time=0.1):
+        for fn in fns.values():
+            fn()
+        return dict(zip(("first", "second"), seconds, strict=True))
+
+    monkeypatch.setattr(speed, "timeit_all", fake_timeit_all)
+    monkeypatch.setattr(speed.CoopModel, "sample", fake_sample)
+    return seen
+
+
 def test_deconv_padding_rows_time_natural_then_picked_and_restore_it(monkeypatch):
     """Each row times the natural output padding (no layer timed) then the default threshold,
     packing afresh for every sample (made-up timings); the threshold is back afterwards."""
@@ -218,24 +238,13 @@ def test_deconv_padding_rows_time_natural_then_picked_and_restore_it(monkeypatch
     from coopsynth.trainer import preset
 
     own = cpugrad.DECONV_TUNE_MIN
-    seen = []
-
-    def fake_sample(self, n, size, **kw):
-        seen.append((size[0], cpugrad.DECONV_TUNE_MIN, len(self._packed.cache)))
-
-    def fake_timeit_all(fns, device, repeat=10, min_time=0.1):
-        for fn in fns.values():
-            fn()
-        return {"first": 0.03, "second": 0.01}
-
-    monkeypatch.setattr(speed, "timeit_all", fake_timeit_all)
-    monkeypatch.setattr(speed.CoopModel, "sample", fake_sample)
+    seen = _sampling_spy(monkeypatch, "DECONV_TUNE_MIN", (0.03, 0.01))
     cfg = preset("fast")
     image = speed.CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2))
     image._packed.cache["stale"] = None
     lines = speed.deconv_paddings(image, cfg, "bf16")
     assert cpugrad.DECONV_TUNE_MIN == own
-    assert seen == [(side, t, 0) for side in (512, 768, 1024, 2048) for t in (2**62, own)]
+    assert seen == [(2, side, t, 0) for side in (512, 768, 1024, 2048) for t in (2**62, own)]
     rows = [line for line in lines if line.startswith("| ") and " sample, " in line]
     assert len(rows) == 4 and all(r.endswith("| 30 ms | 10 ms | 3.00x |") for r in rows)
     assert lines[-1].startswith("\nThe choices")
@@ -248,24 +257,13 @@ def test_bias_rows_time_the_separate_add_then_the_fused_bias_and_restore_it(monk
     from coopsynth.trainer import preset
 
     own = cpugrad.BIAS_FOLD_MIN
-    seen = []
-
-    def fake_sample(self, n, size, **kw):
-        seen.append((len(size), cpugrad.BIAS_FOLD_MIN, len(self._packed.cache)))
-
-    def fake_timeit_all(fns, device, repeat=10, min_time=0.1):
-        for fn in fns.values():
-            fn()
-        return {"first": 0.02, "second": 0.01}
-
-    monkeypatch.setattr(speed, "timeit_all", fake_timeit_all)
-    monkeypatch.setattr(speed.CoopModel, "sample", fake_sample)
+    seen = _sampling_spy(monkeypatch, "BIAS_FOLD_MIN", (0.02, 0.01))
     cfg = preset("fast")
     image = speed.CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2))
     video = speed.CoopModel(preset("fast", dims=3).net, torch.full((3,), 0.5), torch.full((3,), 0.2))
     image._packed.cache["stale"] = video._packed.cache["stale"] = None
     lines = speed.bias_forms([("an image", image, (64, 64)), ("a video", video, (8, 64, 64))], cfg)
     assert cpugrad.BIAS_FOLD_MIN == own
-    assert seen == [(2, 2**62, 0), (2, own, 0), (3, 2**62, 0), (3, own, 0)]
+    assert seen == [(2, 64, 2**62, 0), (2, 64, own, 0), (3, 8, 2**62, 0), (3, 8, own, 0)]
     rows = [line for line in lines if line.startswith("| an image") or line.startswith("| a video")]
     assert len(rows) == 2 and all(r.endswith("| 20 ms | 10 ms | 2.00x |") for r in rows)
