@@ -65,13 +65,9 @@ def score(path: Path, source: Path) -> float | None:
     split), sampled as a run samples it."""
     model, blob = pipeline.load_model(path, "cpu")
     cfg = blob["config_obj"]
-    langevin = cfg.langevin(float(blob.get("delta", cfg.delta)))
-    if cfg.net.dims == 3:
-        train, _ = metrics.split_halves(prepare_video(source)[0])
-        refine, smooth = cfg.sampling()
-        return pipeline.self_check(model, train, refine, langevin, smooth=smooth)
-    train, _ = metrics.split_halves(read_image(source))
-    return pipeline.self_check(model, train, cfg.langevin_steps, langevin)
+    train, _ = metrics.split_halves(prepare_video(source)[0] if cfg.net.dims == 3 else read_image(source))
+    refine, smooth = cfg.sampling(model.matches())  # as a run draws them
+    return pipeline.self_check(model, train, refine, cfg.langevin(float(blob.get("delta", cfg.delta))), smooth=smooth)
 
 
 def spearman(a: list[float], b: list[float]) -> float:

@@ -542,6 +542,18 @@ def pair_row(
     return f"| {name} | {ms(t['first'])} ms | {ms(t['second'])} ms | {t['first'] / t['second']:.2f}x |"
 
 
+def pair_table(
+    title: str, head: tuple[str, str, str], rows: list[tuple[str, Callable, Callable]], device: torch.device, repeat: int
+) -> list[str]:
+    """A side-by-side table: `title`, the columns of `head` (first, second, the second's speed-up)
+    and a `pair_row` per (name, first, second), each printed as it is timed."""
+    lines = [title, f"| what | {head[0]} | {head[1]} | {head[2]} |", "|---|---|---|---|"]
+    for name, first, second in rows:
+        lines.append(pair_row(name, first, second, device, repeat, 0.0))
+        print(lines[-1], flush=True)
+    return lines
+
+
 def generator_forms(device: torch.device, sizes: list[int], cfg) -> list[str]:
     """The generator's up-sampling blocks in both formulations, in interleaved rounds: up-sampling
     (the preset's mode, nearest or linear) then the 3x3 conv (the plain form) against the conv
@@ -770,12 +782,6 @@ def padding_forms(device: torch.device, cfg, image: CoopModel, video: CoopModel,
     clip = f"{VIDEO_SAMPLE[0]} frames of {VIDEO_SAMPLE[1]}x{VIDEO_SAMPLE[2]}"
     lines = []
 
-    def table(title: str, head: tuple[str, str, str], rows: list[tuple[str, Callable, Callable]]) -> None:
-        lines.extend([title, f"| what | {head[0]} | {head[1]} | {head[2]} |", "|---|---|---|---|"])
-        for name, first, second in rows:
-            lines.append(pair_row(name, first, second, device, 4, 0.0))
-            print(lines[-1], flush=True)
-
     if bf16:
         rows = []
         for r in (0, cfg.langevin_steps):
@@ -787,7 +793,7 @@ def padding_forms(device: torch.device, cfg, image: CoopModel, video: CoopModel,
             "\nbf16 sampling's border padding, in interleaved rounds: CPU autocast's (in float32, a copy there and one "
             "back) against `networks.pad`'s (in bf16 without autograd; the default). The same numbers.\n"
         )
-        table(title, ("autocast's float32 padding", "bf16 padding", "bf16 padding's speed-up"), rows)
+        lines += pair_table(title, ("autocast's float32 padding", "bf16 padding", "bf16 padding's speed-up"), rows, device, 4)
     rows = []
     for accel, tag in ((image.accel, ""), (bf16, ", bf16")) if bf16 else ((image.accel, ""),):
         for r in (0, cfg.langevin_steps):
@@ -800,8 +806,36 @@ def padding_forms(device: torch.device, cfg, image: CoopModel, video: CoopModel,
         "axes, against `networks.pad`'s (every border replicated, then the wrapped ones overwritten, in the input's "
         "layout; the default). The same numbers.\n"
     )
-    table(title, ("F.pad's circular mode", "replicated, then wrapped (default)", "the default's speed-up"), rows)
+    lines += pair_table(
+        title, ("F.pad's circular mode", "replicated, then wrapped (default)", "the default's speed-up"), rows, device, 4
+    )
     return lines
+
+
+OFF = 2**62  # a size threshold no tensor reaches: that setting off
+
+
+def refined_sample(
+    m: CoopModel, size: tuple[int, ...], cfg, module, settings: dict, repack: bool = False
+) -> Callable[[], object]:
+    """One sample of m with cfg's L refinements (seed 0), as `sample --refine L` draws it, under
+    `settings`: attributes of `module`, restored afterwards (after a fault too). `repack`: the
+    packed weights made afresh first, for settings read when packing."""
+
+    def call() -> object:
+        old = {k: getattr(module, k) for k in settings}
+        for k, v in settings.items():
+            setattr(module, k, v)
+        try:
+            if repack:
+                m._packed.cache.clear()
+            gen = torch.Generator(m.device).manual_seed(0)
+            return m.sample(1, size, refine=cfg.langevin_steps, langevin=cfg.langevin(), generator=gen)
+        finally:
+            for k, v in old.items():
+                setattr(module, k, v)
+
+    return call
 
 
 def plain_update(y, grad, draw, *, half, sigma, scale, bounds=None):
@@ -830,44 +864,29 @@ def refinement_forms(device: torch.device, cfg) -> list[str]:
     steps = cfg.langevin_steps
 
     def sample(m: CoopModel, size: tuple[int, ...], update: Callable, parallel_min: int) -> Callable[[], object]:
-        def call() -> object:
-            langevin_module.langevin_update, langevin_module.PARALLEL_NOISE_MIN = update, parallel_min
-            try:
-                return m.sample(1, size, refine=steps, langevin=cfg.langevin(), generator=torch.Generator(device).manual_seed(0))
-            finally:
-                langevin_module.langevin_update, langevin_module.PARALLEL_NOISE_MIN = own_update, own_min
-
-        return call
+        return refined_sample(m, size, cfg, langevin_module, {"langevin_update": update, "PARALLEL_NOISE_MIN": parallel_min})
 
     frames, h, w = LONG_VIDEO
     cases = [
         (f"1024x1024 sample, refine {steps}, {accel.precision}", image, (1024, 1024)),
         (f"video sample, {frames} frames of {h}x{w}, refine {steps}, {accel.precision}", video, LONG_VIDEO),
     ]
-    lines = [
-        f"\nThe refinement's Langevin update, in interleaved rounds: the plain expression (eight passes over memory) "
-        f"against `langevin.langevin_update` (four, in place on one fresh tensor, clamped channel by channel; the default). "
-        f"Samples with {steps} "
-        "refinements from models of the presets' shapes (random weights). The same numbers up to rounding.\n",
-        "| what | plain expression | in place (default) | in place's speed-up |",
-        "|---|---|---|---|",
-    ]
-    for name, m, size in cases:
-        plain, fused = (sample(m, size, u, own_min) for u in (plain_update, own_update))
-        lines.append(pair_row(name, plain, fused, device, 6, 0.0))
-        print(lines[-1], flush=True)
+    title = (
+        "\nThe refinement's Langevin update, in interleaved rounds: the plain expression (eight passes over memory) "
+        "against `langevin.langevin_update` (four, in place on one fresh tensor, clamped channel by channel; the default). "
+        f"Samples with {steps} refinements from models of the presets' shapes (random weights). The same numbers up to "
+        "rounding.\n"
+    )
+    rows = [(name, sample(m, size, plain_update, own_min), sample(m, size, own_update, own_min)) for name, m, size in cases]
+    lines = pair_table(title, ("plain expression", "in place (default)", "in place's speed-up"), rows, device, 6)
     if device.type != "cpu":
         return lines
-    lines += [
+    title = (
         f"\nThe refinement's block noise, in interleaved rounds: drawn on one thread against on all {torch.get_num_threads()} "
-        f"of torch's (regions of {own_min} numbers or more; the default). The same numbers.\n",
-        "| what | one thread | all threads (default) | all threads' speed-up |",
-        "|---|---|---|---|",
-    ]
-    for name, m, size in cases:
-        one, every = (sample(m, size, own_update, n) for n in (2**62, own_min))
-        lines.append(pair_row(name, one, every, device, 6, 0.0))
-        print(lines[-1], flush=True)
+        f"of torch's (regions of {own_min} numbers or more; the default). The same numbers.\n"
+    )
+    rows = [(name, sample(m, size, own_update, OFF), sample(m, size, own_update, own_min)) for name, m, size in cases]
+    lines += pair_table(title, ("one thread", "all threads (default)", "all threads' speed-up"), rows, device, 6)
     lines += bias_forms(cases, cfg)
     if accel.precision == "bf16" and torch.bfloat16 in cpugrad.DECONV_TUNE_DTYPES:
         lines += deconv_paddings(image, cfg, accel.precision)
@@ -880,32 +899,17 @@ def bias_forms(cases: list[tuple[str, CoopModel, tuple[int, ...]]], cfg) -> list
     against conv^T's fused bias with the padded border corrected (`cpugrad.BIAS_FOLD_MIN`; the
     default). The packed weights are made afresh for each sample (the choice is made there)."""
     own_min = cpugrad.BIAS_FOLD_MIN
-    steps = cfg.langevin_steps
 
     def sample(m: CoopModel, size: tuple[int, ...], fold_min: int) -> Callable[[], object]:
-        def call() -> object:
-            cpugrad.BIAS_FOLD_MIN = fold_min
-            m._packed.cache.clear()
-            try:
-                return m.sample(
-                    1, size, refine=steps, langevin=cfg.langevin(), generator=torch.Generator(m.device).manual_seed(0)
-                )
-            finally:
-                cpugrad.BIAS_FOLD_MIN = own_min
+        return refined_sample(m, size, cfg, cpugrad, {"BIAS_FOLD_MIN": fold_min}, repack=True)
 
-        return call
-
-    lines = [
+    title = (
         "\nThe closed-form gradient's read-outs, in interleaved rounds: a broadcast add at each layer against conv^T's "
         f"fused bias, its padded border corrected (layers of {own_min} values or more; the default). The same numbers "
-        "up to rounding.\n",
-        "| what | separate add | conv^T's bias (default) | the bias's speed-up |",
-        "|---|---|---|---|",
-    ]
-    for name, m, size in cases:
-        lines.append(pair_row(name, sample(m, size, 2**62), sample(m, size, own_min), m.device, 6, 0.0))
-        print(lines[-1], flush=True)
-    return lines
+        "up to rounding.\n"
+    )
+    rows = [(name, sample(m, size, OFF), sample(m, size, own_min)) for name, m, size in cases]
+    return pair_table(title, ("separate add", "conv^T's bias (default)", "the bias's speed-up"), rows, cases[0][1].device, 6)
 
 
 def deconv_paddings(image: CoopModel, cfg, precision: str) -> list[str]:
@@ -916,15 +920,7 @@ def deconv_paddings(image: CoopModel, cfg, precision: str) -> list[str]:
     steps = cfg.langevin_steps
 
     def sample(side: int, tune_min: int) -> Callable[[], object]:
-        def call() -> object:
-            cpugrad.DECONV_TUNE_MIN = tune_min
-            image._packed.cache.clear()
-            try:
-                return image.sample(1, (side, side), refine=steps, langevin=cfg.langevin())
-            finally:
-                cpugrad.DECONV_TUNE_MIN = own_min
-
-        return call
+        return refined_sample(image, (side, side), cfg, cpugrad, {"DECONV_TUNE_MIN": tune_min}, repack=True)
 
     lines = [
         f"\nThe refinement's transposed convolutions in {precision}, in interleaved rounds: each layer's natural output "
@@ -935,7 +931,7 @@ def deconv_paddings(image: CoopModel, cfg, precision: str) -> list[str]:
     ]
     for side in (512, 768, 1024, 2048):
         name = f"{side}x{side} sample, refine {steps}, {precision}"
-        lines.append(pair_row(name, sample(side, 2**62), sample(side, own_min), image.device, 6 if side < 2048 else 4, 0.0))
+        lines.append(pair_row(name, sample(side, OFF), sample(side, own_min), image.device, 6 if side < 2048 else 4, 0.0))
         print(lines[-1], flush=True)
     picked = sorted(f"{list(k[0])} -> {v}" for k, v in cpugrad._PADDINGS.items())
     lines.append(f"\nThe choices (a layer's output shape -> its output padding): {'; '.join(picked) or 'none'}.")

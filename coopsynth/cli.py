@@ -346,9 +346,9 @@ def _run_training(job: pipeline.TrainJob, overall: tuple[int, int] | None = None
     return result
 
 
-def _self_check(check: float | None, quiet: bool, kind: str, name: str = "") -> None:
+def _self_check(check: float | None, quiet: bool, kind: str, name: str = "") -> bool:
     """Say a run's self-check (`pipeline.self_check`): a warning above the kind's threshold
-    (`pipeline.self_check_warn`), else (unless `quiet`) the figure."""
+    (`pipeline.self_check_warn`), else (unless `quiet`) the figure. Returns whether it warned."""
     warn = pipeline.self_check_warn(kind)
     if check is not None and check > warn:
         console.print(
@@ -358,8 +358,10 @@ def _self_check(check: float | None, quiet: bool, kind: str, name: str = "") -> 
             highlight=False,
             soft_wrap=True,
         )
-    elif check is not None and not quiet:
+        return True
+    if check is not None and not quiet:
         console.print(f"self-check: {check:.2f} (samples against the input; about 1 is as close as its halves are to each other)")
+    return False
 
 
 def _summary(result: dict, written: list[Path], t0: float) -> None:
@@ -538,9 +540,8 @@ def _batch(files: list[Path], output: Path | None, force: bool, resume: bool, on
             table.add_row(path.name, "[red]failed[/]", "", "", "", str(e)[:80])
             continue
         check = result.get("self_check")
-        _self_check(check, quiet=True, kind=result["kind"], name=f"{path.name}: ")
-        warn = pipeline.self_check_warn(result["kind"])
-        shown = "" if check is None else f"{check:.2f}" if check <= warn else f"[yellow]{check:.2f} (look)[/]"
+        warned = _self_check(check, quiet=True, kind=result["kind"], name=f"{path.name}: ")
+        shown = "" if check is None else f"[yellow]{check:.2f} (look)[/]" if warned else f"{check:.2f}"
         minutes = f"{(time.perf_counter() - t0) / 60:.1f}"
         table.add_row(path.name, "[green]done[/]", str(result["steps"]), minutes, shown, str(out))
     out_console.print(table)

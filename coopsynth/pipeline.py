@@ -744,7 +744,7 @@ def run_training(prep: PreparedRun, on_progress: ProgressFn = None) -> dict:
     # a completion's input has holes, and a stack's maps were not calibrated (RESULTS.md, "Self-check"): not judged
     if lead and trainer.mask is None and not meta.get("maps"):
         image = trainer.model.denormalise(trainer.data[None])[0].cpu()  # (C, [T,] H, W) in [0, 1]
-        refine, smooth = cfg.sampling() if kind == "video" else (cfg.langevin_steps, 0.0)  # as `sample` draws them
+        refine, smooth = cfg.sampling(trainer.model.matches())  # as `sample` draws them
         check = self_check(trainer.model, image, refine, cfg.langevin(trainer.delta), smooth=smooth)
     if check is not None:
         meta["self_check"] = round(check, 3)
