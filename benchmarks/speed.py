@@ -10,6 +10,7 @@ CUDA graph, fp32/tf32/bf16 and channels-last on a GPU), as ratios measured in th
     python benchmarks/speed.py --only layouts  # the generator, contiguous against channels-last
     python benchmarks/speed.py --only interleave  # the generator's interleave: its own backward against autograd's
     python benchmarks/speed.py --only sampling  # the 1024x1024 sample (matched and not), a long video, the 8192x8192 one
+    python benchmarks/speed.py --only outconv  # the video generator's output conv: layout, and whole against split
 
 Everything is measured in this one run, so the ratios compare like with like on a noisy machine.
 """
@@ -938,6 +939,71 @@ def deconv_paddings(image: CoopModel, cfg, precision: str) -> list[str]:
     return lines
 
 
+def output_conv_forms(device: torch.device) -> list[str]:
+    """The video generator's output conv (to the data's 3 channels), in interleaved rounds, at the
+    video preset's crop and batch and in a video sample: read contiguous (video training's layout
+    until 2026-11-28) against channels-last-3d (`networks.OUTPUT_CHANNELS_LAST`: the last block
+    writes that layout; split where `networks.SPLIT_OUTPUT_CONV` says so, the default); then, both
+    channels-last-3d, the conv whole against split (`networks._split_output_conv`)."""
+    cfg = preset("default", dims=3)
+    defaults = networks.OUTPUT_CHANNELS_LAST, networks.SPLIT_OUTPUT_CONV
+    own = {device.type}
+
+    def form(last: bool, split: bool, fn: Callable[[], object]) -> Callable[[], object]:
+        def call() -> object:
+            networks.OUTPUT_CHANNELS_LAST = own if last else set()
+            networks.SPLIT_OUTPUT_CONV = own if split else set()
+            return fn()
+
+        return call
+
+    m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), device, Accel.for_device(device, "fp32"))
+    crop = (cfg.crop_frames, cfg.crop, cfg.crop)
+    z = m.latent(cfg.batch, crop)
+    target = torch.randn(cfg.batch, 3, *crop, device=device)
+
+    def train_pass() -> object:  # the trainer's MCMC-teaching loss
+        m.generator.zero_grad(set_to_none=True)
+        return (target - m.propose(z)).pow(2).mean().backward()
+
+    data = torch.rand(3, 2 * cfg.crop_frames, 2 * cfg.crop, 2 * cfg.crop)
+    trainers = [CoopTrainer(data, cfg, device=device, seed=0) for _ in range(4)]  # one per form, each its own state
+
+    def sample() -> object:
+        return m.sample(1, VIDEO_SAMPLE, refine=0, langevin=cfg.langevin())
+
+    what = f"batch {cfg.batch}, {crop[0]} frames of {crop[1]}x{crop[2]}"
+    sample_name = f"video sample, {VIDEO_SAMPLE[0]} frames of {VIDEO_SAMPLE[1]}x{VIDEO_SAMPLE[2]}, refine 0, fp32"
+    try:
+        lines = pair_table(
+            "\nThe video generator's output conv (24 -> 3 channels, 3x3x3), fp32, in interleaved rounds: read contiguous "
+            "(the last block's interleave contiguous, as video training ran until 2026-11-28) against channels-last-3d (the "
+            "last block writes that layout and the conv runs split; the default on CPU). The same numbers up to rounding.\n",
+            ("contiguous", "channels-last-3d, split (default)", "speed-up"),
+            [
+                (f"generator forward + backward, {what}", form(False, False, train_pass), form(True, True, train_pass)),
+                (f"training iteration, {what}", form(False, False, trainers[0].step), form(True, True, trainers[1].step)),
+            ],
+            device,
+            8,
+        )
+        lines += pair_table(
+            "\nThe same output conv channels-last-3d, in interleaved rounds: the conv whole against split "
+            "(`networks._split_output_conv`: its column taps as output channels, then three shifted sums; float32 only).\n",
+            ("whole", "split (default)", "split's speed-up"),
+            [
+                (f"generator forward + backward, {what}", form(True, False, train_pass), form(True, True, train_pass)),
+                (f"training iteration, {what}", form(True, False, trainers[2].step), form(True, True, trainers[3].step)),
+                (sample_name, form(True, False, sample), form(True, True, sample)),
+            ],
+            device,
+            8,
+        )
+    finally:
+        networks.OUTPUT_CHANNELS_LAST, networks.SPLIT_OUTPUT_CONV = defaults
+    return lines
+
+
 def interleave_backward(device: torch.device, sizes: list[int], cfg) -> list[str]:
     """The gradient of the generator's channels-last interleave (every folded block in training
     where `model.TRAIN_CHANNELS_LAST` says so, else the last), in interleaved rounds: autograd's
@@ -1213,6 +1279,7 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: 
     lines += generator_forms(device, sizes, cfg)
     lines += generator_layouts(device, cfg)
     lines += interleave_backward(device, sizes, cfg)
+    lines += output_conv_forms(device)
     lines += adam_forms(device, cfg)
     lines += refinement_forms(device, cfg)
     lines += langevin_paths(device, sizes, cfg)
@@ -1229,10 +1296,10 @@ def main() -> None:
     ap.add_argument("--big", type=int, default=8192, help="side of the large-sample check (0: skip)")
     ap.add_argument(
         "--only",
-        choices=["threads", "forms", "layouts", "interleave", "sampling", "refinement"],
+        choices=["threads", "forms", "layouts", "interleave", "sampling", "refinement", "outconv"],
         help="one table alone: threads (CPU thread scaling), forms (the generator's blocks and up-sampling modes), "
-        "layouts (the generator's), interleave (its gradient), sampling (the 1024x1024 and --big samples) or "
-        "refinement (the Langevin update and noise of refined samples)",
+        "layouts (the generator's), interleave (its gradient), sampling (the 1024x1024 and --big samples), "
+        "refinement (the Langevin update and noise of refined samples) or outconv (the video generator's output conv)",
     )
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -1267,6 +1334,9 @@ def main() -> None:
             continue
         if args.only == "sampling":
             text += f"{d.upper()}:\n" + "\n".join(sampling(torch.device(d), preset(args.preset), args.big)) + "\n"
+            continue
+        if args.only == "outconv":
+            text += f"{d.upper()}:\n" + "\n".join(output_conv_forms(torch.device(d))) + "\n"
             continue
         text += bench_device(torch.device(d), sizes, args.preset, args.big) + "\n"
     publish(text, not args.no_write)

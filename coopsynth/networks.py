@@ -243,14 +243,24 @@ def depth_weight(w: Tensor) -> Tensor:
 # strided interleave and that view's gradient cost more than the arithmetic it saves). Types not
 # listed: never.
 SUBPIXEL_MIN = {"cpu": 256}
-# Per device type: does the generator's last folded block write its output channels-last (images),
-# so that the output conv (to the data's few channels) runs channels-last, forward and
-# backward? On a CPU that 32 -> 3 conv is slow in the contiguous layout (forward and backward, batch
-# 4: 4.2 ms against 3.1 channels-last at 64 px, 16.1 against 6.0 at 128, ad-hoc); the generator's
-# whole pass was 1.04-1.08x faster at 64 px crops and 0.95-1.04x at 128 (benchmarks/speed.py --only
-# layouts). The interleave is a copy either way. Training now lays Z out channels-last instead
-# (model.TRAIN_CHANNELS_LAST: every block), so this serves a contiguous Z (a library caller's).
+# Per device type: does the generator's last folded block write its output channels-last (images;
+# videos channels-last-3d), so that the output conv (to the data's few channels) runs so, forward
+# and backward? On a CPU that 32 -> 3 conv is slow in the contiguous layout (forward and backward,
+# batch 4: 4.2 ms against 3.1 channels-last at 64 px, 16.1 against 6.0 at 128, ad-hoc); the
+# generator's whole pass was 1.04-1.08x faster at 64 px crops and 0.95-1.04x at 128
+# (benchmarks/speed.py --only layouts). The interleave is a copy either way. Image training lays Z
+# out channels-last instead (model.TRAIN_CHANNELS_LAST: every block), so for images this serves a
+# contiguous Z (a library caller's). Video training keeps its other blocks contiguous; its 24 -> 3
+# output conv took 27-36 ms forward and backward contiguous, 11-12 channels-last-3d (the default
+# video crop, ad-hoc): benchmarks/speed.py --only outconv.
 OUTPUT_CHANNELS_LAST = {"cpu"}
+# Per device type: does a float32 channels-last-3d output conv run as _split_output_conv? On a CPU
+# oneDNN runs the video generator's 24 -> 3 conv (3x3x3) at 7-15% of the machine's matrix-product
+# peak: with three output channels its kernels have little to vectorise over. Split, forward and
+# backward took 8.4 against 11.5 ms at the default video crop, a 200-frame 256x256 sample's 194
+# against 234 ms (ad-hoc; bf16 ran 2-4x slower split, and images gained nothing):
+# benchmarks/speed.py --only outconv.
+SPLIT_OUTPUT_CONV = {"cpu"}
 # Per device type: does a channels-last interleave (above) run its own backward
 # (_InterleaveChannelsLast), rather than autograd's gradient of the strided view? Measured on CPUs
 # only (benchmarks/speed.py --only interleave); on CUDA no block is folded.
@@ -504,6 +514,33 @@ def window_slices(
     return out
 
 
+def _output_conv(conv: nn.Module, x: Tensor) -> Tensor:
+    """The generator's output conv of x (padded): _split_output_conv where SPLIT_OUTPUT_CONV says
+    so (a float32 channels-last-3d x, not under autocast), else the conv itself."""
+    split = x.dim() == 5 and x.device.type in SPLIT_OUTPUT_CONV and x.dtype == torch.float32
+    if split and channels_innermost(x) and not torch.is_autocast_enabled(x.device.type):
+        return _split_output_conv(conv, x)
+    return conv(x)
+
+
+def _split_output_conv(conv: nn.Module, x: Tensor) -> Tensor:
+    """conv(x) for a conv with few output channels (no padding, stride 1), its last kernel axis
+    moved into the output channels: a conv whose kernel has width 1 and O * k outputs (channel
+    o * k + j: output o's column tap j) over every column, then the k column-shifted slices of
+    those summed. The same arithmetic, plus k - 1 additions per output value; the same numbers up
+    to float rounding. The bias rides on tap 0."""
+    w = conv.weight  # (O, I, ..., k)
+    o, k = w.shape[0], w.shape[-1]
+    taps = w.movedim(-1, 1).flatten(0, 1).unsqueeze(-1)  # (O * k, I, ..., 1)
+    bias = None if conv.bias is None else F.pad(conv.bias[:, None], (0, k - 1)).flatten()  # (O * k,): b_o on tap 0
+    y = (F.conv2d if w.dim() == 4 else F.conv3d)(x, taps, bias).unflatten(1, (o, k))  # (B, O, k, ..., W)
+    n = x.shape[-1] - k + 1
+    out = y[:, :, 0, ..., :n]
+    for j in range(1, k):
+        out = out + y[:, :, j, ..., j : j + n]
+    return out  # (B, O, ..., n)
+
+
 class Generator(nn.Module):
     """Y = g(Z) (B, C, [T,] H, W) from Z (B, z_channels, [t,] h, w)."""
 
@@ -544,13 +581,15 @@ class Generator(nn.Module):
                 last = i == len(self.blocks) - 1 and h.device.type in OUTPUT_CHANNELS_LAST  # the output conv's layout
                 h = _upsampled_conv(conv, pad(h, one, wrap), scale, last)  # (B, w, [2t,] 2h, 2w), the same numbers
             elif self.cfg.g_upsample == "linear" and h[0, 0].numel() >= LINEAR_FOLD_MIN.get(h.device.type, math.inf):
-                h = _linear_upsampled_conv(conv, pad(h, one, wrap), scale, last3)  # (B, w, [2t,] 2h, 2w), the same numbers
+                # a video's last block writes channels-last-3d for the output conv (OUTPUT_CHANNELS_LAST)
+                out_last = d == 3 and i == len(self.blocks) - 1 and h.device.type in OUTPUT_CHANNELS_LAST
+                h = _linear_upsampled_conv(conv, pad(h, one, wrap), scale, last3 or out_last)  # (B, w, [2t,] 2h, 2w)
             else:
                 h = conv(pad(self._up(h, scale, wrap), one, wrap))  # (B, w, [2t,] 2h, 2w)
             h = F.leaky_relu(h, self.cfg.slope)
             if last3:
                 h = h.contiguous(memory_format=torch.channels_last_3d)  # a no-op after a folded block
-        return self.out(pad(h, one, wrap))  # (B, C, [T,] H, W), standardised pixel scale
+        return _output_conv(self.out, pad(h, one, wrap))  # (B, C, [T,] H, W), standardised pixel scale
 
     def _up(self, h: Tensor, scale: tuple[int, ...], wrap: tuple[bool, ...]) -> Tensor:
         if self.cfg.g_upsample == "nearest":

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from coopsynth import networks
@@ -468,8 +469,9 @@ def test_cpu_video_sampling_runs_channels_last_3d_and_training_contiguous(monkey
     """Video sampling on a CPU runs the generator channels-last-3d (model.SAMPLE_CHANNELS_LAST),
     whole, window by window over space and time, and looping: every block and the output conv
     read that layout, and the samples equal the contiguous layout's up to rounding, handed on
-    contiguous in float32. Training stays contiguous (channels-last-3d training was faster but
-    scored worse on the flame clip, model.TRAIN_CHANNELS_LAST)."""
+    contiguous in float32. Training keeps its other blocks contiguous (channels-last-3d training
+    was faster but scored worse on the flame clip, model.TRAIN_CHANNELS_LAST); its last block
+    writes channels-last-3d for the output conv (networks.OUTPUT_CHANNELS_LAST)."""
     from coopsynth import model as model_module
     from coopsynth.accel import Accel
     from coopsynth.model import CoopModel
@@ -484,10 +486,10 @@ def test_cpu_video_sampling_runs_channels_last_3d_and_training_contiguous(monkey
     )
     monkeypatch.setattr(networks, "LINEAR_FOLD_MIN", {"cpu": 0})  # every block folded, the tiny windows' too
     seen = []
-    real = m.generator.out.forward
-    monkeypatch.setattr(m.generator.out, "forward", lambda h: seen.append(h.is_contiguous()) or real(h))
+    real = networks._output_conv
+    monkeypatch.setattr(networks, "_output_conv", lambda c, h: seen.append(h.is_contiguous()) or real(c, h))
     m.propose(m.latent(2, (4, 12, 16))).sum().backward()
-    assert seen == [True]
+    assert seen == [False]
     tol = {"rtol": 1e-5, "atol": 1e-6} if precision == "fp32" else {"rtol": BF16_RTOL, "atol": BF16_ATOL}
     z = m.latent(1, (9, 20, 28))
     for window, time_window, wrap in [(96, None, None), (3, None, (True, True, False)), (96, 2, (True, False, False))]:
@@ -495,14 +497,111 @@ def test_cpu_video_sampling_runs_channels_last_3d_and_training_contiguous(monkey
         monkeypatch.setattr(model_module, "video_window_frames", lambda h, w, t=time_window: t * m.net.up[0] if t else 10**9)
         seen.clear()
         monkeypatch.setattr(model_module, "SAMPLE_CHANNELS_LAST", {"cpu"})
+        monkeypatch.setattr(networks, "OUTPUT_CHANNELS_LAST", {"cpu"})
         got = m.generate(z, (9, 19, 27), wrap)
         assert seen and not any(seen)  # channels-last-3d, window by window too
         assert got.is_contiguous() and got.dtype == torch.float32 and got.shape == (1, 3, 9, 19, 27)
         seen.clear()
         monkeypatch.setattr(model_module, "SAMPLE_CHANNELS_LAST", set())
+        monkeypatch.setattr(networks, "OUTPUT_CHANNELS_LAST", set())
         want = m.generate(z, (9, 19, 27), wrap)
         assert seen and all(seen)
         torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cpu_video_training_runs_its_output_conv_channels_last_3d_with_the_same_numbers(monkeypatch, precision):
+    """networks.OUTPUT_CHANNELS_LAST for videos: in training (a contiguous Z) the last folded block
+    writes channels-last-3d, and the output conv reads that layout, split in float32
+    (SPLIT_OUTPUT_CONV) and whole under bf16 autocast; the same proposal and generator gradients
+    as the contiguous layout up to rounding."""
+    from coopsynth.accel import Accel
+    from coopsynth.model import CoopModel
+
+    monkeypatch.setattr(networks, "LINEAR_FOLD_MIN", {"cpu": 0})
+    torch.manual_seed(0)
+    m = CoopModel(
+        tiny_net(dims=3, g_upsample="linear"),
+        torch.full((3,), 0.5),
+        torch.full((3,), 0.2),
+        torch.device("cpu"),
+        Accel(precision=precision),
+    )
+    z = m.latent(2, (4, 12, 16))
+    target = torch.randn(2, 3, 4, 12, 16)
+    seen, splits = [], []
+    real, real_split = networks._output_conv, networks._split_output_conv
+    monkeypatch.setattr(networks, "_output_conv", lambda c, h: seen.append(h.is_contiguous()) or real(c, h))
+    monkeypatch.setattr(networks, "_split_output_conv", lambda c, h: splits.append(1) or real_split(c, h))
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        seen.clear()
+        splits.clear()
+        m.generator.zero_grad(set_to_none=True)
+        y = m.propose(z)
+        (y - target).pow(2).mean().backward()
+        return y.detach(), [p.grad.clone() for p in m.generator.parameters()]
+
+    out, grads = run()
+    assert seen == [False] and len(splits) == (precision == "fp32")
+    monkeypatch.setattr(networks, "OUTPUT_CHANNELS_LAST", set())
+    want, want_grads = run()
+    assert seen == [True] and not splits  # contiguous: the conv itself
+    if precision == "fp32":
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+        for a, b in zip(grads, want_grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    else:
+        torch.testing.assert_close(out, want, rtol=BF16_RTOL, atol=BF16_ATOL)
+        for a, b in zip(grads, want_grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=BF16_RTOL, atol=BF16_ATOL * a.abs().max().item())
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_split_output_conv_equals_the_conv_with_its_gradients_float64(dims, bias):
+    """_split_output_conv (the last kernel axis as output channels, then shifted sums) is the
+    conv: value and gradients for input, weight and bias, in float64, for a non-square kernel."""
+    torch.manual_seed(0)
+    conv = (nn.Conv2d(5, 3, (3, 4), bias=bias) if dims == 2 else nn.Conv3d(5, 2, (2, 3, 4), bias=bias)).double()
+    x = torch.randn(2, 5, *((6, 9) if dims == 2 else (4, 6, 9)), dtype=torch.float64, requires_grad=True)
+    got = networks._split_output_conv(conv, x)
+    want = conv(x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(want)
+    params = [x, *conv.parameters()]
+    torch.testing.assert_close(torch.autograd.grad(got, params, g), torch.autograd.grad(want, params, g), rtol=1e-12, atol=1e-12)
+    small = x[:1, :, ..., :5].detach().requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: networks._split_output_conv(conv, v), (small,))
+
+
+def test_output_conv_splits_float32_channels_last_3d_cpu_inputs_only(monkeypatch):
+    """_output_conv picks the split form for a float32 channels-last-3d CPU input outside autocast;
+    contiguous, 2-D, bf16 or autocast inputs run the conv itself, as does any input where
+    SPLIT_OUTPUT_CONV leaves the device out."""
+    calls = []
+    monkeypatch.setattr(networks, "_split_output_conv", lambda c, x: calls.append(1) or c(x))
+    conv3, conv2 = nn.Conv3d(4, 3, 3), nn.Conv2d(4, 3, 3)
+    x = torch.randn(1, 4, 5, 6, 7)
+    last = x.contiguous(memory_format=torch.channels_last_3d)
+    cases = [
+        (conv3, last, 1),
+        (conv3, x, 0),
+        (conv2, torch.randn(1, 4, 6, 7).contiguous(memory_format=torch.channels_last), 0),
+        (nn.Conv3d(4, 3, 3).bfloat16(), last.bfloat16(), 0),
+    ]
+    for c, inp, splits in cases:
+        calls.clear()
+        networks._output_conv(c, inp)
+        assert len(calls) == splits
+    calls.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        networks._output_conv(conv3, last)
+    assert not calls
+    monkeypatch.setattr(networks, "SPLIT_OUTPUT_CONV", set())
+    networks._output_conv(conv3, last)
+    assert not calls
 
 
 def test_generator_folds_its_up_sampling_on_a_cpu_only(monkeypatch):
