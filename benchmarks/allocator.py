@@ -9,13 +9,18 @@ against the first setting and the process's peak resident memory.
 
     python benchmarks/allocator.py                     # 64 MiB (the baseline), glibc's default, 256 MiB, 1 GiB
     python benchmarks/allocator.py --keep 0,64,1024 --rounds 3 --no-write
+    python benchmarks/allocator.py --keep 256,1024 --precision fp32   # sampling in fp32 (CPUs without bf16 units)
 
-Workloads (the default preset's networks with fresh weights; timing only):
+Workloads (the default presets' networks with fresh weights; timing only):
   sample 1024 / 4096: one side x side texture with 6 refinements, as `coopsynth sample`;
   train 512: training iterations on 512 px crops (a `--preset` with larger crops, or `video`);
   complete 1024: a 1024x1024 image with a 400x400 hole, 20 latent inference steps then 6
   refinements, as `coopsynth complete --model` (the inference is the generator's forward and
-  backward over the whole image, the part that allocates the most).
+  backward over the whole image, the part that allocates the most);
+  video 200: a 200-frame 256x256 video with 4 refinements (the video preset's generator; a fitted
+  refinement count of a trained model), as `coopsynth sample --frames 200 --size 256`.
+Samples are drawn in the precision the command-line tool picks (bf16 on a CPU with bf16 units),
+or in `--precision`.
 """
 
 from __future__ import annotations
@@ -30,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import fmt, header, median, publish  # noqa: E402
 
-WORKLOADS = ("sample 1024", "sample 4096", "train 512", "complete 1024")
+WORKLOADS = ("sample 1024", "sample 4096", "train 512", "complete 1024", "video 200")
 
 
-def worker(work: str, keep_mib: int) -> None:
+def worker(work: str, keep_mib: int, precision: str) -> None:
     """One workload in this (fresh) process: prints its seconds and peak resident GiB."""
     import torch
 
@@ -53,10 +58,16 @@ def worker(work: str, keep_mib: int) -> None:
     kind, side = work.split()
     side = int(side)
     t0 = time.perf_counter()
+    sampling = Accel.for_device(cpu, precision).for_sampling(cpu)  # "auto": as the command-line tool samples
     if kind == "sample":
-        m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), cpu, Accel.for_device(cpu).for_sampling(cpu))
+        m = CoopModel(cfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), cpu, sampling)
         t0 = time.perf_counter()
         m.sample(1, (side, side), refine=cfg.langevin_steps, langevin=cfg.langevin())
+    elif kind == "video":
+        vcfg = preset("default", dims=3)
+        m = CoopModel(vcfg.net, torch.full((3,), 0.5), torch.full((3,), 0.2), cpu, sampling)
+        t0 = time.perf_counter()
+        m.sample(1, (side, 256, 256), refine=4, langevin=vcfg.langevin())
     elif kind == "train":
         tr = CoopTrainer(torch.rand(3, side, side), replace(cfg, crop=side), seed=0)
         tr.step()  # the first iteration packs weights and warms caches
@@ -74,8 +85,8 @@ def worker(work: str, keep_mib: int) -> None:
     print(seconds, hwm / 2**20)
 
 
-def run(work: str, keep_mib: int) -> tuple[float, float]:
-    args = [sys.executable, __file__, "--worker", work, str(keep_mib)]
+def run(work: str, keep_mib: int, precision: str) -> tuple[float, float]:
+    args = [sys.executable, __file__, "--worker", work, str(keep_mib), precision]
     r = subprocess.run(args, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError((r.stderr.strip().splitlines() or ["?"])[-1])
@@ -95,10 +106,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--only", default=None, help="comma-separated workloads, e.g. 'train 512,complete 1024'")
     ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--precision", default="auto", help="of the samples: auto (as the command-line tool), fp32 or bf16")
+    ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker[0], int(args.worker[1]))
+        worker(args.worker[0], int(args.worker[1]), args.worker[2])
         return
     if not sys.platform.startswith("linux"):
         print("allocator.py: skipped (glibc's malloc settings; this is not Linux)")
@@ -110,14 +122,15 @@ def main() -> None:
     for r in range(args.rounds):
         for w in works:
             for k in keeps if r % 2 == 0 else reversed(keeps):  # alternate the order round by round
-                s, g = run(w, k)
+                s, g = run(w, k, args.precision)
                 secs[(w, k)].append(s)
                 peak[(w, k)] = max(peak[(w, k)], g)
                 print(f"round {r + 1}: {w}, {label(k)}: {s:.2f} s, peak {g:.2f} GiB", flush=True)
     base = keeps[0]
     lines = [
         f"Freed memory kept for reuse (`keep_freed_memory(threshold)`), in fresh processes, the thresholds taking turns "
-        f"round by round ({args.rounds} rounds; seconds: the median). Speed-up against {label(base)}.\n",
+        f"round by round ({args.rounds} rounds; seconds: the median), samples in {args.precision} precision"
+        f"{' (as the command-line tool picks)' if args.precision == 'auto' else ''}. Speed-up against {label(base)}.\n",
         "| workload | threshold | seconds | speed-up | peak resident GiB |",
         "|---|---|---|---|---|",
     ]

@@ -76,7 +76,8 @@ def keep_freed_memory(threshold: int = MALLOC_KEEP) -> bool:
     if not hasattr(libc, "gnu_get_libc_version"):  # not glibc (musl has a mallopt that does nothing)
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
-    return mallopt(m_mmap_threshold, threshold) == 1 and mallopt(m_trim_threshold, 2 * threshold) == 1
+    trim = min(2 * threshold, 2**31 - 1)  # mallopt takes a C int
+    return mallopt(m_mmap_threshold, min(threshold, 2**31 - 1)) == 1 and mallopt(m_trim_threshold, trim) == 1
 
 
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
