@@ -204,37 +204,61 @@ if sys.argv[1] == "keep" and not keep_freed_memory():
     print("unsupported")
     raise SystemExit
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-x = torch.ones(40 << 20)  # 160 MiB: a 1024x1024 window's activation (32 channels, batch 1)
+mib = int(sys.argv[2])
+x = torch.ones(mib << 18)  # float32: mib MiB
 del x
 before = faults()
-x = torch.ones(36 << 20)  # 144 MiB: fits in the block just freed
+x = torch.ones(mib * 9 // 10 << 18)  # fits in the block just freed
 print(faults() - before)
 """
 
 
-def _page_faults_of_a_reallocation(mode: str) -> str:
+def _page_faults_of_a_reallocation(mode: str, mib: int) -> str:
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, "-c", REUSE, mode], capture_output=True, text=True, cwd=root, timeout=120)
+    r = subprocess.run([sys.executable, "-c", REUSE, mode, str(mib)], capture_output=True, text=True, cwd=root, timeout=120)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 
 
 def test_keep_freed_memory_reuses_a_freed_block_instead_of_paging_in_a_new_one():
     """In a fresh process each (the setting is process-wide): by default glibc hands a 160 MiB
-    block back to the kernel on free and pages in a new one for the next big tensor; once
-    keep_freed_memory() has run (its default threshold: 256 MiB), the next tensor reuses the
-    freed block."""
-    kept = _page_faults_of_a_reallocation("keep")
+    block (a 1024x1024 window's activation: 32 channels, batch 1) back to the kernel on free and
+    pages in a new one for the next big tensor; once keep_freed_memory() has run (its default
+    threshold: 256 MiB), the next tensor reuses the freed block."""
+    kept = _page_faults_of_a_reallocation("keep", 160)
     if kept == "unsupported":
         pytest.skip("not glibc: keep_freed_memory is a no-op here")
-    default = int(_page_faults_of_a_reallocation("default"))
+    default = int(_page_faults_of_a_reallocation("default", 160))
     if default < 1000:
         pytest.skip(f"this allocator reused the block by itself ({default} page faults)")
     assert int(kept) < default / 10, (kept, default)
+
+
+def test_keep_freed_memory_takes_thresholds_beyond_a_c_int(monkeypatch):
+    """mallopt takes a C int: a threshold of 2 GiB or more (and the trim threshold, twice it) is
+    clamped rather than wrapped to a negative number that glibc refuses; below that, as given."""
+    import ctypes
+
+    seen = []
+
+    class Libc:
+        def mallopt(self, param: int, value: int) -> int:
+            seen.append((param, value))
+            return 1
+
+        def gnu_get_libc_version(self) -> bytes:
+            return b"2.36"
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc())
+    assert accel_module.keep_freed_memory(4 << 30)
+    assert seen == [(-3, 2**31 - 1), (-1, 2**31 - 1)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    seen.clear()
+    assert accel_module.keep_freed_memory(256 << 20)
+    assert seen == [(-3, 256 << 20), (-1, 512 << 20)]
 
 
 def test_the_command_line_tool_keeps_freed_memory(monkeypatch):
