@@ -58,7 +58,7 @@ MAX_GRAPHS = 8  # captured shapes kept per model (training uses one; previews an
 # faster completion, peak memory -3% to +27% (benchmarks/allocator.py, 2026-11-27 09:39 UTC). A long
 # video's activations are bigger (a 200-frame 256x256 sample's last block: 400 MiB in bf16, 800 in
 # fp32), but 1 GiB gained only 1.15x (bf16) and 1.04x (fp32) there, at up to 1.7x the peak memory
-# in fp32 (medians of 3 noisy rounds; 2026-11-28 09:46 and 09:50 UTC), and nothing elsewhere
+# in fp32 (medians of 3 noisy rounds; 2026-11-28 09:50 and 09:54 UTC), and nothing elsewhere
 MALLOC_KEEP = 256 << 20
 
 
