@@ -464,6 +464,24 @@ def test_cpu_training_proposes_with_every_block_channels_last_and_the_same_numbe
             torch.testing.assert_close(a, b, rtol=BF16_RTOL, atol=BF16_ATOL * a.abs().max().item())
 
 
+def _video_model(precision: str):
+    """The tiny linear-up-sampling video model on a CPU in `precision`, from seed 0."""
+    from coopsynth.accel import Accel
+    from coopsynth.model import CoopModel
+
+    torch.manual_seed(0)
+    cfg = tiny_net(dims=3, g_upsample="linear")
+    return CoopModel(cfg, torch.full((3,), 0.5), torch.full((3,), 0.2), torch.device("cpu"), Accel(precision=precision))
+
+
+def _spy_output_conv(monkeypatch) -> list[bool]:
+    """A list that gets, for each generator output conv from now on, whether its input is contiguous."""
+    seen = []
+    real = networks._output_conv
+    monkeypatch.setattr(networks, "_output_conv", lambda c, h: seen.append(h.is_contiguous()) or real(c, h))
+    return seen
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cpu_video_sampling_runs_channels_last_3d_and_training_contiguous(monkeypatch, precision):
     """Video sampling on a CPU runs the generator channels-last-3d (model.SAMPLE_CHANNELS_LAST),
@@ -473,21 +491,10 @@ def test_cpu_video_sampling_runs_channels_last_3d_and_training_contiguous(monkey
     was faster but scored worse on the flame clip, model.TRAIN_CHANNELS_LAST); its last block
     writes channels-last-3d for the output conv (networks.OUTPUT_CHANNELS_LAST)."""
     from coopsynth import model as model_module
-    from coopsynth.accel import Accel
-    from coopsynth.model import CoopModel
 
-    torch.manual_seed(0)
-    m = CoopModel(
-        tiny_net(dims=3, g_upsample="linear"),
-        torch.full((3,), 0.5),
-        torch.full((3,), 0.2),
-        torch.device("cpu"),
-        Accel(precision=precision),
-    )
+    m = _video_model(precision)
     monkeypatch.setattr(networks, "LINEAR_FOLD_MIN", {"cpu": 0})  # every block folded, the tiny windows' too
-    seen = []
-    real = networks._output_conv
-    monkeypatch.setattr(networks, "_output_conv", lambda c, h: seen.append(h.is_contiguous()) or real(c, h))
+    seen = _spy_output_conv(monkeypatch)
     m.propose(m.latent(2, (4, 12, 16))).sum().backward()
     assert seen == [False]
     tol = {"rtol": 1e-5, "atol": 1e-6} if precision == "fp32" else {"rtol": BF16_RTOL, "atol": BF16_ATOL}
@@ -515,23 +522,12 @@ def test_cpu_video_training_runs_its_output_conv_channels_last_3d_with_the_same_
     writes channels-last-3d, and the output conv reads that layout, split in float32
     (SPLIT_OUTPUT_CONV) and whole under bf16 autocast; the same proposal and generator gradients
     as the contiguous layout up to rounding."""
-    from coopsynth.accel import Accel
-    from coopsynth.model import CoopModel
-
     monkeypatch.setattr(networks, "LINEAR_FOLD_MIN", {"cpu": 0})
-    torch.manual_seed(0)
-    m = CoopModel(
-        tiny_net(dims=3, g_upsample="linear"),
-        torch.full((3,), 0.5),
-        torch.full((3,), 0.2),
-        torch.device("cpu"),
-        Accel(precision=precision),
-    )
+    m = _video_model(precision)
     z = m.latent(2, (4, 12, 16))
     target = torch.randn(2, 3, 4, 12, 16)
-    seen, splits = [], []
-    real, real_split = networks._output_conv, networks._split_output_conv
-    monkeypatch.setattr(networks, "_output_conv", lambda c, h: seen.append(h.is_contiguous()) or real(c, h))
+    seen, splits = _spy_output_conv(monkeypatch), []
+    real_split = networks._split_output_conv
     monkeypatch.setattr(networks, "_split_output_conv", lambda c, h: splits.append(1) or real_split(c, h))
 
     def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
