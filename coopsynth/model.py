@@ -40,7 +40,8 @@ SAMPLE_CHANNELS_LAST = {"cpu"}
 # with the output conv alone at 64-256 px (ad-hoc). Videos stay contiguous: channels-last-3d made
 # a default video iteration 1.17x faster (ad-hoc), but the flame clip scored worse on each of three
 # seeds (spatial SWD ratio 1.40-1.44 against 1.15-1.31; RESULTS.md, the note after the 2026-11-27
-# 08:20 UTC video run)
+# 08:20 UTC video run). Their last block writes channels-last-3d for the output conv alone, which
+# holds most of that speed (networks.OUTPUT_CHANNELS_LAST, since 2026-11-28)
 TRAIN_CHANNELS_LAST = {"cpu"}
 # Histogram matching of samples by default, per dims. Images: on the same trained models the
 # median SWD ratio over 14 textures went from 1.42 to 1.25 (RESULTS.md, "Histogram matching").
