@@ -1279,7 +1279,8 @@ def bench_device(device: torch.device, sizes: list[int], preset_name: str, big: 
     lines += generator_forms(device, sizes, cfg)
     lines += generator_layouts(device, cfg)
     lines += interleave_backward(device, sizes, cfg)
-    lines += output_conv_forms(device)
+    if device.type == "cpu":  # the layout and the split are CPU defaults only
+        lines += output_conv_forms(device)
     lines += adam_forms(device, cfg)
     lines += refinement_forms(device, cfg)
     lines += langevin_paths(device, sizes, cfg)
@@ -1336,7 +1337,8 @@ def main() -> None:
             text += f"{d.upper()}:\n" + "\n".join(sampling(torch.device(d), preset(args.preset), args.big)) + "\n"
             continue
         if args.only == "outconv":
-            text += f"{d.upper()}:\n" + "\n".join(output_conv_forms(torch.device(d))) + "\n"
+            if d == "cpu":  # the layout and the split are CPU defaults only
+                text += f"{d.upper()}:\n" + "\n".join(output_conv_forms(torch.device(d))) + "\n"
             continue
         text += bench_device(torch.device(d), sizes, args.preset, args.big) + "\n"
     publish(text, not args.no_write)
