@@ -267,3 +267,33 @@ def test_bias_rows_time_the_separate_add_then_the_fused_bias_and_restore_it(monk
     assert seen == [(2, 64, 2**62, 0), (2, 64, own, 0), (3, 8, 2**62, 0), (3, 8, own, 0)]
     rows = [line for line in lines if line.startswith("| an image") or line.startswith("| a video")]
     assert len(rows) == 2 and all(r.endswith("| 20 ms | 10 ms | 2.00x |") for r in rows)
+
+
+def test_output_conv_rows_time_each_form_and_restore_the_defaults(monkeypatch):
+    """The outconv tables (speed.py --only outconv), on a tiny video preset: the first table times
+    the contiguous output conv against the default (channels-last-3d, split), the second the
+    channels-last-3d conv whole against split; the forms are what each row says (the split runs
+    in the split column only), and the module's settings are back afterwards."""
+    from coopsynth.trainer import TrainConfig
+    from tests.conftest import tiny_net
+
+    tiny = TrainConfig(net=tiny_net(dims=3, g_upsample="linear"), crop=16, crop_frames=4, batch=2, clip=3.0, sample_refine=0)
+    monkeypatch.setattr(speed, "preset", lambda name, dims=2: tiny)
+    monkeypatch.setattr(speed, "VIDEO_SAMPLE", (4, 16, 16))
+    monkeypatch.setattr(networks, "LINEAR_FOLD_MIN", {"cpu": 0})  # the tiny last block folds, as the preset's does
+    defaults = networks.OUTPUT_CHANNELS_LAST, networks.SPLIT_OUTPUT_CONV
+    forms = []  # (input contiguous, split) per output conv
+    real = networks._split_output_conv
+
+    def spy(c, x):
+        forms[-1] = (forms[-1][0], True)
+        return real(c, x)
+
+    real_out = networks._output_conv
+    monkeypatch.setattr(networks, "_split_output_conv", spy)
+    monkeypatch.setattr(networks, "_output_conv", lambda c, x: forms.append((x.is_contiguous(), False)) or real_out(c, x))
+    lines = speed.output_conv_forms(torch.device("cpu"))
+    assert (networks.OUTPUT_CHANNELS_LAST, networks.SPLIT_OUTPUT_CONV) == defaults
+    rows = [line for line in lines if line.startswith(("| generator", "| training", "| video"))]
+    assert len(rows) == 5 and not any("failed" in r for r in rows)
+    assert set(forms) == {(True, False), (False, True), (False, False)}  # contiguous; channels-last-3d split; whole
