@@ -41,6 +41,7 @@ from coopsynth import (
 from coopsynth import langevin as langevin_module  # noqa: E402
 from coopsynth import model as model_module  # noqa: E402
 from coopsynth.accel import Accel, cpu_has_bf16, keep_freed_memory  # noqa: E402
+from coopsynth.completion import complete  # noqa: E402
 from coopsynth.cpugrad import unpad  # noqa: E402
 from coopsynth.histogram import quantile_function  # noqa: E402
 from coopsynth.langevin import descriptor_langevin  # noqa: E402
@@ -629,8 +630,10 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
     training, one forward and backward pass at the preset's batch and at its crop and twice that,
     with the output conv channels-last (`networks.OUTPUT_CHANNELS_LAST`: the last block writes
     channels-last) and with every block channels-last (a channels-last Z, as training runs where
-    `model.TRAIN_CHANNELS_LAST` says so). On a CPU with bf16 units, the samples and the every-block
-    pass again in bf16 (the precision sampling picks there)."""
+    `model.TRAIN_CHANNELS_LAST` says so), and completion's latent inference, which lays Z out as
+    training does (`CoopModel.graph_layout`; a 1024x1024 image with a 400x400 hole). On a CPU with
+    bf16 units, the samples and the every-block pass again in bf16 (the precision sampling picks
+    there)."""
     defaults = model_module.SAMPLE_CHANNELS_LAST, networks.OUTPUT_CHANNELS_LAST, model_module.TRAIN_CHANNELS_LAST
     cl, out_cl, train_cl = (device.type in d for d in defaults)
     training = (
@@ -691,6 +694,17 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
 
         name = f"video sample, {VIDEO_SAMPLE[0]} frames of {VIDEO_SAMPLE[1]}x{VIDEO_SAMPLE[2]}, refine 0{tag}"
         cases.append((name, layout(False, False, video), layout(True, True, video)))
+    # completion's latent inference (the generator's forward and backward over the hole's region)
+    # lays Z out as training does (CoopModel.graph_layout); its final generator pass samples as above
+    missing = torch.zeros(1024, 1024, dtype=torch.bool)
+    missing[256:656, 256:656] = True
+    image = torch.rand(3, 1024, 1024)
+
+    def completion() -> object:
+        return complete(m, image, missing, langevin=cfg.langevin(), infer_steps=20, refine=cfg.langevin_steps)
+
+    name = "1024x1024 completion (a 400x400 hole, 20 inference steps, refine 6): the inference's layout"
+    cases.append((name, layout(True, True, completion), layout(True, True, completion, train_last=True)))
     # nearest blocks alone fold into the interleave that OUTPUT_CHANNELS_LAST lays out; elsewhere it changes nothing
     folds = device.type in networks.SUBPIXEL_MIN and cfg.net.g_upsample == "nearest"
     for crop in (cfg.crop, 2 * cfg.crop):
@@ -721,7 +735,7 @@ def generator_layouts(device: torch.device, cfg) -> list[str]:
 
     try:
         for name, plain, last in cases:
-            big = name.startswith(("1024", "video"))
+            big = name.startswith(("1024", "video"))  # the completion too
             lines.append(pair_row(name, plain, last, device, 4 if big else 10, 0.0 if big else 0.1))
             print(lines[-1], flush=True)
     finally:

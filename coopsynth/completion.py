@@ -339,14 +339,20 @@ def infer_windows(net: NetConfig, cells: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def windowed_likelihood(
-    net: Generator, target: Tensor, visible: Tensor, s: float, window: int | tuple[int, ...] = INFER_WINDOW
+    net: Generator,
+    target: Tensor,
+    visible: Tensor,
+    s: float,
+    window: int | tuple[int, ...] = INFER_WINDOW,
+    layout: Callable[[Tensor], Tensor] | None = None,
 ) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     """z -> (the log-likelihood -|m (Y - g(Z))|^2 / (2 s^2) (B,), its gradient like z), g(Z)
     cropped to Y's size, computed window by window: `window` latent cells per axis (one number:
     every axis) plus the generator's halo, so memory is bounded by the window whatever the size.
     The same numbers as one pass up to float rounding: each window's kept output depends on its
     own latent cells alone, and the kept outputs tile the output. target (B, C, [T,] H, W);
-    visible (1, 1, [T,] H, W), 1 = observed."""
+    visible (1, 1, [T,] H, W), 1 = observed. `layout(zw)` lays each window's latent out for the
+    pass (`CoopModel.graph_layout`); None: as it is."""
     dims = net.cfg.dims
     size = target.shape[-dims:]
     halos = tuple(net.halo(a) for a in range(-dims, 0))
@@ -362,7 +368,7 @@ def windowed_likelihood(
             dst = tuple(slice(d.start, d.start + c) for d, c in zip(dst, cut, strict=True))
             zw = z[(..., *src)].detach().requires_grad_(True)
             with torch.enable_grad():
-                r = (target[(..., *dst)] - net(zw)[(..., *keep)]) * visible[(..., *dst)]
+                r = (target[(..., *dst)] - net(zw if layout is None else layout(zw))[(..., *keep)]) * visible[(..., *dst)]
                 part = -(r * r).flatten(1).sum(1) / (2 * s * s)  # (B,)
                 (g,) = torch.autograd.grad(part.sum(), zw)
             ll += part.detach()
@@ -523,7 +529,7 @@ def _complete_piece(
     crop = (slice(None), slice(None)) + tuple(slice(0, s) for s in size)
 
     def g(z: Tensor) -> Tensor:
-        return model.generator(z)[crop]
+        return model.generator(model.graph_layout(z))[crop]
 
     smoothed = smooth > 0 and len(size) == 3  # infer the white noise e behind a time-smoothed Z
     if smoothed:
@@ -539,7 +545,7 @@ def _complete_piece(
     cells = model.generator.latent_shape(size)[1:]  # ([t,] h, w)
     wins = infer_windows(model.net, cells)
     if any(n > w for n, w in zip(cells, wins, strict=True)):
-        likelihood = windowed_likelihood(model.generator, target, visible, infer_s, wins)
+        likelihood = windowed_likelihood(model.generator, target, visible, infer_s, wins, layout=model.graph_layout)
         if smoothed:
             likelihood = through_smoothing(likelihood, smooth)
     with frozen(model.generator):

@@ -106,10 +106,16 @@ class CoopModel:
 
     def propose(self, z: Tensor, wrap: tuple[bool, ...] | None = None) -> Tensor:
         """g(Z) in float32 with the graph kept (training); `generate` is the no-graph, any-size one."""
-        if self.device.type in TRAIN_CHANNELS_LAST and self.net.dims == 2:  # videos train contiguous
-            z = z.contiguous(memory_format=torch.channels_last)  # (B, zc, h, w), stored (B, h, w, zc)
         with self.accel.autocast(self.device):
-            return self.generator(z, wrap).float()
+            return self.generator(self.graph_layout(z), wrap).float()
+
+    def graph_layout(self, z: Tensor) -> Tensor:
+        """Z laid out for a generator pass with a graph (training, completion's latent inference):
+        channels-last for images on device types in TRAIN_CHANNELS_LAST, so that every block runs
+        so; as it is elsewhere (videos train contiguous). The same numbers up to rounding."""
+        if self.device.type in TRAIN_CHANNELS_LAST and self.net.dims == 2:
+            return z.contiguous(memory_format=torch.channels_last)  # (B, zc, h, w), stored (B, h, w, zc)
+        return z
 
     # ---- pixels --------------------------------------------------------------------------------
 
