@@ -955,7 +955,7 @@ def deconv_paddings(image: CoopModel, cfg, precision: str) -> list[str]:
 
 def output_conv_forms(device: torch.device) -> list[str]:
     """The video generator's output conv (to the data's 3 channels), in interleaved rounds, at the
-    video preset's crop and batch and in a video sample: read contiguous (video training's layout
+    video preset's crop and batch, in a video completion and in a video sample: read contiguous (video training's layout
     until 2026-11-28) against channels-last-3d (`networks.OUTPUT_CHANNELS_LAST`: the last block
     writes that layout; split where `networks.SPLIT_OUTPUT_CONV` says so, the default); then, both
     channels-last-3d, the conv whole against split (`networks._split_output_conv`)."""
@@ -986,7 +986,16 @@ def output_conv_forms(device: torch.device) -> list[str]:
     def sample() -> object:
         return m.sample(1, VIDEO_SAMPLE, refine=0, langevin=cfg.langevin())
 
+    clip = torch.rand(3, *data.shape[1:])  # (C, T, H, W): twice the crop on every axis
+    t, h, w = clip.shape[1:]
+    missing = torch.zeros(t, h, w, dtype=torch.bool)
+    missing[:, h // 4 : h - h // 4, w // 4 : w - w // 4] = True  # the middle of every frame
+
+    def completion() -> object:  # the latent inference runs the generator with a graph, as training does
+        return complete(m, clip, missing, langevin=cfg.langevin(), infer_steps=20, refine=4)
+
     what = f"batch {cfg.batch}, {crop[0]} frames of {crop[1]}x{crop[2]}"
+    completion_name = f"video completion, {t} frames of {h}x{w} with the middle {h - h // 4 * 2}x{w - w // 4 * 2} missing, 20 inference steps, refine 4"
     sample_name = f"video sample, {VIDEO_SAMPLE[0]} frames of {VIDEO_SAMPLE[1]}x{VIDEO_SAMPLE[2]}, refine 0, fp32"
     try:
         lines = pair_table(
@@ -997,6 +1006,7 @@ def output_conv_forms(device: torch.device) -> list[str]:
             [
                 (f"generator forward + backward, {what}", form(False, False, train_pass), form(True, True, train_pass)),
                 (f"training iteration, {what}", form(False, False, trainers[0].step), form(True, True, trainers[1].step)),
+                (completion_name, form(False, False, completion), form(True, True, completion)),
             ],
             device,
             8,

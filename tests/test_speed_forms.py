@@ -295,5 +295,5 @@ def test_output_conv_rows_time_each_form_and_restore_the_defaults(monkeypatch):
     lines = speed.output_conv_forms(torch.device("cpu"))
     assert (networks.OUTPUT_CHANNELS_LAST, networks.SPLIT_OUTPUT_CONV) == defaults
     rows = [line for line in lines if line.startswith(("| generator", "| training", "| video"))]
-    assert len(rows) == 5 and not any("failed" in r for r in rows)
+    assert len(rows) == 6 and not any("failed" in r for r in rows)
     assert set(forms) == {(True, False), (False, True), (False, False)}  # contiguous; channels-last-3d split; whole
