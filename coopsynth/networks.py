@@ -252,15 +252,16 @@ SUBPIXEL_MIN = {"cpu": 256}
 # out channels-last instead (model.TRAIN_CHANNELS_LAST: every block), so for images this serves a
 # contiguous Z (a library caller's). Video training keeps its other blocks contiguous
 # (model.TRAIN_CHANNELS_LAST); its 24 -> 3 output conv took 27-36 ms forward and backward
-# contiguous, 11-12 channels-last-3d at the default video crop (ad-hoc), and a training iteration
-# is 1.17x faster with the last block channels-last-3d (benchmarks/speed.py --only outconv).
+# contiguous, 11-12 channels-last-3d at the default video crop (ad-hoc); a training iteration is
+# 1.15-1.17x faster with the last block channels-last-3d, a video completion 1.29x
+# (benchmarks/speed.py --only outconv).
 OUTPUT_CHANNELS_LAST = {"cpu"}
 # Per device type: does a float32 channels-last-3d output conv run as _split_output_conv? On a CPU
 # oneDNN runs the video generator's 24 -> 3 conv (3x3x3) at 7-15% of the machine's matrix-product
 # peak: with three output channels its kernels have little to vectorise over. Split, the conv's
 # forward and backward took 8.4 against 11.5 ms at the default video crop (ad-hoc), the
 # generator's pass 1.04-1.05x, a training iteration 1.00-1.02x, a 64-frame fp32 video sample
-# 1.01-1.07x (speed.py --only outconv). bf16 ran 2-4x slower split, and 2-D training gained
+# 1.01-1.09x (speed.py --only outconv). bf16 ran 2-4x slower split, and 2-D training gained
 # nothing (ad-hoc), so neither splits.
 SPLIT_OUTPUT_CONV = {"cpu"}
 # Per device type: does a channels-last interleave (above) run its own backward
