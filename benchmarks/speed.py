@@ -995,34 +995,36 @@ def output_conv_forms(device: torch.device) -> list[str]:
         return complete(m, clip, missing, langevin=cfg.langevin(), infer_steps=20, refine=4)
 
     what = f"batch {cfg.batch}, {crop[0]} frames of {crop[1]}x{crop[2]}"
-    completion_name = f"video completion, {t} frames of {h}x{w} with the middle {h - h // 4 * 2}x{w - w // 4 * 2} missing, 20 inference steps, refine 4"
+    hole = f"{h - h // 4 * 2}x{w - w // 4 * 2}"
+    completion_name = f"video completion, {t} frames of {h}x{w} with the middle {hole} missing, 20 inference steps, refine 4"
     sample_name = f"video sample, {VIDEO_SAMPLE[0]} frames of {VIDEO_SAMPLE[1]}x{VIDEO_SAMPLE[2]}, refine 0, fp32"
-    try:
-        lines = pair_table(
+    tables = [  # (title, head, the first column's form, the table's own last row); the second column: the default
+        (
             "\nThe video generator's output conv (24 -> 3 channels, 3x3x3), fp32, in interleaved rounds: read contiguous "
             "(the last block's interleave contiguous, as video training ran until 2026-11-28) against channels-last-3d (the "
             "last block writes that layout and the conv runs split; the default on CPU). The same numbers up to rounding.\n",
             ("contiguous", "channels-last-3d, split (default)", "speed-up"),
-            [
-                (f"generator forward + backward, {what}", form(False, False, train_pass), form(True, True, train_pass)),
-                (f"training iteration, {what}", form(False, False, trainers[0].step), form(True, True, trainers[1].step)),
-                (completion_name, form(False, False, completion), form(True, True, completion)),
-            ],
-            device,
-            8,
-        )
-        lines += pair_table(
+            (False, False),
+            (completion_name, completion),
+        ),
+        (
             "\nThe same output conv channels-last-3d, in interleaved rounds: the conv whole against split "
             "(`networks._split_output_conv`: its column taps as output channels, then three shifted sums; float32 only).\n",
             ("whole", "split (default)", "split's speed-up"),
-            [
-                (f"generator forward + backward, {what}", form(True, False, train_pass), form(True, True, train_pass)),
-                (f"training iteration, {what}", form(True, False, trainers[2].step), form(True, True, trainers[3].step)),
-                (sample_name, form(True, False, sample), form(True, True, sample)),
-            ],
-            device,
-            8,
-        )
+            (True, False),
+            (sample_name, sample),
+        ),
+    ]
+    lines: list[str] = []
+    try:
+        for k, (title, head, first, (name, fn)) in enumerate(tables):
+            a, b = trainers[2 * k], trainers[2 * k + 1]
+            rows = [
+                (f"generator forward + backward, {what}", form(*first, train_pass), form(True, True, train_pass)),
+                (f"training iteration, {what}", form(*first, a.step), form(True, True, b.step)),
+                (name, form(*first, fn), form(True, True, fn)),
+            ]
+            lines += pair_table(title, head, rows, device, 8)
     finally:
         networks.OUTPUT_CHANNELS_LAST, networks.SPLIT_OUTPUT_CONV = defaults
     return lines
